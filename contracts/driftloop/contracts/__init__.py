@@ -1,0 +1,62 @@
+"""What goes over the wire: one pydantic model per payload, and the topic catalog.
+
+Everything another process (in any language) can observe is defined here, so the
+JSON Schemas and the AsyncAPI document in ``contracts/`` are generated, never
+hand-written.
+"""
+
+from driftloop.contracts.catalog import TOPICS, TopicSpec, payload_types, topic_for
+from driftloop.contracts.envelope import Contract, Envelope, new_event_id, utcnow
+from driftloop.contracts.events import (
+    DataEvent,
+    DeadLetter,
+    DriftDetected,
+    EventValidated,
+    FeatureVector,
+    FieldError,
+    InternalEvent,
+    LabelEvent,
+    ModelPromoted,
+    ModelRolledBack,
+    ModelVersionRegistered,
+    Prediction,
+    PromotionRejected,
+    RetrainRequested,
+    RolloutAborted,
+    RolloutCompleted,
+    RolloutStarted,
+    TrainingRunCompleted,
+    TrainingRunFailed,
+    parse_internal,
+)
+
+__all__ = [
+    "TOPICS",
+    "Contract",
+    "DataEvent",
+    "DeadLetter",
+    "DriftDetected",
+    "Envelope",
+    "EventValidated",
+    "FeatureVector",
+    "FieldError",
+    "InternalEvent",
+    "LabelEvent",
+    "ModelPromoted",
+    "ModelRolledBack",
+    "ModelVersionRegistered",
+    "Prediction",
+    "PromotionRejected",
+    "RetrainRequested",
+    "RolloutAborted",
+    "RolloutCompleted",
+    "RolloutStarted",
+    "TopicSpec",
+    "TrainingRunCompleted",
+    "TrainingRunFailed",
+    "new_event_id",
+    "parse_internal",
+    "payload_types",
+    "topic_for",
+    "utcnow",
+]

@@ -1,0 +1,268 @@
+"""Payloads of every topic.
+
+Event types are named and versioned (``io.driftloop.<noun>.<verb>.v1``): a
+breaking change is a new type, never an edit in place, and the compatibility
+check in ``driftloop.contracts.compat`` holds the committed schemas to that.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, TypeAdapter
+
+from driftloop.contracts.envelope import Contract, Envelope
+
+FeatureValue = bool | int | float | str | None
+LabelValue = bool | int | float | str
+Features = dict[str, FeatureValue]
+Metrics = dict[str, float]
+
+
+class DataEvent(Contract):
+    """What a producer writes to ``events.raw`` (key = ``entity_id``)."""
+
+    EVENT_TYPE: ClassVar[str] = "io.driftloop.data.event.v1"
+
+    event_id: str = Field(min_length=1, description="Idempotency key: a re-sent event is not counted twice.")
+    entity_id: str = Field(min_length=1)
+    event_time: datetime
+    features: Features
+    label: LabelValue | None = None
+
+
+class LabelEvent(Contract):
+    """A label that arrives after its event, on ``labels`` (key = ``event_id``)."""
+
+    EVENT_TYPE: ClassVar[str] = "io.driftloop.label.v1"
+
+    event_id: str = Field(min_length=1)
+    label: LabelValue
+    label_time: datetime | None = None
+
+
+class _Typed(Envelope):
+    """Takes ``EVENT_TYPE`` from the ``event_type`` literal so the name is written once."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.EVENT_TYPE = cls.model_fields["event_type"].default
+
+
+class FieldError(Contract):
+    EVENT_TYPE: ClassVar[str] = "io.driftloop.field_error.v1"
+
+    field: str = Field(description="Dotted path of the offending field, e.g. features.age.")
+    message: str
+
+
+class EventValidated(_Typed):
+    """A producer event that passed the contract and the dataset schema; ``event_id`` is kept."""
+
+    event_type: Literal["io.driftloop.event.validated.v1"] = "io.driftloop.event.validated.v1"
+    entity_id: str
+    event_time: datetime
+    features: Features
+    label: LabelValue | None = None
+
+
+class DeadLetter(_Typed):
+    """A record no consumer could use, kept whole with the reason so nothing is lost silently."""
+
+    event_type: Literal["io.driftloop.deadletter.v1"] = "io.driftloop.deadletter.v1"
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    payload: str = Field(description="The original record value, decoded as UTF-8 with escapes.")
+    reason: str
+    errors: list[FieldError] = Field(default_factory=list)
+    stage: str = Field(description="Which consumer rejected it, e.g. ingestion.validate.")
+    original_event_id: str | None = None
+
+
+class FeatureVector(_Typed):
+    """The features of one event as a model sees them; ``event_id`` is the source event's."""
+
+    event_type: Literal["io.driftloop.features.computed.v1"] = "io.driftloop.features.computed.v1"
+    entity_id: str
+    event_time: datetime
+    feature_view: str
+    features: Features
+    label: LabelValue | None = None
+
+
+class Prediction(_Typed):
+    event_type: Literal["io.driftloop.prediction.made.v1"] = "io.driftloop.prediction.made.v1"
+    source_event_id: str = Field(description="The scored event; labels join on it.")
+    entity_id: str | None = None
+    event_time: datetime | None = None
+    model_name: str
+    model_version: int
+    role: Literal["champion", "challenger"] = "champion"
+    channel: Literal["stream", "rest"]
+    prediction: LabelValue
+    probability: float | None = None
+    label: LabelValue | None = None
+
+
+class DriftDetected(_Typed):
+    """Evidence that the champion no longer fits the data it sees."""
+
+    event_type: Literal["io.driftloop.drift.detected.v1"] = "io.driftloop.drift.detected.v1"
+    model_name: str
+    model_version: int
+    kind: Literal["concept", "data"]
+    detector: str
+    feature: str | None = None
+    observations: int = Field(description="Labelled predictions of this version seen when drift was detected.")
+    window: int = Field(description="Observations the detector kept as the new regime.")
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    change_point_time: datetime | None = Field(
+        default=None, description="Event time where the new regime starts (training uses data from here on)."
+    )
+    evidence: dict[str, float] = Field(default_factory=dict)
+
+
+class RetrainRequested(_Typed):
+    event_type: Literal["io.driftloop.training.requested.v1"] = "io.driftloop.training.requested.v1"
+    model_name: str
+    reason: Literal["drift", "manual", "schedule"]
+    requested_by: str
+    since: datetime | None = Field(default=None, description="Train on data with event_time from here on.")
+
+
+class DataWindow(Contract):
+    EVENT_TYPE: ClassVar[str] = "io.driftloop.data_window.v1"
+
+    start: datetime | None
+    end: datetime | None
+    rows: int
+    train_rows: int
+    holdout_rows: int
+
+
+class TrainingRunCompleted(_Typed):
+    event_type: Literal["io.driftloop.training.completed.v1"] = "io.driftloop.training.completed.v1"
+    run_id: str
+    model_name: str
+    trigger: str
+    estimator: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    feature_names: list[str]
+    data_window: DataWindow
+    metrics: Metrics = Field(description="On the time-ordered holdout.")
+    artifact_uri: str
+    holdout_uri: str
+    duration_seconds: float
+
+
+class TrainingRunFailed(_Typed):
+    event_type: Literal["io.driftloop.training.failed.v1"] = "io.driftloop.training.failed.v1"
+    run_id: str
+    model_name: str
+    trigger: str
+    error: str
+
+
+class GateDecision(Contract):
+    """Why a version was or was not promoted: both sides scored on the same holdout."""
+
+    EVENT_TYPE: ClassVar[str] = "io.driftloop.gate_decision.v1"
+
+    metric: str
+    challenger: float
+    champion: float | None
+    min_improvement: float
+    passed: bool
+    reason: str
+
+
+class ModelVersionRegistered(_Typed):
+    event_type: Literal["io.driftloop.model.registered.v1"] = "io.driftloop.model.registered.v1"
+    model_name: str
+    version: int
+    run_id: str
+    artifact_uri: str
+    metrics: Metrics
+    parent_version: int | None = None
+    data_window: DataWindow
+
+
+class ModelPromoted(_Typed):
+    event_type: Literal["io.driftloop.model.promoted.v1"] = "io.driftloop.model.promoted.v1"
+    model_name: str
+    version: int
+    previous_version: int | None = None
+    artifact_uri: str
+    actor: str
+    decision: GateDecision | None = None
+
+
+class PromotionRejected(_Typed):
+    event_type: Literal["io.driftloop.model.rejected.v1"] = "io.driftloop.model.rejected.v1"
+    model_name: str
+    version: int
+    champion_version: int | None
+    decision: GateDecision
+
+
+class ModelRolledBack(_Typed):
+    event_type: Literal["io.driftloop.model.rolled_back.v1"] = "io.driftloop.model.rolled_back.v1"
+    model_name: str
+    from_version: int
+    to_version: int
+    artifact_uri: str
+    actor: str
+    reason: str
+
+
+class _Rollout(_Typed):
+    model_name: str
+    version: int
+    previous_version: int | None = None
+    strategy: str
+    instance: str = Field(description="The deployment replica that reports.")
+
+
+class RolloutStarted(_Rollout):
+    event_type: Literal["io.driftloop.rollout.started.v1"] = "io.driftloop.rollout.started.v1"
+
+
+class RolloutCompleted(_Rollout):
+    event_type: Literal["io.driftloop.rollout.completed.v1"] = "io.driftloop.rollout.completed.v1"
+
+
+class RolloutAborted(_Rollout):
+    event_type: Literal["io.driftloop.rollout.aborted.v1"] = "io.driftloop.rollout.aborted.v1"
+    reason: str
+
+
+InternalEvent = Annotated[
+    EventValidated
+    | DeadLetter
+    | FeatureVector
+    | Prediction
+    | DriftDetected
+    | RetrainRequested
+    | TrainingRunCompleted
+    | TrainingRunFailed
+    | ModelVersionRegistered
+    | ModelPromoted
+    | PromotionRejected
+    | ModelRolledBack
+    | RolloutStarted
+    | RolloutCompleted
+    | RolloutAborted,
+    Field(discriminator="event_type"),
+]
+
+_internal: TypeAdapter[InternalEvent] = TypeAdapter(InternalEvent)
+
+
+def parse_internal(raw: bytes | str) -> InternalEvent:
+    """Parse any service-emitted payload into its model, chosen by ``event_type``."""
+    return _internal.validate_json(raw)

@@ -1,0 +1,23 @@
+"""Typed Kafka plumbing over aiokafka: publish with CloudEvents headers, consume safely.
+
+The consumer commits an offset only after its handler finished (the effect is
+durable), retries with backoff, dead-letters what can never succeed with the
+reason, and skips records whose ``event_id`` it has already handled.
+"""
+
+from driftloop.bus.consumer import ConsumerLoop, Deduper, MemoryDeduper, PoisonMessage, Record, replay
+from driftloop.bus.producer import Bus, cloudevent_headers, deadletter_for
+from driftloop.bus.topics import ensure_topics
+
+__all__ = [
+    "Bus",
+    "ConsumerLoop",
+    "Deduper",
+    "MemoryDeduper",
+    "PoisonMessage",
+    "Record",
+    "cloudevent_headers",
+    "deadletter_for",
+    "ensure_topics",
+    "replay",
+]

@@ -1,0 +1,258 @@
+"""Consuming: at-least-once delivery made safe by idempotent, dead-lettering handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from pydantic import BaseModel, ValidationError
+
+from driftloop.bus.producer import Bus, deadletter_for
+from driftloop.contracts import FieldError
+from driftloop.logging import get_logger
+from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED
+from driftloop.settings import DriftloopSettings
+
+log = get_logger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+class PoisonMessage(Exception):
+    """A record that can never be handled: dead-letter it at once, without retries."""
+
+    def __init__(self, reason: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errors = errors or []
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError) -> PoisonMessage:
+        errors = [
+            FieldError(field=".".join(str(p) for p in e["loc"]) or "$", message=e["msg"]) for e in exc.errors()
+        ]
+        return cls("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed record with the topic name as the catalog knows it (prefix removed)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def parse(self, model: type[M]) -> M:
+        """Validate the value against its contract; a mismatch is poison, not a retry."""
+        try:
+            return model.model_validate_json(self.value)
+        except ValidationError as exc:
+            raise PoisonMessage.from_validation(exc) from exc
+
+    @property
+    def event_id(self) -> str | None:
+        return self.headers.get("ce_id")
+
+
+Handler = Callable[[Record], Awaitable[None]]
+
+
+class Deduper(Protocol):
+    def seen(self, event_id: str) -> bool: ...
+
+    def mark(self, event_id: str) -> None: ...
+
+
+class MemoryDeduper:
+    """Remembers the last ``capacity`` event ids; redeliveries after a rebalance fall inside it.
+
+    >>> d = MemoryDeduper(capacity=2)
+    >>> d.mark("a"); d.mark("b"); d.mark("c")
+    >>> d.seen("a"), d.seen("c")
+    (False, True)
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def mark(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        self._ids.move_to_end(event_id)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+
+def _record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
+    return Record(
+        topic=msg.topic.removeprefix(prefix),
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key.decode("utf-8", errors="replace") if msg.key is not None else None,
+        value=msg.value or b"",
+        headers={k: v.decode("utf-8", errors="replace") for k, v in msg.headers},
+    )
+
+
+class ConsumerLoop:
+    """Runs a handler over topics in a consumer group, committing only what is done."""
+
+    def __init__(
+        self,
+        settings: DriftloopSettings,
+        bus: Bus,
+        *,
+        service: str,
+        topics: Iterable[str],
+        group: str,
+        handler: Handler,
+        deduper: Deduper | None = None,
+        attempts: int = 4,
+        backoff_seconds: float = 0.2,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.service = service
+        self.topics = list(topics)
+        self.group = settings.group(group)
+        self.handler = handler
+        self.deduper = deduper or MemoryDeduper()
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self.assigned = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *(self.settings.topic(t) for t in self.topics),
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=min(3000, self.settings.kafka_session_timeout_ms // 3),
+            client_id=f"driftloop-{self.service}",
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consume:{self.group}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            if consumer.assignment():
+                self.assigned.set()
+            for tp, messages in batches.items():
+                for msg in messages:
+                    await self._handle(_record(msg, self.settings.topic_prefix))
+                await consumer.commit({tp: messages[-1].offset + 1})
+
+    async def _handle(self, record: Record) -> None:
+        event_id = record.event_id
+        if event_id and self.deduper.seen(event_id):
+            MESSAGES_CONSUMED.labels(self.service, record.topic, "duplicate").inc()
+            return
+        started = time.perf_counter()
+        outcome = await self._attempt(record)
+        HANDLER_SECONDS.labels(self.service, record.topic).observe(time.perf_counter() - started)
+        MESSAGES_CONSUMED.labels(self.service, record.topic, outcome).inc()
+        if event_id:
+            self.deduper.mark(event_id)
+
+    async def _attempt(self, record: Record) -> str:
+        """Handle with retries; return the outcome label. Never raises: one record can't stop the loop."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await self.handler(record)
+                return "ok"
+            except PoisonMessage as exc:
+                await self._deadletter(record, exc.reason, exc.errors)
+                return "deadletter"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt == self.attempts:
+                    log.exception("handler gave up", topic=record.topic, offset=record.offset)
+                    await self._deadletter(record, f"handler failed {attempt} times: {exc!r}", [])
+                    return "deadletter"
+                log.warning("handler failed, retrying", topic=record.topic, attempt=attempt, error=repr(exc))
+                await asyncio.sleep(self.backoff_seconds * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    async def _deadletter(self, record: Record, reason: str, errors: list[FieldError]) -> None:
+        await self.bus.deadletter(
+            deadletter_for(
+                source_topic=record.topic,
+                payload=record.value,
+                reason=reason,
+                stage=f"{self.service}.{record.topic}",
+                key=record.key,
+                partition=record.partition,
+                offset=record.offset,
+                errors=errors,
+                original_event_id=record.event_id,
+            )
+        )
+
+
+async def replay(
+    settings: DriftloopSettings,
+    topic: str,
+    on_record: Callable[[Record, bool], Awaitable[None]],
+    on_caught_up: Callable[[], Awaitable[None]],
+) -> None:
+    """Read ``topic`` from its start forever; ``on_record(record, live)``, and one call when history is done.
+
+    Used where every replica needs every record (deployment and training follow
+    ``registry.events``): no group, so nothing to commit, and the state is
+    rebuilt from the topic on each start.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        name = settings.topic(topic)
+        partitions = consumer.partitions_for_topic(name) or set()
+        while not partitions:
+            await asyncio.sleep(0.2)
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(name) or set()
+        tps = [TopicPartition(name, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        behind = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
+        if not behind:
+            await on_caught_up()
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batches.items():
+                for msg in messages:
+                    await on_record(_record(msg, settings.topic_prefix), tp not in behind)
+                    if tp in behind and msg.offset + 1 >= behind[tp]:
+                        del behind[tp]
+                        if not behind:
+                            await on_caught_up()
+    finally:
+        await consumer.stop()

@@ -1,0 +1,40 @@
+"""Create the catalog's topics, idempotently, before anything produces to them.
+
+Brokers that auto-create topics give them their own default partition count,
+which breaks co-partitioned stream joins; so every service creates the
+catalog's topics with their declared partitions at startup.
+"""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from driftloop.contracts import TOPICS
+from driftloop.settings import DriftloopSettings
+
+
+async def ensure_topics(settings: DriftloopSettings, replication_factor: int = 1) -> list[str]:
+    """Create missing catalog topics; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="driftloop-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                settings.topic(spec.name),
+                num_partitions=spec.partitions,
+                replication_factor=replication_factor,
+                topic_configs=spec.config,
+            )
+            for spec in TOPICS.values()
+            if settings.topic(spec.name) not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in missing]
+    finally:
+        await admin.close()

@@ -1,0 +1,17 @@
+"""Prometheus metrics every service shares; service-specific ones live beside their code.
+
+Names follow ``driftloop_<thing>_<unit>`` so one Grafana dashboard covers all
+six services, told apart by the ``service`` label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_CONSUMED = Counter(
+    "driftloop_messages_consumed_total", "Records handled by a consumer.", ["service", "topic", "outcome"]
+)
+MESSAGES_PRODUCED = Counter("driftloop_messages_produced_total", "Records produced.", ["service", "topic"])
+DEADLETTERS = Counter("driftloop_deadletters_total", "Records sent to the dead-letter topic.", ["service", "stage"])
+HANDLER_SECONDS = Histogram("driftloop_handler_seconds", "Time to handle one record.", ["service", "topic"])
+CONSUMER_LAG = Gauge("driftloop_consumer_lag", "Records behind the partition end.", ["service", "topic"])

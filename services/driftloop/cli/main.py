@@ -1,0 +1,133 @@
+"""``driftloop``: one command to run the stack, watch the loop, and operate it."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from driftloop.broker import EmbeddedBroker
+from driftloop.cli import ops
+from driftloop.cli.stack import SERVICES, Stack
+from driftloop.logging import configure_logging
+from driftloop.settings import DriftloopSettings, ServiceSettings
+
+app = typer.Typer(help="driftloop: drift detection, retraining and promotion over Kafka.", no_args_is_help=True)
+contracts_app = typer.Typer(help="The wire contracts: JSON Schemas and the AsyncAPI document.")
+app.add_typer(contracts_app, name="contracts")
+console = Console()
+ops.register(app)
+
+
+@app.command()
+def service(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}")]) -> None:
+    """Run one service in the foreground (its port from DRIFTLOOP_PORT or the default)."""
+    if name not in SERVICES:
+        raise typer.BadParameter(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+    settings = ServiceSettings(service=name)
+    module = importlib.import_module(f"driftloop.services.{name}.main")
+    uvicorn.run(
+        module.create_app(),
+        host=settings.host,
+        port=settings.listen_port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def broker() -> None:
+    """Run the embedded Kafka-protocol broker (Tansu) until interrupted."""
+    settings = DriftloopSettings()
+    configure_logging("broker", settings.log_level, "console")
+    with EmbeddedBroker(settings.broker_port, settings.tansu_bin):
+        console.print(f"[green]broker ready[/] on 127.0.0.1:{settings.broker_port} (Ctrl-C to stop)")
+        _wait_for_signal()
+
+
+def _wait_for_signal() -> None:
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
+def status_table(stack: Stack, states: dict[str, str]) -> Table:
+    table = Table(title="driftloop stack", expand=False)
+    table.add_column("service")
+    table.add_column("url")
+    table.add_column("state")
+    colours = {"ready": "green", "starting": "yellow"}
+    table.add_row("broker", stack.settings.bootstrap, "[green]ready[/]" if stack.broker or stack.settings.kafka_bootstrap else "-")
+    for name, state in states.items():
+        table.add_row(name, stack.children[name].url, f"[{colours.get(state, 'red')}]{state}[/]")
+    return table
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded broker (unless DRIFTLOOP_KAFKA_BOOTSTRAP is set) and all six services."""
+    stack = Stack(DriftloopSettings())
+    configure_logging("driftloop", stack.settings.log_level, "console")
+    try:
+        stack.start()
+        with Live(status_table(stack, stack.poll()), console=console, refresh_per_second=2) as live:
+            stopping = False
+
+            def _stop(*_: Any) -> None:
+                nonlocal stopping
+                stopping = True
+
+            signal.signal(signal.SIGTERM, _stop)
+            try:
+                while not stopping:
+                    live.update(status_table(stack, stack.poll()))
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        console.print("stopping…")
+        stack.stop()
+        console.print("[green]stopped[/]")
+
+
+@contracts_app.command("export")
+def contracts_export(out: Annotated[Path, typer.Option(help="Folder to write into.")] = Path("contracts")) -> None:
+    """Write one JSON Schema per payload and the AsyncAPI document."""
+    from driftloop.contracts.export import export_contracts
+
+    for path in export_contracts(out):
+        console.print(f"wrote {path}")
+
+
+@contracts_app.command("check")
+def contracts_check(committed: Annotated[Path, typer.Option(help="Folder with the committed contracts.")] = Path("contracts")) -> None:
+    """Fail when the models are not backward compatible with the committed schemas."""
+    from driftloop.contracts.compat import check_directory
+
+    problems = check_directory(committed)
+    for problem in problems:
+        console.print(f"[red]incompatible[/] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    console.print("[green]compatible[/]")
+
+
+if __name__ == "__main__":
+    app()

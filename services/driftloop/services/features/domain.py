@@ -1,0 +1,62 @@
+"""Feature computation, free of I/O: an entity's running state plus an event gives a vector.
+
+>>> from driftloop.config import EntityAggregate, FeatureView
+>>> view = FeatureView(name="v", passthrough=["x"], entity_aggregates=[EntityAggregate(agg="count"),
+...                    EntityAggregate(feature="x", agg="mean")])
+>>> state = EntityState()
+>>> state.observe("e1", {"x": 2.0}), state.vector(view, ["x"], {"x": 2.0})
+(True, {'x': 2.0, 'entity_count': 1.0, 'entity_mean_x': 2.0})
+>>> state.observe("e2", {"x": 4.0}), state.vector(view, ["x"], {"x": 4.0})
+(True, {'x': 4.0, 'entity_count': 2.0, 'entity_mean_x': 3.0})
+>>> state.observe("e2", {"x": 4.0})  # a re-sent event is not counted twice
+False
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from driftloop.config import FeatureView
+from driftloop.contracts.events import Features
+
+#: Event ids remembered per entity to skip redeliveries; a re-sent event is rarely older than this.
+RECENT_IDS = 64
+
+
+@dataclass
+class EntityState:
+    count: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    recent: list[str] = field(default_factory=list)
+
+    def observe(self, event_id: str, features: Features) -> bool:
+        """Fold one event into the running aggregates; False when it was already counted."""
+        if event_id in self.recent:
+            return False
+        self.recent = [*self.recent[-(RECENT_IDS - 1) :], event_id]
+        self.count += 1
+        for name, value in features.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self.sums[name] = self.sums.get(name, 0.0) + float(value)
+                self.seen[name] = self.seen.get(name, 0) + 1
+        return True
+
+    def vector(self, view: FeatureView, passthrough: list[str], features: Features) -> Features:
+        """The view's features for the event just observed."""
+        vector: Features = {name: features.get(name) for name in passthrough}
+        for aggregate in view.entity_aggregates:
+            if aggregate.feature is None:
+                vector[aggregate.output_name] = float(self.count)
+            else:
+                n = self.seen.get(aggregate.feature, 0)
+                vector[aggregate.output_name] = self.sums[aggregate.feature] / n if n else None
+        return vector
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> EntityState:
+        return cls(**data) if data else cls()

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from driftloop.streams import StreamSettings
+
+
+class FeaturesSettings(StreamSettings):
+    service: str = "features"
+    #: Vectors per offline segment, and the longest a vector waits to be written.
+    offline_batch: int = 500
+    offline_flush_seconds: float = 1.0

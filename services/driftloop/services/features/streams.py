@@ -1,0 +1,97 @@
+"""The faust agents: validated events -> vectors (online store), vectors and labels -> offline store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from driftloop.artifacts import ArtifactStore
+from driftloop.bus import PoisonMessage
+from driftloop.config import DriftloopConfig
+from driftloop.contracts import EventValidated, FeatureVector, LabelEvent
+from driftloop.logging import get_logger
+from driftloop.metrics import MESSAGES_CONSUMED
+from driftloop.offline import OfflineStore
+from driftloop.services.features.domain import EntityState
+from driftloop.services.features.settings import FeaturesSettings
+from driftloop.streams import Emitter, parse, raw_topic, stream_app
+
+log = get_logger(__name__)
+
+
+@dataclass
+class FeatureStreams:
+    app: faust.App
+    online: faust.Table  # entity_id -> {view name: latest vector}
+
+
+def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactStore) -> FeatureStreams:
+    app = stream_app(settings, "features")
+    emitter = Emitter(app, settings)
+    entities = app.Table("entities", default=None, partitions=3, key_type=str, value_type=None)
+    online = app.Table("online", default=None, partitions=3, key_type=str, value_type=None)
+    offline = {view.name: OfflineStore(store, view.name) for view in config.feature_views}
+
+    async def on_validated(raw: bytes) -> None:
+        validated = parse(EventValidated, raw)
+        state = EntityState.from_dict(entities.get(validated.entity_id))
+        if not state.observe(validated.event_id, validated.features):
+            MESSAGES_CONSUMED.labels("features", "events.validated", "duplicate").inc()
+            return
+        latest = dict(online.get(validated.entity_id) or {})
+        for view in config.feature_views:
+            out = FeatureVector(
+                event_id=validated.event_id,
+                correlation_id=validated.correlation_id,
+                causation_id=validated.event_id,
+                entity_id=validated.entity_id,
+                event_time=validated.event_time,
+                feature_view=view.name,
+                features=state.vector(view, config.passthrough(view), validated.features),
+                label=validated.label,
+            )
+            await emitter.emit(out, validated.entity_id)
+            latest[view.name] = out.model_dump(mode="json")
+        entities[validated.entity_id] = state.to_dict()
+        online[validated.entity_id] = latest
+        MESSAGES_CONSUMED.labels("features", "events.validated", "ok").inc()
+
+    @app.agent(raw_topic(app, settings, "events.validated"))
+    async def compute(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await emitter.guard(event, "features.compute", lambda: on_validated(event.value))
+
+    @app.agent(raw_topic(app, settings, "features"))
+    async def write_offline(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.offline_batch, within=settings.offline_flush_seconds):
+            vectors: dict[str, list[FeatureVector]] = {}
+            for event in events:
+                try:
+                    vector = parse(FeatureVector, event.value)
+                except PoisonMessage as exc:
+                    await emitter.deadletter(event, exc, "features.offline")
+                    continue
+                vectors.setdefault(vector.feature_view, []).append(vector)
+            first = events[0].message
+            for view, rows in vectors.items():
+                if view in offline:
+                    offline[view].append_vectors(rows, first.partition, first.offset)
+            MESSAGES_CONSUMED.labels("features", "features", "ok").inc(len(events))
+
+    @app.agent(raw_topic(app, settings, "labels"))
+    async def write_labels(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.offline_batch, within=settings.offline_flush_seconds):
+            labels: list[LabelEvent] = []
+            for event in events:
+                try:
+                    labels.append(parse(LabelEvent, event.value))
+                except PoisonMessage as exc:
+                    await emitter.deadletter(event, exc, "features.labels")
+            first = events[0].message
+            if labels:
+                for store_ in offline.values():
+                    store_.append_labels(labels, first.partition, first.offset)
+            MESSAGES_CONSUMED.labels("features", "labels", "ok").inc(len(events))
+
+    return FeatureStreams(app=app, online=online)

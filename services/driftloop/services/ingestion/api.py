@@ -1,0 +1,86 @@
+"""HTTP intake for producers that don't speak Kafka: same contract, same validation, same topic."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from pydantic import BaseModel
+
+from driftloop.contracts import utcnow
+from driftloop.runtime import Runtime
+from driftloop.services.ingestion.settings import IngestionSettings
+from driftloop.services.ingestion.domain import Invalid, split_body, validate_event, validate_label
+
+router = APIRouter(prefix="/v1", tags=["ingestion"])
+
+
+def get_runtime(request: Request) -> Runtime[IngestionSettings]:
+    runtime: Runtime[IngestionSettings] = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime[IngestionSettings], Depends(get_runtime)]
+
+
+class Accepted(BaseModel):
+    accepted: int
+    event_ids: list[str]
+
+
+def _unprocessable(errors: list[dict[str, Any]]) -> HTTPException:
+    return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
+
+
+def _detail(index: int | None, exc: Invalid) -> list[dict[str, Any]]:
+    """FastAPI's error shape: ``loc`` names the item and the field, ``msg`` the reason."""
+    where: list[str | int] = ["body"] if index is None else ["body", index]
+    return [
+        {"loc": [*where, *e.field.split(".")], "msg": e.message, "type": "value_error"} for e in exc.errors
+    ]
+
+
+async def _items(request: Request, limit: int) -> list[Any]:
+    try:
+        items = split_body(await request.body(), request.headers.get("content-type", ""))
+    except Invalid as exc:
+        raise _unprocessable(_detail(None, exc)) from exc
+    if len(items) > limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"at most {limit} items per request")
+    return items
+
+
+@router.post(
+    "/events",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": {}}, "application/x-ndjson": {}}}},
+)
+async def post_events(request: Request, runtime: RuntimeDep) -> Accepted:
+    """Accept one event, a JSON array or NDJSON; all-or-nothing, so a 422 means nothing was sent."""
+    items = await _items(request, runtime.settings.max_batch)
+    now = utcnow()
+    events, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            events.append(validate_event(item, runtime.config.dataset, now))
+        except Invalid as exc:
+            errors += _detail(index if len(items) > 1 else None, exc)
+    if errors:
+        raise _unprocessable(errors)
+    await runtime.bus.publish_many([(event, event.entity_id) for event in events])
+    return Accepted(accepted=len(events), event_ids=[e.event_id for e in events])
+
+
+@router.post("/labels", status_code=status.HTTP_202_ACCEPTED)
+async def post_labels(request: Request, runtime: RuntimeDep) -> Accepted:
+    items = await _items(request, runtime.settings.max_batch)
+    labels, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            labels.append(validate_label(item, runtime.config.dataset.label))
+        except Invalid as exc:
+            errors += _detail(index if len(items) > 1 else None, exc)
+    if errors:
+        raise _unprocessable(errors)
+    await runtime.bus.publish_many([(label, label.event_id) for label in labels])
+    return Accepted(accepted=len(labels), event_ids=[label.event_id for label in labels])

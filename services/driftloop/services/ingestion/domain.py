@@ -1,0 +1,136 @@
+"""Validation of producer events against the contract and the configured dataset schema.
+
+Pure functions: the consumer of ``events.raw`` and the HTTP endpoint call the
+same ones, so a Kafka producer and an HTTP client get the same verdict and the
+same field-level reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from driftloop.config import DatasetSchema, FeatureSpec, LabelSpec
+from driftloop.contracts import DataEvent, EventValidated, FieldError, LabelEvent
+from driftloop.contracts.events import FeatureValue
+
+
+class Invalid(Exception):
+    """The event breaks the contract or the schema; ``errors`` name each field and why."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+_TYPE_CHECKS = {
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+}
+
+
+def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    return [
+        FieldError(field=prefix + (".".join(str(p) for p in e["loc"]) or "$"), message=e["msg"]) for e in exc.errors()
+    ]
+
+
+def parse_json(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Invalid([FieldError(field="$", message=f"malformed JSON: {exc}")]) from exc
+
+
+def _check_value(name: str, value: FeatureValue, spec: FeatureSpec | LabelSpec) -> str | None:
+    if not _TYPE_CHECKS[spec.type](value):
+        return f"expected {spec.type}, got {type(value).__name__} {value!r}"
+    if spec.allowed is not None and value not in spec.allowed:
+        return f"{value!r} is not one of {spec.allowed}"
+    if isinstance(spec, FeatureSpec) and isinstance(value, int | float):
+        if spec.min is not None and value < spec.min:
+            return f"{value} is below the minimum {spec.min}"
+        if spec.max is not None and value > spec.max:
+            return f"{value} is above the maximum {spec.max}"
+    return None
+
+
+def check_schema(event: DataEvent, schema: DatasetSchema, now: datetime) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for name, spec in schema.features.items():
+        value = event.features.get(name)
+        if value is None:
+            if spec.required:
+                errors.append(FieldError(field=f"features.{name}", message="required feature is missing"))
+            continue
+        if problem := _check_value(name, value, spec):
+            errors.append(FieldError(field=f"features.{name}", message=problem))
+    if not schema.allow_unknown_features:
+        errors += [
+            FieldError(field=f"features.{name}", message="not a feature of the dataset schema")
+            for name in event.features
+            if name not in schema.features
+        ]
+    if event.label is not None and (problem := _check_value("label", event.label, schema.label)):
+        errors.append(FieldError(field="label", message=problem))
+    event_time = event.event_time if event.event_time.tzinfo else event.event_time.replace(tzinfo=UTC)
+    if now - event_time > schema.max_event_age:
+        errors.append(FieldError(field="event_time", message=f"older than the freshness limit {schema.max_event_age}"))
+    if event_time - now > schema.max_clock_skew:
+        errors.append(FieldError(field="event_time", message=f"more than {schema.max_clock_skew} in the future"))
+    return errors
+
+
+def validate_event(payload: Any, schema: DatasetSchema, now: datetime) -> DataEvent:
+    """A ``DataEvent`` that satisfies contract and schema, or ``Invalid`` with every reason."""
+    try:
+        event = DataEvent.model_validate(payload)
+    except ValidationError as exc:
+        raise Invalid(_pydantic_errors(exc)) from exc
+    if errors := check_schema(event, schema, now):
+        raise Invalid(errors)
+    if event.event_time.tzinfo is None:
+        event = event.model_copy(update={"event_time": event.event_time.replace(tzinfo=UTC)})
+    return event
+
+
+def validate_label(payload: Any, spec: LabelSpec) -> LabelEvent:
+    try:
+        label = LabelEvent.model_validate(payload)
+    except ValidationError as exc:
+        raise Invalid(_pydantic_errors(exc)) from exc
+    if problem := _check_value("label", label.label, spec):
+        raise Invalid([FieldError(field="label", message=problem)])
+    return label
+
+
+def validated(event: DataEvent) -> EventValidated:
+    """The event as the rest of the system sees it; its ``event_id`` stays the producer's."""
+    return EventValidated(
+        event_id=event.event_id,
+        correlation_id=event.event_id,
+        entity_id=event.entity_id,
+        event_time=event.event_time,
+        features=event.features,
+        label=event.label,
+    )
+
+
+def split_body(body: bytes, content_type: str) -> list[Any]:
+    """One JSON object, a JSON array, or NDJSON (one object per line)."""
+    if "ndjson" in content_type or "jsonlines" in content_type:
+        items = []
+        for number, line in enumerate(body.splitlines()):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise Invalid([FieldError(field=f"line {number + 1}", message=f"malformed JSON: {exc}")]) from exc
+        return items
+    parsed = parse_json(body)
+    return parsed if isinstance(parsed, list) else [parsed]

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from driftloop.bus import ConsumerLoop
+from driftloop.config import DriftloopConfig
+from driftloop.http import service_app
+from driftloop.runtime import open_runtime
+from driftloop.services.ingestion.api import router
+from driftloop.services.ingestion.handlers import RawEventHandler
+from driftloop.services.ingestion.settings import IngestionSettings
+
+
+def create_app(settings: IngestionSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
+    settings = settings or IngestionSettings()
+    consumer: ConsumerLoop | None = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal consumer
+        async with open_runtime(settings, config) as runtime:
+            app.state.runtime = runtime
+            consumer = ConsumerLoop(
+                settings,
+                runtime.bus,
+                service="ingestion",
+                topics=["events.raw"],
+                group="ingestion",
+                handler=RawEventHandler(runtime.bus, runtime.config.dataset),
+            )
+            await consumer.start()
+            try:
+                yield
+            finally:
+                await consumer.stop()
+
+    async def readiness() -> dict[str, bool]:
+        return {"consumer": consumer is not None and consumer.running}
+
+    app = service_app("ingestion", lifespan, readiness)
+    app.include_router(router)
+    return app
