@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from driftloop.bus.producer import Bus, cloudevent_headers
@@ -23,6 +24,11 @@ from driftloop.contracts import Contract, topic_for, utcnow
 from driftloop.logging import get_logger
 
 log = get_logger(__name__)
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without a zone; every time driftloop stores is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def make_engine(url: str) -> Engine:
@@ -40,6 +46,15 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def create_tables(engine: Engine, models: list[type[SQLModel]]) -> None:
+    """Create missing tables; two services sharing one database may race here, so retry once."""
+    tables = [m.__table__ for m in (*models, OutboxRecord)]  # type: ignore[attr-defined]
+    try:
+        SQLModel.metadata.create_all(engine, tables=tables)
+    except (OperationalError, ProgrammingError, IntegrityError):
+        SQLModel.metadata.create_all(engine, tables=tables)
 
 
 class OutboxRecord(SQLModel, table=True):

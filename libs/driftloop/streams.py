@@ -65,7 +65,7 @@ def parse(model: type[BaseModel], value: bytes) -> Any:
 
 
 class Emitter:
-    """Sends contracts from inside agents, waiting for the broker's ack before the agent moves on."""
+    """Sends contracts from inside agents, with CloudEvents headers like the bus."""
 
     def __init__(self, app: faust.App, settings: StreamSettings) -> None:
         self.app = app
@@ -80,12 +80,12 @@ class Emitter:
     async def emit(self, event: Contract, key: str | None) -> None:
         name = topic_for(type(event))
         headers = cloudevent_headers(event, f"driftloop/{self.settings.service}", key)
-        future = await self.topic(name).send(
+        # Not awaiting the delivery here is safe: faust flushes its producer before it commits offsets.
+        await self.topic(name).send(
             key=key.encode() if key is not None else None,
             value=event.model_dump_json().encode(),
             headers=headers,
         )
-        await future
         MESSAGES_PRODUCED.labels(self.settings.service, name).inc()
 
     async def guard(self, event: faust.EventT, stage: str, handle: Callable[[], Awaitable[None]]) -> None:

@@ -62,6 +62,8 @@ class Record:
 
 
 Handler = Callable[[Record], Awaitable[None]]
+#: Handles several records at once and returns the ones it could not use, each with its reason.
+BatchHandler = Callable[[list[Record]], Awaitable[list[tuple[Record, PoisonMessage]]]]
 
 
 class Deduper(Protocol):
@@ -115,8 +117,10 @@ class ConsumerLoop:
         service: str,
         topics: Iterable[str],
         group: str,
-        handler: Handler,
+        handler: Handler | None = None,
+        batch_handler: BatchHandler | None = None,
         deduper: Deduper | None = None,
+        dedupe_key: Callable[[Record], str | None] = lambda record: record.event_id,
         attempts: int = 4,
         backoff_seconds: float = 0.2,
     ) -> None:
@@ -125,8 +129,12 @@ class ConsumerLoop:
         self.service = service
         self.topics = list(topics)
         self.group = settings.group(group)
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler and batch_handler")
         self.handler = handler
+        self.batch_handler = batch_handler
         self.deduper = deduper or MemoryDeduper()
+        self.dedupe_key = dedupe_key
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.assigned = asyncio.Event()
@@ -162,30 +170,61 @@ class ConsumerLoop:
         assert self._consumer is not None
         consumer = self._consumer
         while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=500)
-            if consumer.assignment():
-                self.assigned.set()
-            for tp, messages in batches.items():
-                for msg in messages:
-                    await self._handle(_record(msg, self.settings.topic_prefix))
-                await consumer.commit({tp: messages[-1].offset + 1})
+            try:
+                await self._poll(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Nothing of the failed batch was committed: go back and read it again.
+                log.exception("consumer batch failed; re-reading from the last commit", group=self.group)
+                await asyncio.sleep(1.0)
+                await consumer.seek_to_committed()
 
-    async def _handle(self, record: Record) -> None:
-        event_id = record.event_id
-        if event_id and self.deduper.seen(event_id):
-            MESSAGES_CONSUMED.labels(self.service, record.topic, "duplicate").inc()
-            return
+    async def _poll(self, consumer: AIOKafkaConsumer) -> None:
+        batches = await consumer.getmany(timeout_ms=500, max_records=500)
+        if consumer.assignment():
+            self.assigned.set()
+        for tp, messages in batches.items():
+            records, done = [], set()
+            for msg in messages:
+                record = _record(msg, self.settings.topic_prefix)
+                key = self.dedupe_key(record)
+                if key and (key in done or self.deduper.seen(key)):
+                    MESSAGES_CONSUMED.labels(self.service, record.topic, "duplicate").inc()
+                    continue
+                records.append(record)
+                if key:
+                    done.add(key)
+            if records:
+                await (self._handle_batch(records) if self.batch_handler else self._handle_each(records))
+            await self.bus.flush()
+            await consumer.commit({tp: messages[-1].offset + 1})
+            # Only now is the effect durable; a batch that failed above is re-read and not skipped as seen.
+            for key in done:
+                self.deduper.mark(key)
+
+    async def _handle_batch(self, records: list[Record]) -> None:
+        assert self.batch_handler is not None
         started = time.perf_counter()
-        outcome = await self._attempt(record)
-        HANDLER_SECONDS.labels(self.service, record.topic).observe(time.perf_counter() - started)
-        MESSAGES_CONSUMED.labels(self.service, record.topic, outcome).inc()
-        if event_id:
-            self.deduper.mark(event_id)
+        rejected = await self.batch_handler(records)
+        for record, poison in rejected:
+            await self._deadletter(record, poison.reason, poison.errors)
+        HANDLER_SECONDS.labels(self.service, records[0].topic).observe(time.perf_counter() - started)
+        MESSAGES_CONSUMED.labels(self.service, records[0].topic, "ok").inc(len(records) - len(rejected))
+        MESSAGES_CONSUMED.labels(self.service, records[0].topic, "deadletter").inc(len(rejected))
+
+    async def _handle_each(self, records: list[Record]) -> None:
+        for record in records:
+            started = time.perf_counter()
+            outcome = await self._attempt(record)
+            HANDLER_SECONDS.labels(self.service, record.topic).observe(time.perf_counter() - started)
+            MESSAGES_CONSUMED.labels(self.service, record.topic, outcome).inc()
 
     async def _attempt(self, record: Record) -> str:
         """Handle with retries; return the outcome label. Never raises: one record can't stop the loop."""
         for attempt in range(1, self.attempts + 1):
             try:
+                assert self.handler is not None
                 await self.handler(record)
                 return "ok"
             except PoisonMessage as exc:

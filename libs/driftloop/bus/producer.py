@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaProducer
 
 from driftloop.contracts import Contract, DeadLetter, Envelope, FieldError, topic_for, utcnow
@@ -62,6 +64,7 @@ class Bus:
     def __init__(self, settings: DriftloopSettings, service: str) -> None:
         self.settings = settings
         self.service = service
+        self._inflight: list[asyncio.Future[object]] = []
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap,
             acks="all",
@@ -75,37 +78,42 @@ class Bus:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def publish(self, event: Contract, key: str | None, topic: str | None = None) -> None:
+    async def publish(self, event: Contract, key: str | None, topic: str | None = None, *, wait: bool = True) -> None:
+        """Produce ``event``; with ``wait=False`` the acknowledgement is awaited by the next ``flush``."""
         await self.send(
             topic or topic_for(type(event)),
             event.model_dump_json().encode(),
             key,
             cloudevent_headers(event, f"driftloop/{self.service}", key),
+            wait=wait,
         )
 
-    async def send(self, topic: str, value: bytes, key: str | None, headers: Headers) -> None:
-        """Produce an already-encoded record and wait for the broker's acknowledgement."""
-        await self._producer.send_and_wait(
+    async def send(self, topic: str, value: bytes, key: str | None, headers: Headers, *, wait: bool = True) -> None:
+        """Produce an already-encoded record."""
+        future = await self._producer.send(
             self.settings.topic(topic), value, key=key.encode() if key is not None else None, headers=headers
         )
         MESSAGES_PRODUCED.labels(self.service, topic).inc()
+        if wait:
+            await future
+        else:
+            self._inflight.append(future)
+
+    async def flush(self) -> None:
+        """Wait until every record sent with ``wait=False`` is acknowledged; raise if one failed.
+
+        Consumers call this before committing offsets, so an offset is never
+        committed for a record whose output the broker does not have.
+        """
+        inflight, self._inflight = self._inflight, []
+        for future in inflight:
+            await future
 
     async def publish_many(self, events: list[tuple[Contract, str | None]]) -> None:
         """Send a batch concurrently and wait for every acknowledgement."""
-        futures = []
         for event, key in events:
-            topic = topic_for(type(event))
-            futures.append(
-                await self._producer.send(
-                    self.settings.topic(topic),
-                    event.model_dump_json().encode(),
-                    key=key.encode() if key is not None else None,
-                    headers=cloudevent_headers(event, f"driftloop/{self.service}", key),
-                )
-            )
-            MESSAGES_PRODUCED.labels(self.service, topic).inc()
-        for future in futures:
-            await future
+            await self.publish(event, key, wait=False)
+        await self.flush()
 
     async def deadletter(self, record: DeadLetter) -> None:
         await self.publish(record, record.key)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 import uvicorn
 from rich.console import Console
@@ -18,7 +20,7 @@ from driftloop.broker import EmbeddedBroker
 from driftloop.cli import ops
 from driftloop.cli.stack import SERVICES, Stack
 from driftloop.logging import configure_logging
-from driftloop.settings import DriftloopSettings, ServiceSettings
+from driftloop.settings import SERVICE_PORTS, DriftloopSettings, ServiceSettings
 
 app = typer.Typer(help="driftloop: drift detection, retraining and promotion over Kafka.", no_args_is_help=True)
 contracts_app = typer.Typer(help="The wire contracts: JSON Schemas and the AsyncAPI document.")
@@ -105,6 +107,46 @@ def up() -> None:
         console.print("stopping…")
         stack.stop()
         console.print("[green]stopped[/]")
+
+
+def _running(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@app.command()
+def demo(
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 300.0,
+    drift_at: Annotated[int, typer.Option(help="Event number where the concept changes.")] = 3000,
+    max_events: Annotated[int, typer.Option(help="Stop after this many events at the latest.")] = 9000,
+) -> None:
+    """Stream a drifting data set into the stack (starting one if none runs) and watch the loop close."""
+    from driftloop.cli.demo import DemoOptions, run_demo, summary
+
+    settings = DriftloopSettings()
+    stack: Stack | None = None
+    if not _running(f"http://127.0.0.1:{SERVICE_PORTS['registry']}"):
+        stack = Stack(settings)
+        configure_logging("driftloop", "WARNING", "console")
+    try:
+        if stack is not None:
+            with console.status("starting the embedded broker and six services…"):
+                stack.start()
+                stack.wait_ready()
+            settings = stack.settings
+            console.print(status_table(stack, stack.poll()))
+        options = DemoOptions(rate=rate, drift_at=drift_at, max_events=max_events)
+        result = asyncio.run(run_demo(settings, options))
+        console.print(summary(result))
+    finally:
+        if stack is not None:
+            with console.status("stopping the stack…"):
+                stack.stop()
+    if result.result.rollout is None:
+        console.print("[red]the loop did not close: no promoted version was rolled out[/]")
+        raise typer.Exit(1)
 
 
 @contracts_app.command("export")

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-from driftloop.bus import Bus, MemoryDeduper, PoisonMessage, Record
+import json
+
+from driftloop.bus import Bus, PoisonMessage, Record
 from driftloop.config import DatasetSchema
 from driftloop.contracts import utcnow
 from driftloop.services.ingestion.domain import Invalid, parse_json, validate_event, validated
+
+
+def producer_event_id(record: Record) -> str | None:
+    """Producers' records carry no CloudEvents header: the idempotency key is the payload's ``event_id``."""
+    if record.event_id:
+        return record.event_id
+    try:
+        payload = json.loads(record.value)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    event_id = payload.get("event_id") if isinstance(payload, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
 
 
 class RawEventHandler:
     def __init__(self, bus: Bus, schema: DatasetSchema) -> None:
         self.bus = bus
         self.schema = schema
-        #: Producers' events carry no CloudEvents id header, so dedupe here on the payload's event_id.
-        self.seen = MemoryDeduper()
 
     async def __call__(self, record: Record) -> None:
         try:
             event = validate_event(parse_json(record.value), self.schema, utcnow())
         except Invalid as exc:
             raise PoisonMessage(str(exc), exc.errors) from exc
-        if self.seen.seen(event.event_id):
-            return
-        await self.bus.publish(validated(event), key=event.entity_id)
-        self.seen.mark(event.event_id)
+        await self.bus.publish(validated(event), key=event.entity_id, wait=False)

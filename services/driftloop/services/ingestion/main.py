@@ -10,7 +10,7 @@ from driftloop.config import DriftloopConfig
 from driftloop.http import service_app
 from driftloop.runtime import open_runtime
 from driftloop.services.ingestion.api import router
-from driftloop.services.ingestion.handlers import RawEventHandler
+from driftloop.services.ingestion.handlers import RawEventHandler, producer_event_id
 from driftloop.services.ingestion.settings import IngestionSettings
 
 
@@ -30,6 +30,7 @@ def create_app(settings: IngestionSettings | None = None, config: DriftloopConfi
                 topics=["events.raw"],
                 group="ingestion",
                 handler=RawEventHandler(runtime.bus, runtime.config.dataset),
+                dedupe_key=producer_event_id,
             )
             await consumer.start()
             try:

@@ -1,0 +1,292 @@
+"""The demo: a drifting stream into a running stack, watched live until the loop has closed.
+
+It plays a data producer (events and late labels to Kafka, as any client
+would), asks for the first model like an operator would, and then only
+watches: monitoring must notice the drift, training must retrain, the
+registry's gate must promote, and deployment must serve the new version.
+The result it returns is what the end-to-end test asserts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from river.datasets import synth
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from driftloop.contracts import (
+    DataEvent,
+    DriftDetected,
+    LabelEvent,
+    ModelPromoted,
+    Prediction,
+    RolloutCompleted,
+    TrainingRunCompleted,
+    parse_internal,
+    utcnow,
+)
+from driftloop.settings import SERVICE_PORTS, DriftloopSettings
+
+WATCHED = ("predictions", "drift", "training.runs", "registry.events", "deployment.events")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    model: str = "loan-approval"
+    warmup: int = 1500
+    drift_at: int = 3000
+    max_events: int = 9000
+    eval_events: int = 800
+    rate: float = 300.0
+    seed: int = 7
+    timeout: float = 300.0
+
+
+@dataclass
+class Row:
+    position: int
+    features: dict[str, Any]
+    label: int
+
+
+@dataclass
+class DemoResult:
+    drift_position: int
+    events_sent: int = 0
+    detection_position: int | None = None
+    drift_event: DriftDetected | None = None
+    first_version: int | None = None
+    promoted: ModelPromoted | None = None
+    run: TrainingRunCompleted | None = None
+    rollout: RolloutCompleted | None = None
+    promotion_position: int | None = None
+    seconds_drift_to_promotion: float | None = None
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    events: list[Any] = field(default_factory=list)
+
+    def accuracy(self, rows: list[Row], version: int | None, positions: range) -> float | None:
+        hits = [
+            p.prediction == r.label
+            for r in rows
+            if r.position in positions
+            and (p := self.predictions.get(f"{r.position}")) is not None
+            and (version is None or p.model_version == version)
+        ]
+        return sum(hits) / len(hits) if hits else None
+
+
+def agrawal_stream(options: DemoOptions) -> Iterator[Row]:
+    """Agrawal loan applications; the approval rule changes abruptly at ``drift_at``."""
+    before = iter(synth.Agrawal(classification_function=0, seed=options.seed))
+    after = iter(synth.Agrawal(classification_function=2, seed=options.seed + 1))
+    for position in range(options.max_events):
+        x, y = next(before if position < options.drift_at else after)
+        yield Row(position, {k: (round(v, 2) if isinstance(v, float) else int(v)) for k, v in x.items()}, int(y))
+
+
+class Demo:
+    def __init__(self, settings: DriftloopSettings, options: DemoOptions, urls: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.urls = urls or {name: f"http://127.0.0.1:{port}" for name, port in SERVICE_PORTS.items()}
+        self.tag = uuid.uuid4().hex[:8]
+        self.result = DemoResult(drift_position=options.drift_at)
+        self.rows: list[Row] = []
+        self.drift_sent_at: float | None = None
+        self.status = "starting"
+
+    def event_id(self, position: int) -> str:
+        return f"demo-{self.tag}-{position}"
+
+    def position(self, event_id: str) -> int | None:
+        prefix = f"demo-{self.tag}-"
+        return int(event_id.removeprefix(prefix)) if event_id.startswith(prefix) else None
+
+    async def _watch(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for messages in batches.values():
+                for msg in messages:
+                    self._observe(parse_internal(msg.value or b""))
+
+    def _observe(self, event: Any) -> None:
+        result = self.result
+        if isinstance(event, Prediction):
+            position = self.position(event.source_event_id)
+            if position is not None and event.model_name == self.options.model:
+                result.predictions[str(position)] = event
+            return
+        if getattr(event, "model_name", None) != self.options.model:
+            return
+        result.events.append(event)
+        if isinstance(event, DriftDetected) and result.drift_event is None and self.drift_sent_at is not None:
+            result.drift_event = event
+            result.detection_position = result.events_sent
+            self.status = "drift detected: retraining"
+        elif isinstance(event, TrainingRunCompleted) and result.drift_event is not None and result.run is None:
+            if event.correlation_id == result.drift_event.correlation_id:
+                result.run = event
+                self.status = f"run {event.run_id} done: holdout accuracy {event.metrics['accuracy']:.3f}"
+        elif isinstance(event, ModelPromoted):
+            if result.first_version is None:
+                result.first_version = event.version
+                self.status = f"v{event.version} is champion"
+            elif result.drift_event is not None and event.correlation_id == result.drift_event.correlation_id:
+                result.promoted = event
+                result.promotion_position = result.events_sent
+                if self.drift_sent_at is not None:
+                    result.seconds_drift_to_promotion = time.monotonic() - self.drift_sent_at
+                self.status = f"v{event.version} promoted: {event.decision.reason if event.decision else ''}"
+        elif isinstance(event, RolloutCompleted) and result.promoted and event.version == result.promoted.version:
+            result.rollout = event
+            self.status = f"deployment serves v{event.version}"
+
+    async def _consumer(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        tps = []
+        for topic in WATCHED:
+            name = self.settings.topic(topic)
+            partitions = consumer.partitions_for_topic(name)
+            while not partitions:
+                await consumer.force_metadata_update()
+                partitions = consumer.partitions_for_topic(name)
+            tps += [TopicPartition(name, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        return consumer
+
+    async def _send(self, producer: AIOKafkaProducer, row: Row) -> None:
+        event = DataEvent(event_id=self.event_id(row.position), entity_id=f"applicant-{row.position % 500}",
+                          event_time=utcnow(), features=row.features)
+        label = LabelEvent(event_id=event.event_id, label=row.label, label_time=utcnow())
+        await producer.send(self.settings.topic("events.raw"), event.model_dump_json().encode(),
+                            key=event.entity_id.encode())
+        await producer.send(self.settings.topic("labels"), label.model_dump_json().encode(),
+                            key=event.event_id.encode())
+
+    async def _first_model(self, client: httpx.AsyncClient) -> None:
+        self.status = "training the first model"
+        response = await client.post(f"{self.urls['training']}/v1/models/{self.options.model}/retrain",
+                                     json={"requested_by": "demo"})
+        response.raise_for_status()
+        deadline = time.monotonic() + self.options.timeout
+        while time.monotonic() < deadline:
+            served = await client.get(f"{self.urls['deployment']}/v1/deployments/{self.options.model}")
+            if served.status_code == 200:
+                self.status = f"v{served.json()['version']} serves"
+                return
+            await asyncio.sleep(0.5)
+        raise TimeoutError("the first model was not deployed in time")
+
+    def done(self) -> bool:
+        r = self.result
+        return r.rollout is not None and r.promotion_position is not None and (
+            r.events_sent - r.promotion_position >= self.options.eval_events
+        )
+
+    async def run(self, live: Live | None = None, progress: Progress | None = None) -> DemoResult:
+        consumer = await self._consumer()
+        watcher = asyncio.create_task(self._watch(consumer))
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, linger_ms=5)
+        await producer.start()
+        task = progress.add_task("events", total=self.options.max_events) if progress else None
+        started = time.monotonic()
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                for row in agrawal_stream(self.options):
+                    if row.position == self.options.warmup:
+                        await producer.flush()
+                        await self._first_model(client)
+                        started = time.monotonic() - row.position / self.options.rate
+                    if row.position == self.options.drift_at:
+                        self.drift_sent_at = time.monotonic()
+                        self.status = "concept drift in the stream"
+                    self.rows.append(row)
+                    await self._send(producer, row)
+                    self.result.events_sent = row.position + 1
+                    if progress is not None and task is not None:
+                        progress.update(task, completed=self.result.events_sent)
+                    if live is not None and row.position % 50 == 0:
+                        live.refresh()
+                    if self.done() or time.monotonic() - started > self.options.timeout:
+                        break
+                    ahead = row.position / self.options.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                await producer.flush()
+                await asyncio.sleep(3.0)
+        finally:
+            await producer.stop()
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await consumer.stop()
+        return self.result
+
+    def board(self) -> Table:
+        r = self.result
+        n = r.events_sent
+        window = range(max(0, n - 300), n)
+        table = Table.grid(padding=(0, 2))
+        table.add_row("events sent", f"{n} (drift at {self.options.drift_at})")
+        acc = r.accuracy(self.rows, None, window)
+        table.add_row("accuracy, last 300", "-" if acc is None else f"{acc:.3f}")
+        table.add_row("drift detected", "-" if r.detection_position is None else f"at event {r.detection_position}")
+        table.add_row("training run", "-" if r.run is None else f"{r.run.run_id} ({r.run.data_window.rows} rows)")
+        table.add_row("promoted", "-" if r.promoted is None else f"v{r.promoted.version} at event {r.promotion_position}")
+        table.add_row("status", self.status)
+        return table
+
+
+def summary(demo: Demo) -> Table:
+    r, rows, o = demo.result, demo.rows, demo.options
+    table = Table(title="driftloop demo: summary")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("drift injected at event", str(o.drift_at))
+    table.add_row("drift detected at event", str(r.detection_position))
+    table.add_row("events from drift to detection",
+                  "-" if r.detection_position is None else str(r.detection_position - o.drift_at))
+    table.add_row("seconds from drift to promotion",
+                  "-" if r.seconds_drift_to_promotion is None else f"{r.seconds_drift_to_promotion:.1f}")
+    old = r.first_version
+    new = r.promoted.version if r.promoted else None
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    table.add_row(f"accuracy of v{old} before drift", fmt(r.accuracy(rows, old, range(o.warmup, o.drift_at))))
+    table.add_row(f"accuracy of v{old} after drift",
+                  fmt(r.accuracy(rows, old, range(o.drift_at, r.promotion_position or r.events_sent))))
+    if new is not None and r.promotion_position is not None:
+        table.add_row(f"accuracy of v{new} after promotion",
+                      fmt(r.accuracy(rows, new, range(r.promotion_position, r.events_sent))))
+    table.add_row("correlation id of the loop turn", r.drift_event.correlation_id if r.drift_event else "-")
+    return table
+
+
+async def run_demo(settings: DriftloopSettings, options: DemoOptions, urls: dict[str, str] | None = None,
+                   show: bool = True) -> Demo:
+    demo = Demo(settings, options, urls)
+    if not show:
+        await demo.run()
+        return demo
+    progress = Progress(TextColumn("streaming"), BarColumn(), MofNCompleteColumn())
+
+    class View:
+        def __rich__(self) -> Group:
+            return Group(progress, Panel(demo.board(), title="the loop"))
+
+    with Live(View(), refresh_per_second=4) as live:
+        await demo.run(live, progress)
+    return demo

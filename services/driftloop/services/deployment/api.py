@@ -1,0 +1,145 @@
+"""Prediction over REST (driftloop's shape and the Open Inference Protocol v2) and the deployment status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from pydantic import BaseModel, Field
+
+from driftloop.bus import Bus
+from driftloop.contracts import Prediction, new_event_id
+from driftloop.contracts.events import Features, LabelValue
+from driftloop.services.deployment.domain import Served, ServingTable
+from driftloop.services.deployment.metrics import PREDICTIONS
+from driftloop.services.deployment.settings import DeploymentSettings
+
+router = APIRouter(tags=["deployment"])
+
+
+def get_table(request: Request) -> ServingTable:
+    table: ServingTable = request.app.state.table
+    return table
+
+
+def get_bus(request: Request) -> Bus:
+    bus: Bus = request.app.state.runtime.bus
+    return bus
+
+
+def get_settings(request: Request) -> DeploymentSettings:
+    settings: DeploymentSettings = request.app.state.runtime.settings
+    return settings
+
+
+TableDep = Annotated[ServingTable, Depends(get_table)]
+BusDep = Annotated[Bus, Depends(get_bus)]
+
+
+class PredictRequest(BaseModel):
+    instances: list[Features] = Field(min_length=1, max_length=10_000)
+
+
+class PredictResponse(BaseModel):
+    model_version: int
+    predictions: list[LabelValue]
+    probabilities: list[float | None]
+    prediction_ids: list[str]
+
+
+class DeploymentView(BaseModel):
+    model_name: str
+    version: int
+    artifact_uri: str
+    loaded_at: datetime
+    strategy: Literal["direct"] = "direct"
+    instance: str
+
+
+def _served(table: ServingTable, name: str) -> Served:
+    served = table.get(name)
+    if served is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no champion of {name!r} is loaded")
+    return served
+
+
+async def _predict(served: Served, bus: Bus, instances: list[Features]) -> PredictResponse:
+    labels, probabilities = served.artifact.predict(instances)
+    ids = [new_event_id() for _ in instances]
+    await bus.publish_many([
+        (Prediction(event_id=pid, source_event_id=pid, model_name=served.model_name, model_version=served.version,
+                    channel="rest", prediction=label, probability=p), pid)
+        for pid, label, p in zip(ids, labels, probabilities, strict=True)
+    ])
+    PREDICTIONS.labels(served.model_name, "rest", "ok").inc(len(ids))
+    return PredictResponse(model_version=served.version, predictions=labels, probabilities=probabilities,
+                           prediction_ids=ids)
+
+
+@router.post("/v1/models/{name}/predict")
+async def predict(name: str, body: PredictRequest, table: TableDep, bus: BusDep) -> PredictResponse:
+    """Score instances with the champion; each prediction is published, so labels can join it later by id."""
+    return await _predict(_served(table, name), bus, body.instances)
+
+
+class InferTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[InferTensor] = Field(min_length=1)
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[InferTensor]
+
+
+@router.post("/v2/models/{name}/infer")
+async def infer(name: str, body: InferRequest, table: TableDep, bus: BusDep) -> InferResponse:
+    """Open Inference Protocol v2: one 1-D input tensor per feature, named after the feature."""
+    served = _served(table, name)
+    sizes = {t.name: len(t.data) for t in body.inputs}
+    if len(set(sizes.values())) != 1:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            [{"loc": ["body", "inputs"], "msg": f"tensors differ in length: {sizes}"}])
+    n = next(iter(sizes.values()))
+    instances: list[Features] = [{t.name: t.data[i] for t in body.inputs} for i in range(n)]
+    result = await _predict(served, bus, instances)
+    return InferResponse(
+        model_name=name,
+        model_version=str(result.model_version),
+        id=body.id or result.prediction_ids[0],
+        outputs=[
+            InferTensor(name="predict", shape=[n], datatype="BYTES" if any(isinstance(p, str) for p in result.predictions)
+                        else "INT64", data=list(result.predictions)),
+            InferTensor(name="prediction_id", shape=[n], datatype="BYTES", data=list(result.prediction_ids)),
+        ],
+    )
+
+
+@router.get("/v2/models/{name}")
+async def model_metadata(name: str, table: TableDep) -> dict[str, Any]:
+    served = _served(table, name)
+    return {
+        "name": name,
+        "versions": [str(served.version)],
+        "platform": "sklearn",
+        "inputs": [{"name": f, "datatype": "FP64", "shape": [-1]} for f in served.artifact.feature_names],
+        "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1]}],
+    }
+
+
+@router.get("/v1/deployments/{name}")
+async def deployment(name: str, table: TableDep, settings: Annotated[DeploymentSettings, Depends(get_settings)]
+                     ) -> DeploymentView:
+    served = _served(table, name)
+    return DeploymentView(model_name=name, version=served.version, artifact_uri=served.artifact_uri,
+                          loaded_at=served.loaded_at, instance=settings.instance)

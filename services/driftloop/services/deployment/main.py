@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from driftloop.artifacts import open_store
+from driftloop.bus import ConsumerLoop, replay
+from driftloop.config import DriftloopConfig
+from driftloop.http import service_app
+from driftloop.runtime import open_runtime
+from driftloop.services.deployment.api import router
+from driftloop.services.deployment.domain import ServingTable
+from driftloop.services.deployment.handlers import Predictor, Rollouts
+from driftloop.services.deployment.settings import DeploymentSettings
+
+
+def create_app(settings: DeploymentSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
+    settings = settings or DeploymentSettings()
+    rollouts: Rollouts | None = None
+    consumer: ConsumerLoop | None = None
+    follower: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal rollouts, consumer, follower
+        async with open_runtime(settings, config) as runtime:
+            table = ServingTable()
+            rollouts = Rollouts(settings, runtime.config, runtime.bus, open_store(settings), table)
+            follower = asyncio.create_task(
+                replay(settings, "registry.events", rollouts.on_record, rollouts.on_caught_up), name="registry-follower"
+            )
+            await rollouts.caught_up.wait()
+            consumer = ConsumerLoop(settings, runtime.bus, service="deployment", topics=["features"],
+                                    group="deployment", batch_handler=Predictor(runtime.config, runtime.bus, table))
+            app.state.runtime, app.state.table = runtime, table
+            await consumer.start()
+            try:
+                yield
+            finally:
+                await consumer.stop()
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+
+    async def readiness() -> dict[str, bool]:
+        return {
+            "registry_followed": rollouts is not None and rollouts.caught_up.is_set(),
+            "consumer": consumer is not None and consumer.running,
+            "follower": follower is not None and not follower.done(),
+        }
+
+    app = service_app("deployment", lifespan, readiness)
+    app.include_router(router)
+    return app

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+
+from driftloop.settings import ServiceSettings
+
+
+class DeploymentSettings(ServiceSettings):
+    service: str = "deployment"
+    #: Names this replica in rollout events; defaults to host and port.
+    instance: str = Field(default_factory=socket.gethostname)

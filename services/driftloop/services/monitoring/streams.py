@@ -1,0 +1,153 @@
+"""The faust agents: join predictions with labels by event id, then track each model's monitor.
+
+Predictions (key ``source_event_id``) and labels (key ``event_id``) are
+co-partitioned, so the join table lives where both arrive. Outcomes are then
+re-keyed by model name onto an internal topic, so one model's monitor is
+updated by one worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import faust
+
+from driftloop.config import DriftloopConfig
+from driftloop.contracts import DriftDetected, LabelEvent, Prediction
+from driftloop.contracts.events import LabelValue
+from driftloop.logging import get_logger
+from driftloop.services.monitoring.domain import ModelMonitor
+from driftloop.services.monitoring.metrics import DRIFTS, OUTCOMES, ROLLING_ACCURACY
+from driftloop.services.monitoring.settings import MonitoringSettings
+from driftloop.streams import Emitter, parse, raw_topic, stream_app
+
+log = get_logger(__name__)
+
+
+@dataclass
+class MonitorStreams:
+    app: faust.App
+    monitors: dict[str, ModelMonitor] = field(default_factory=dict)
+    drifts: dict[str, list[DriftDetected]] = field(default_factory=dict)
+
+
+def _encode(monitor: ModelMonitor) -> str:
+    return base64.b64encode(pickle.dumps(monitor)).decode()
+
+
+def _decode(blob: str) -> ModelMonitor:
+    monitor: ModelMonitor = pickle.loads(base64.b64decode(blob))  # noqa: S301 - written by this service only
+    return monitor
+
+
+def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStreams:
+    app = stream_app(settings, "monitoring")
+    emitter = Emitter(app, settings)
+    streams = MonitorStreams(app=app)
+    pending = app.Table("pending", default=None, partitions=3, key_type=str, value_type=None)
+    stored = app.Table("monitors", default=None, partitions=3, key_type=str, value_type=None)
+    outcomes = app.topic(settings.topic("driftloop-monitoring-outcomes"), internal=True, partitions=3,
+                         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    policy = config.drift
+    since_checkpoint: dict[str, int] = {}
+
+    async def score(prediction: dict[str, Any], label: LabelValue) -> None:
+        outcome = {**prediction, "correct": prediction["prediction"] == label}
+        await outcomes.send(key=prediction["model_name"].encode(), value=json.dumps(outcome).encode())
+
+    async def on_prediction(raw: bytes) -> None:
+        prediction = parse(Prediction, raw)
+        if prediction.role != "champion":
+            return
+        key = f"{prediction.model_name}:{prediction.source_event_id}"
+        if (pending.get(key) or {}).get("scored"):
+            return
+        compact = {
+            "model_name": prediction.model_name,
+            "model_version": prediction.model_version,
+            "prediction": prediction.prediction,
+            "event_time": (prediction.event_time or prediction.occurred_at).isoformat(),
+            "source_event_id": prediction.source_event_id,
+        }
+        event_entry = pending.get(prediction.source_event_id) or {}
+        label = prediction.label if prediction.label is not None else event_entry.get("label")
+        if label is None:
+            pending[key] = {"prediction": compact}
+            pending[prediction.source_event_id] = {**event_entry, "waiting": [*event_entry.get("waiting", []), key]}
+            return
+        await score(compact, label)
+        pending[key] = {"scored": True}
+
+    async def on_label(raw: bytes) -> None:
+        label = parse(LabelEvent, raw)
+        entry = pending.get(label.event_id) or {}
+        waiting = entry.get("waiting", [])
+        for key in waiting:
+            held = pending.get(key) or {}
+            if "prediction" in held:
+                await score(held["prediction"], label.label)
+                pending[key] = {"scored": True}
+        pending[label.event_id] = {"label": label.label, "waiting": []}
+
+    @app.agent(raw_topic(app, settings, "predictions"))
+    async def join_predictions(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await emitter.guard(event, "monitoring.predictions", lambda: on_prediction(event.value))
+
+    @app.agent(raw_topic(app, settings, "labels"))
+    async def join_labels(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await emitter.guard(event, "monitoring.labels", lambda: on_label(event.value))
+
+    def monitor_for(model: str, version: int) -> ModelMonitor:
+        monitor = streams.monitors.get(model)
+        if monitor is None and (blob := stored.get(model)):
+            monitor = _decode(blob)
+        if monitor is None or monitor.version != version:
+            monitor = ModelMonitor(model, version, policy.delta, policy.grace_observations, policy.accuracy_window)
+        streams.monitors[model] = monitor
+        return monitor
+
+    async def on_outcome(raw: bytes) -> None:
+        outcome = json.loads(raw)
+        model, version = outcome["model_name"], int(outcome["model_version"])
+        monitor = monitor_for(model, version)
+        evidence = monitor.update(bool(outcome["correct"]), datetime.fromisoformat(outcome["event_time"]))
+        OUTCOMES.labels(model, str(outcome["correct"]).lower()).inc()
+        if monitor.rolling_accuracy is not None:
+            ROLLING_ACCURACY.labels(model).set(monitor.rolling_accuracy)
+        since_checkpoint[model] = since_checkpoint.get(model, 0) + 1
+        if evidence is not None:
+            drift = DriftDetected(
+                causation_id=outcome["source_event_id"],
+                model_name=model,
+                model_version=version,
+                kind="concept",
+                detector=f"adwin(delta={policy.delta})",
+                observations=evidence.observations,
+                window=evidence.window,
+                accuracy_before=evidence.accuracy_before,
+                accuracy_after=evidence.accuracy_after,
+                change_point_time=evidence.change_point_time,
+                evidence={"error_rate": 1 - evidence.accuracy_after, "width": float(evidence.window)},
+            )
+            await emitter.emit(drift, model)
+            streams.drifts.setdefault(model, []).append(drift)
+            DRIFTS.labels(model, "concept").inc()
+            log.warning("drift detected", model=model, version=version, before=evidence.accuracy_before,
+                        after=evidence.accuracy_after, observations=evidence.observations)
+        if evidence is not None or since_checkpoint[model] >= settings.checkpoint_every:
+            stored[model] = _encode(monitor)
+            since_checkpoint[model] = 0
+
+    @app.agent(outcomes)
+    async def track(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await emitter.guard(event, "monitoring.outcomes", lambda: on_outcome(event.value))
+
+    return streams

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from driftloop.artifacts import open_store
+from driftloop.bus import ConsumerLoop
+from driftloop.config import DriftloopConfig
+from driftloop.db import OutboxRelay, make_engine
+from driftloop.http import service_app
+from driftloop.runtime import open_runtime
+from driftloop.services.registry.api import router
+from driftloop.services.registry.handlers import Evaluator, RunHandler
+from driftloop.services.registry.settings import RegistrySettings
+from driftloop.services.registry.store import Registry, create_tables
+
+
+def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
+    settings = settings or RegistrySettings()
+    consumer: ConsumerLoop | None = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal consumer
+        async with open_runtime(settings, config) as runtime:
+            engine = make_engine(settings.db_url)
+            create_tables(engine)
+            registry = Registry(engine)
+            relay = OutboxRelay(engine, runtime.bus, "registry")
+            handler = RunHandler(registry, Evaluator(open_store(settings)), runtime.config.promotion, relay)
+            consumer = ConsumerLoop(settings, runtime.bus, service="registry", topics=["training.runs"],
+                                    group="registry", handler=handler)
+            app.state.registry, app.state.relay = registry, relay
+            relay.start()
+            await consumer.start()
+            try:
+                yield
+            finally:
+                await consumer.stop()
+                await relay.stop()
+                engine.dispose()
+
+    async def readiness() -> dict[str, bool]:
+        return {"consumer": consumer is not None and consumer.running}
+
+    app = service_app("registry", lifespan, readiness)
+    app.include_router(router)
+    return app

@@ -1,0 +1,222 @@
+"""Versions, aliases and the audit log in the metadata database.
+
+Every alias change writes its audit row and its ``registry.events`` record (via
+the outbox) in the same transaction: there is no promotion without a trace,
+and no announced promotion that did not happen.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Engine, UniqueConstraint
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from driftloop.contracts import (
+    ModelPromoted,
+    ModelRolledBack,
+    ModelVersionRegistered,
+    PromotionRejected,
+    TrainingRunCompleted,
+    utcnow,
+)
+from driftloop.contracts.events import GateDecision
+from driftloop.db import create_tables as db_create_tables
+from driftloop.db import enqueue
+from driftloop.services.registry.domain import next_version
+
+SOURCE = "registry"
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(index=True)
+    version: int
+    run_id: str = Field(unique=True)
+    status: str = "registered"
+    artifact_uri: str
+    holdout_uri: str
+    metrics: dict[str, float] = Field(sa_column=Column(JSON))
+    data_window: dict[str, Any] = Field(sa_column=Column(JSON))
+    parent_version: int | None = None
+    correlation_id: str
+    created_at: datetime = Field(default_factory=utcnow)
+    gate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class Alias(SQLModel, table=True):
+    __tablename__ = "model_aliases"
+
+    model_name: str = Field(primary_key=True)
+    alias: str = Field(primary_key=True)
+    version: int
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEntry(SQLModel, table=True):
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str
+    action: str
+    model_name: str = Field(index=True)
+    version: int | None = None
+    previous_version: int | None = None
+    reason: str = ""
+    correlation_id: str | None = None
+
+
+def create_tables(engine: Engine) -> None:
+    db_create_tables(engine, [ModelVersion, Alias, AuditEntry])
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    pass
+
+
+class Registry:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def models(self) -> list[str]:
+        with self.session() as s:
+            return sorted(set(s.exec(select(ModelVersion.model_name)).all()))
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        with self.session() as s:
+            return list(s.exec(select(ModelVersion).where(ModelVersion.model_name == model)
+                               .order_by(col(ModelVersion.version))).all())
+
+    def aliases(self, model: str) -> dict[str, int]:
+        with self.session() as s:
+            return {a.alias: a.version for a in s.exec(select(Alias).where(Alias.model_name == model)).all()}
+
+    def version(self, s: Session, model: str, version: int) -> ModelVersion:
+        row = s.exec(select(ModelVersion).where(ModelVersion.model_name == model, ModelVersion.version == version)).first()
+        if row is None:
+            raise NotFound(f"{model} has no version {version}")
+        return row
+
+    def champion(self, s: Session, model: str) -> ModelVersion | None:
+        alias = s.get(Alias, (model, "champion"))
+        return self.version(s, model, alias.version) if alias else None
+
+    def by_run(self, run_id: str) -> ModelVersion | None:
+        with self.session() as s:
+            return s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
+
+    def audit(self, model: str | None = None, limit: int = 200) -> list[AuditEntry]:
+        with self.session() as s:
+            query = select(AuditEntry).order_by(col(AuditEntry.id).desc()).limit(limit)
+            if model:
+                query = query.where(AuditEntry.model_name == model)
+            return list(s.exec(query).all())
+
+    def register(self, s: Session, run: TrainingRunCompleted) -> ModelVersion:
+        """Record the run's model as a new version; its parent is the champion of the moment."""
+        existing = s.exec(select(ModelVersion.version).where(ModelVersion.model_name == run.model_name)).all()
+        champion = self.champion(s, run.model_name)
+        row = ModelVersion(
+            model_name=run.model_name,
+            version=next_version(existing),
+            run_id=run.run_id,
+            artifact_uri=run.artifact_uri,
+            holdout_uri=run.holdout_uri,
+            metrics=run.metrics,
+            data_window=run.data_window.model_dump(mode="json"),
+            parent_version=champion.version if champion else None,
+            correlation_id=run.correlation_id,
+        )
+        s.add(row)
+        s.flush()
+        s.add(AuditEntry(actor="training", action="registered", model_name=row.model_name, version=row.version,
+                         reason=f"run {run.run_id}", correlation_id=run.correlation_id))
+        enqueue(s, SOURCE, ModelVersionRegistered(
+            correlation_id=run.correlation_id, causation_id=run.event_id, model_name=row.model_name,
+            version=row.version, run_id=run.run_id, artifact_uri=row.artifact_uri, metrics=row.metrics,
+            parent_version=row.parent_version, data_window=run.data_window,
+        ), row.model_name)
+        return row
+
+    def _set_alias(self, s: Session, model: str, alias: str, version: int) -> None:
+        row = s.get(Alias, (model, alias)) or Alias(model_name=model, alias=alias, version=version)
+        row.version, row.updated_at = version, utcnow()
+        s.add(row)
+
+    def promote(self, s: Session, row: ModelVersion, *, actor: str, reason: str, causation_id: str | None,
+                correlation_id: str, decision: GateDecision | None) -> ModelPromoted:
+        """Move ``champion`` to ``row``: the one path for gate and operator promotions alike."""
+        previous = self.champion(s, row.model_name)
+        if previous is not None and previous.version == row.version:
+            raise Conflict(f"{row.model_name} v{row.version} is already champion")
+        if previous is not None:
+            previous.status = "archived"
+            s.add(previous)
+        row.status = "champion"
+        s.add(row)
+        self._set_alias(s, row.model_name, "champion", row.version)
+        s.add(AuditEntry(actor=actor, action="promoted", model_name=row.model_name, version=row.version,
+                         previous_version=previous.version if previous else None, reason=reason,
+                         correlation_id=correlation_id))
+        event = ModelPromoted(correlation_id=correlation_id, causation_id=causation_id, model_name=row.model_name,
+                              version=row.version, previous_version=previous.version if previous else None,
+                              artifact_uri=row.artifact_uri, actor=actor, decision=decision)
+        enqueue(s, SOURCE, event, row.model_name)
+        return event
+
+    def reject(self, s: Session, row: ModelVersion, decision: GateDecision, causation_id: str) -> None:
+        champion = self.champion(s, row.model_name)
+        row.status = "rejected"
+        s.add(row)
+        s.add(AuditEntry(actor="gate", action="rejected", model_name=row.model_name, version=row.version,
+                         previous_version=champion.version if champion else None, reason=decision.reason,
+                         correlation_id=row.correlation_id))
+        enqueue(s, SOURCE, PromotionRejected(
+            correlation_id=row.correlation_id, causation_id=causation_id, model_name=row.model_name,
+            version=row.version, champion_version=champion.version if champion else None, decision=decision,
+        ), row.model_name)
+
+    def hold_for_approval(self, s: Session, row: ModelVersion, decision: GateDecision) -> None:
+        row.status = "challenger"
+        s.add(row)
+        self._set_alias(s, row.model_name, "challenger", row.version)
+        s.add(AuditEntry(actor="gate", action="awaiting_approval", model_name=row.model_name, version=row.version,
+                         reason=decision.reason, correlation_id=row.correlation_id))
+
+    def rollback(self, s: Session, model: str, *, actor: str, reason: str) -> ModelRolledBack:
+        """Give ``champion`` back to the version it was taken from by the current champion's promotion."""
+        current = self.champion(s, model)
+        if current is None:
+            raise NotFound(f"{model} has no champion")
+        promoted = s.exec(
+            select(AuditEntry)
+            .where(AuditEntry.model_name == model, col(AuditEntry.action).in_(("promoted", "rolled_back")),
+                   AuditEntry.version == current.version)
+            .order_by(col(AuditEntry.id).desc())
+        ).first()
+        if promoted is None or promoted.previous_version is None:
+            raise Conflict(f"{model} v{current.version} has no previous champion to roll back to")
+        target = self.version(s, model, promoted.previous_version)
+        current.status, target.status = "archived", "champion"
+        s.add(current)
+        s.add(target)
+        self._set_alias(s, model, "champion", target.version)
+        s.add(AuditEntry(actor=actor, action="rolled_back", model_name=model, version=target.version,
+                         previous_version=current.version, reason=reason, correlation_id=current.correlation_id))
+        event = ModelRolledBack(correlation_id=current.correlation_id, model_name=model,
+                                from_version=current.version, to_version=target.version,
+                                artifact_uri=target.artifact_uri, actor=actor, reason=reason)
+        enqueue(s, SOURCE, event, model)
+        return event

@@ -1,0 +1,1 @@
+"""Training: turns drift and manual requests into runs on point-in-time data, and reports each run."""

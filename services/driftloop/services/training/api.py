@@ -1,0 +1,80 @@
+"""Runs as ops tooling sees them, and the manual retrain request (it travels over Kafka like any other)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from pydantic import BaseModel
+
+from driftloop.contracts import RetrainRequested
+from driftloop.runtime import Runtime
+from driftloop.services.training.settings import TrainingSettings
+from driftloop.services.training.store import RunStore
+
+router = APIRouter(prefix="/v1", tags=["training"])
+
+
+def get_runtime(request: Request) -> Runtime[TrainingSettings]:
+    runtime: Runtime[TrainingSettings] = request.app.state.runtime
+    return runtime
+
+
+def get_runs(request: Request) -> RunStore:
+    runs: RunStore = request.app.state.runs
+    return runs
+
+
+RuntimeDep = Annotated[Runtime[TrainingSettings], Depends(get_runtime)]
+RunsDep = Annotated[RunStore, Depends(get_runs)]
+
+
+class RetrainBody(BaseModel):
+    requested_by: str = "api"
+    since: datetime | None = None
+
+
+class RetrainAccepted(BaseModel):
+    request_id: str
+    model_name: str
+
+
+class RunView(BaseModel):
+    run_id: str
+    model_name: str
+    status: str
+    trigger: str
+    requested_by: str
+    correlation_id: str
+    since: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    metrics: dict[str, float] | None
+    data_window: dict[str, Any] | None
+    artifact_uri: str | None
+    error: str | None
+
+
+@router.post("/models/{name}/retrain", status_code=status.HTTP_202_ACCEPTED)
+async def retrain(name: str, runtime: RuntimeDep, body: RetrainBody | None = None) -> RetrainAccepted:
+    if name not in {m.name for m in runtime.config.models}:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {name!r} in the configuration")
+    body = body or RetrainBody()
+    request = RetrainRequested(model_name=name, reason="manual", requested_by=body.requested_by, since=body.since)
+    await runtime.bus.publish(request, key=name)
+    return RetrainAccepted(request_id=request.event_id, model_name=name)
+
+
+@router.get("/runs")
+async def list_runs(runs: RunsDep, model: str | None = None, limit: int = 100) -> list[RunView]:
+    return [RunView.model_validate(r, from_attributes=True) for r in runs.list(model, limit)]
+
+
+@router.get("/runs/{run_id}")
+async def get_run(run_id: str, runs: RunsDep) -> RunView:
+    run = runs.get(run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}")
+    return RunView.model_validate(run, from_attributes=True)

@@ -1,0 +1,66 @@
+"""Training decisions and the fit itself, with no I/O.
+
+The debounce rule and the time-ordered split are tiny, but they are where a
+burst of drift events becomes one run and where an honest holdout comes
+from, so they are kept here and tested as plain functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from driftloop.config import ModelSpec, TrainingPolicy
+from driftloop.modeling import ModelArtifact, build_pipeline, score, select
+from driftloop.offline import TrainingRow
+
+
+def within_cooldown(last_started: datetime | None, now: datetime, cooldown: timedelta) -> bool:
+    """A drift-triggered run is skipped when another run of the model started less than ``cooldown`` ago."""
+    return last_started is not None and now - last_started < cooldown
+
+
+def enough_rows(rows: int, policy: TrainingPolicy) -> bool:
+    return rows >= policy.min_rows
+
+
+def time_split(rows: Sequence[TrainingRow], holdout_fraction: float) -> tuple[list[TrainingRow], list[TrainingRow]]:
+    """The newest ``holdout_fraction`` of rows (by event time) is the holdout: no peeking at the future.
+
+    >>> from datetime import datetime, UTC
+    >>> rows = [TrainingRow(str(i), "e", datetime(2026, 1, 1, i, tzinfo=UTC), {}, 0) for i in range(10)]
+    >>> train, holdout = time_split(rows, 0.3)
+    >>> [r.event_id for r in holdout]
+    ['7', '8', '9']
+    """
+    ordered = sorted(rows, key=lambda r: (r.event_time, r.event_id))
+    cut = len(ordered) - max(1, round(len(ordered) * holdout_fraction))
+    return ordered[:cut], ordered[cut:]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    artifact: ModelArtifact
+    metrics: dict[str, float]
+    train_metrics: dict[str, float]
+
+
+class SingleClassError(ValueError):
+    pass
+
+
+def fit(spec: ModelSpec, run_id: str, train: Sequence[TrainingRow], holdout: Sequence[TrainingRow]) -> FitResult:
+    labels = [r.label for r in train]
+    if len(set(labels)) < 2:
+        raise SingleClassError(f"training rows hold a single class {set(labels)}; a classifier needs two")
+    pipeline = build_pipeline(spec.estimator, spec.params)
+    artifact = ModelArtifact(model_name=spec.name, run_id=run_id, feature_names=list(spec.features), pipeline=pipeline)
+    pipeline.fit(select([r.features for r in train], spec.features), labels)
+    train_predictions, _ = artifact.predict([r.features for r in train])
+    holdout_predictions, _ = artifact.predict([r.features for r in holdout])
+    return FitResult(
+        artifact=artifact,
+        metrics=score([r.label for r in holdout], holdout_predictions),
+        train_metrics=score(labels, train_predictions),
+    )

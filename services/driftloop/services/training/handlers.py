@@ -1,0 +1,202 @@
+"""Requests and drift events in, queued runs out; the worker turns queued runs into ``training.runs`` events.
+
+The handler only records the run (durably, so the offset can be committed);
+the worker may then take minutes waiting for labelled data and fitting
+without holding up the consumer, and a restart resumes open runs from the
+database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+
+from driftloop.artifacts import ArtifactStore
+from driftloop.bus import Record
+from driftloop.config import DriftloopConfig
+from driftloop.contracts import DriftDetected, RetrainRequested, TrainingRunCompleted, TrainingRunFailed, utcnow
+from driftloop.contracts.events import DataWindow
+from driftloop.db import OutboxRelay, aware, enqueue
+from driftloop.logging import get_logger
+from driftloop.offline import OfflineStore, TrainingRow
+from driftloop.services.training.domain import enough_rows, fit, time_split, within_cooldown
+from driftloop.services.training.settings import TrainingSettings
+from driftloop.services.training.store import RunStore, TrainingRun
+
+log = get_logger(__name__)
+
+
+class RequestHandlers:
+    def __init__(self, runs: RunStore, config: DriftloopConfig, wakeup: asyncio.Event) -> None:
+        self.runs = runs
+        self.config = config
+        self.wakeup = wakeup
+
+    async def __call__(self, record: Record) -> None:
+        if record.topic == "drift":
+            await self.on_drift(record.parse(DriftDetected))
+        else:
+            await self.on_request(record.parse(RetrainRequested))
+
+    async def on_request(self, request: RetrainRequested) -> None:
+        self._queue(request.event_id, request.model_name, request.reason, request.requested_by,
+                    request.correlation_id, request.since, debounced=False)
+
+    async def on_drift(self, drift: DriftDetected) -> None:
+        with self.runs.session() as session:
+            last = self.runs.last_drift_run(session, drift.model_name)
+        debounced = within_cooldown(last, utcnow(), self.config.drift.cooldown)
+        self._queue(drift.event_id, drift.model_name, "drift", "monitoring", drift.correlation_id,
+                    drift.change_point_time, debounced=debounced)
+
+    def _queue(self, request_id: str, model: str, trigger: str, requested_by: str, correlation_id: str,
+               since: datetime | None, *, debounced: bool) -> None:
+        if model not in {m.name for m in self.config.models}:
+            log.warning("training request for an unknown model ignored", model=model)
+            return
+        run = TrainingRun(
+            run_id=uuid.uuid4().hex[:12],
+            request_event_id=request_id,
+            model_name=model,
+            status="debounced" if debounced else "queued",
+            trigger=trigger,
+            requested_by=requested_by,
+            correlation_id=correlation_id,
+            since=since,
+        )
+        with self.runs.session() as session:
+            if self.runs.by_request(session, request_id) is not None:
+                return
+            session.add(run)
+            try:
+                session.commit()
+            except IntegrityError:
+                return
+        log.info("training run recorded", run_id=run.run_id, model=model, status=run.status, trigger=trigger)
+        self.wakeup.set()
+
+
+class RunWorker:
+    """Executes open runs one at a time, oldest first."""
+
+    def __init__(
+        self,
+        settings: TrainingSettings,
+        config: DriftloopConfig,
+        runs: RunStore,
+        store: ArtifactStore,
+        relay: OutboxRelay,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.runs = runs
+        self.store = store
+        self.relay = relay
+        self.wakeup = asyncio.Event()
+        self.current: str | None = None
+
+    async def run_forever(self) -> None:
+        while True:
+            self.wakeup.clear()
+            for run in self.runs.open_runs():
+                self.current = run.run_id
+                try:
+                    await self.execute(run)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("training run failed", run_id=run.run_id)
+                    self._finish_failed(run, repr(exc))
+                finally:
+                    self.current = None
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), 2.0)
+            except TimeoutError:
+                pass
+
+    async def _rows(self, run: TrainingRun) -> list[TrainingRow]:
+        """Wait, up to the policy's limit, until the window holds enough labelled rows."""
+        spec = self.config.model(run.model_name)
+        offline = OfflineStore(self.store, spec.feature_view)
+        policy = self.config.training
+        deadline = time.monotonic() + policy.wait_for_data.total_seconds()
+        since = aware(run.since) if run.since else None
+        while True:
+            rows = await asyncio.to_thread(
+                offline.training_set, since=since, max_rows=policy.max_rows,
+                max_event_age=self.config.dataset.max_event_age,
+            )
+            if enough_rows(len(rows), policy) or time.monotonic() >= deadline:
+                return rows
+            self.runs.set_status(run.run_id, "waiting_for_data")
+            await asyncio.sleep(self.settings.data_poll_seconds)
+
+    async def execute(self, run: TrainingRun) -> None:
+        started = time.monotonic()
+        rows = await self._rows(run)
+        if not enough_rows(len(rows), self.config.training):
+            raise RuntimeError(f"only {len(rows)} labelled rows since {run.since}; need {self.config.training.min_rows}")
+        self.runs.set_status(run.run_id, "running")
+        spec = self.config.model(run.model_name)
+        train, holdout = time_split(rows, self.config.training.holdout_fraction)
+        result = await asyncio.to_thread(fit, spec, run.run_id, train, holdout)
+        prefix = f"models/{spec.name}/{run.run_id}"
+        artifact_uri = self.store.put(f"{prefix}/model.joblib", result.artifact.to_bytes())
+        holdout_uri = self.store.put(
+            f"{prefix}/holdout.jsonl",
+            "\n".join(json.dumps({"event_id": r.event_id, "features": r.features, "label": r.label}) for r in holdout).encode(),
+        )
+        window = DataWindow(
+            start=rows[0].event_time, end=rows[-1].event_time, rows=len(rows),
+            train_rows=len(train), holdout_rows=len(holdout),
+        )
+        completed = TrainingRunCompleted(
+            correlation_id=run.correlation_id,
+            causation_id=run.request_event_id,
+            run_id=run.run_id,
+            model_name=spec.name,
+            trigger=run.trigger,
+            estimator=spec.estimator,
+            params=dict(spec.params),
+            feature_names=list(spec.features),
+            data_window=window,
+            metrics=result.metrics,
+            artifact_uri=artifact_uri,
+            holdout_uri=holdout_uri,
+            duration_seconds=round(time.monotonic() - started, 3),
+        )
+        with self.runs.session() as session:
+            row = session.get(TrainingRun, run.run_id)
+            assert row is not None
+            row.status, row.finished_at = "completed", utcnow()
+            row.metrics, row.artifact_uri = result.metrics, artifact_uri
+            row.data_window = window.model_dump(mode="json")
+            session.add(row)
+            enqueue(session, "training", completed, spec.name)
+            session.commit()
+        self.relay.wakeup.set()
+        log.info("training run completed", run_id=run.run_id, metrics=result.metrics, rows=len(rows))
+
+    def _finish_failed(self, run: TrainingRun, error: str) -> None:
+        with self.runs.session() as session:
+            row = session.get(TrainingRun, run.run_id)
+            if row is None:
+                return
+            row.status, row.finished_at, row.error = "failed", utcnow(), error
+            session.add(row)
+            failed = TrainingRunFailed(
+                correlation_id=run.correlation_id,
+                causation_id=run.request_event_id,
+                run_id=run.run_id,
+                model_name=run.model_name,
+                trigger=run.trigger,
+                error=error,
+            )
+            enqueue(session, "training", failed, run.model_name)
+            session.commit()
+        self.relay.wakeup.set()
