@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,8 @@ from driftloop.contracts import (
     parse_internal,
     utcnow,
 )
+from driftloop.artifacts import ArtifactStore, open_store
+from driftloop.modeling import ModelArtifact
 from driftloop.settings import SERVICE_PORTS, DriftloopSettings
 
 WATCHED = ("predictions", "drift", "training.runs", "registry.events", "deployment.events")
@@ -48,7 +50,7 @@ class DemoOptions:
     drift_at: int = 3000
     max_events: int = 9000
     eval_events: int = 800
-    rate: float = 300.0
+    rate: float = 150.0
     seed: int = 7
     timeout: float = 300.0
 
@@ -74,6 +76,11 @@ class DemoResult:
     seconds_drift_to_promotion: float | None = None
     predictions: dict[str, Prediction] = field(default_factory=dict)
     events: list[Any] = field(default_factory=list)
+    #: How many events had been sent when each drift event was seen.
+    drift_positions: list[int] = field(default_factory=list)
+    #: Accuracy of the old and the new champion on the same events after the promotion.
+    old_on_new_concept: float | None = None
+    new_on_new_concept: float | None = None
 
     def accuracy(self, rows: list[Row], version: int | None, positions: range) -> float | None:
         hits = [
@@ -130,6 +137,8 @@ class Demo:
         if getattr(event, "model_name", None) != self.options.model:
             return
         result.events.append(event)
+        if isinstance(event, DriftDetected):
+            result.drift_positions.append(result.events_sent)
         if isinstance(event, DriftDetected) and result.drift_event is None and self.drift_sent_at is not None:
             result.drift_event = event
             result.detection_position = result.events_sent
@@ -198,7 +207,38 @@ class Demo:
             r.events_sent - r.promotion_position >= self.options.eval_events
         )
 
-    async def run(self, live: Live | None = None, progress: Progress | None = None) -> DemoResult:
+    def compare(self, store: ArtifactStore, artifact_uri: str) -> None:
+        """Score the events the new champion served after its promotion with the old champion too."""
+        r = self.result
+        if r.promoted is None or r.promotion_position is None:
+            return
+        served = [
+            (row, prediction)
+            for row in self.rows[r.promotion_position :]
+            if (prediction := r.predictions.get(str(row.position))) and prediction.model_version == r.promoted.version
+        ]
+        if not served:
+            return
+        old = ModelArtifact.from_bytes(store.get(artifact_uri))
+        old_predictions, _ = old.predict([row.features for row, _ in served])
+        r.old_on_new_concept = sum(p == row.label for p, (row, _) in zip(old_predictions, served, strict=True)) / len(
+            served
+        )
+        r.new_on_new_concept = sum(p.prediction == row.label for row, p in served) / len(served)
+
+    async def old_champion_uri(self) -> str | None:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            response = await client.get(f"{self.urls['registry']}/v1/models/{self.options.model}/versions")
+        versions = {v["version"]: v["artifact_uri"] for v in response.json()} if response.status_code == 200 else {}
+        uri: str | None = versions.get(self.result.first_version)
+        return uri
+
+    async def run(
+        self,
+        live: Live | None = None,
+        progress: Progress | None = None,
+        hooks: dict[int, Callable[[], Awaitable[None]]] | None = None,
+    ) -> DemoResult:
         consumer = await self._consumer()
         watcher = asyncio.create_task(self._watch(consumer))
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, linger_ms=5)
@@ -212,6 +252,11 @@ class Demo:
                         await producer.flush()
                         await self._first_model(client)
                         started = time.monotonic() - row.position / self.options.rate
+                    if hooks and row.position in hooks:
+                        await producer.flush()
+                        paused = time.monotonic()
+                        await hooks[row.position]()
+                        started += time.monotonic() - paused
                     if row.position == self.options.drift_at:
                         self.drift_sent_at = time.monotonic()
                         self.status = "concept drift in the stream"
@@ -234,6 +279,8 @@ class Demo:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             await consumer.stop()
+        if (uri := await self.old_champion_uri()) is not None:
+            self.compare(open_store(self.settings), uri)
         return self.result
 
     def board(self) -> Table:
@@ -271,15 +318,17 @@ def summary(demo: Demo) -> Table:
     if new is not None and r.promotion_position is not None:
         table.add_row(f"accuracy of v{new} after promotion",
                       fmt(r.accuracy(rows, new, range(r.promotion_position, r.events_sent))))
+    if r.old_on_new_concept is not None:
+        table.add_row(f"same events: v{old} / v{new}", f"{fmt(r.old_on_new_concept)} / {fmt(r.new_on_new_concept)}")
     table.add_row("correlation id of the loop turn", r.drift_event.correlation_id if r.drift_event else "-")
     return table
 
 
 async def run_demo(settings: DriftloopSettings, options: DemoOptions, urls: dict[str, str] | None = None,
-                   show: bool = True) -> Demo:
+                   show: bool = True, hooks: dict[int, Callable[[], Awaitable[None]]] | None = None) -> Demo:
     demo = Demo(settings, options, urls)
     if not show:
-        await demo.run()
+        await demo.run(hooks=hooks)
         return demo
     progress = Progress(TextColumn("streaming"), BarColumn(), MofNCompleteColumn())
 

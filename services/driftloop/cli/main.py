@@ -118,7 +118,7 @@ def _running(url: str) -> bool:
 
 @app.command()
 def demo(
-    rate: Annotated[float, typer.Option(help="Events per second.")] = 300.0,
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 150.0,
     drift_at: Annotated[int, typer.Option(help="Event number where the concept changes.")] = 3000,
     max_events: Annotated[int, typer.Option(help="Stop after this many events at the latest.")] = 9000,
 ) -> None:

@@ -88,15 +88,17 @@ class ModelMonitor:
     drift: DriftEvidence | None = None
     detector: ADWIN = field(init=False)
     recent: deque[tuple[bool, datetime]] = field(init=False)
+    rolling: deque[bool] = field(init=False)
+    rolling_correct: int = 0
 
     def __post_init__(self) -> None:
         self.detector = ADWIN(delta=self.delta)
         self.recent = deque(maxlen=max(self.window, 2000))
+        self.rolling = deque(maxlen=self.window)
 
     @property
     def rolling_accuracy(self) -> float | None:
-        tail = list(self.recent)[-self.window :]
-        return sum(c for c, _ in tail) / len(tail) if tail else None
+        return self.rolling_correct / len(self.rolling) if self.rolling else None
 
     @property
     def accuracy(self) -> float | None:
@@ -107,6 +109,10 @@ class ModelMonitor:
         self.observations += 1
         self.correct_total += int(correct)
         self.recent.append((correct, event_time))
+        if len(self.rolling) == self.rolling.maxlen:
+            self.rolling_correct -= int(self.rolling[0])
+        self.rolling.append(correct)
+        self.rolling_correct += int(correct)
         self.detector.update(0 if correct else 1)
         if not self.detector.drift_detected or self.observations < self.grace or self.drift is not None:
             return None

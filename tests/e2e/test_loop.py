@@ -1,0 +1,108 @@
+"""The whole loop on the embedded broker: drift -> retraining -> gated promotion -> rollout -> recovery.
+
+Six services run as processes, exactly as ``driftloop up`` starts them; the
+demo plays the data producer. Half-way through the first concept the
+registry and the deployment are restarted, and the loop must still close
+without losing their state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from driftloop.broker import EmbeddedBroker, free_port
+from driftloop.cli.demo import DemoOptions, run_demo
+from driftloop.cli.stack import SERVICES, Stack
+from driftloop.contracts import DriftDetected, ModelPromoted, RolloutCompleted, TrainingRunCompleted
+from driftloop.settings import DriftloopSettings
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "loan-approval"
+OPTIONS = DemoOptions(model=MODEL, warmup=1200, drift_at=3000, max_events=8000, eval_events=600, rate=100.0,
+                      timeout=240.0)
+RESTART_AT = 2200
+
+
+@pytest.fixture
+def stack(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Stack]:
+    settings = DriftloopSettings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.",
+        home=tmp_path / "home",
+        config=REPO / "driftloop.yaml",
+    )
+    stack = Stack(settings, ports={name: free_port() for name in SERVICES}, env={"DRIFTLOOP_LOG_FORMAT": "json"})
+    try:
+        stack.start()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _get(stack: Stack, service: str, path: str) -> httpx.Response:
+    return httpx.get(f"{stack.children[service].url}{path}", timeout=10.0)
+
+
+@pytest.mark.e2e
+async def test_drift_retrains_promotes_and_recovers_accuracy_with_one_correlation_id(stack: Stack) -> None:
+    before_restart: dict[str, object] = {}
+
+    async def restart_registry_and_deployment() -> None:
+        before_restart["champion"] = _get(stack, "registry", f"/v1/models/{MODEL}/aliases/champion").json()["version"]
+        await asyncio.to_thread(stack.restart, "registry")
+        await asyncio.to_thread(stack.restart, "deployment")
+        await asyncio.to_thread(stack.wait_ready, 90.0)
+
+    urls = {name: child.url for name, child in stack.children.items()}
+    demo = await run_demo(stack.settings, OPTIONS, urls, show=False, hooks={RESTART_AT: restart_registry_and_deployment})
+    result = demo.result
+
+    # Restarts lost nothing: the champion survived, and the loop below still closed.
+    assert before_restart["champion"] == result.first_version == 1
+    assert _get(stack, "registry", f"/v1/models/{MODEL}/versions").json()[0]["version"] == 1
+
+    # (a) drift is published after the drift point, and not before it.
+    assert result.drift_event is not None, "no drift event"
+    assert all(position >= OPTIONS.drift_at for position in result.drift_positions), result.drift_positions
+    assert result.detection_position is not None
+    assert OPTIONS.drift_at <= result.detection_position <= OPTIONS.drift_at + 2500
+    assert result.drift_event.accuracy_before is not None and result.drift_event.accuracy_before > 0.9
+    assert result.drift_event.accuracy_after is not None
+    assert result.drift_event.accuracy_after < result.drift_event.accuracy_before - 0.1
+
+    # (b) a training run completed and its version became champion through the gate.
+    assert result.run is not None and result.run.trigger == "drift"
+    assert result.promoted is not None and result.promoted.actor == "gate"
+    assert result.promoted.version == 2 and result.promoted.previous_version == 1
+    assert result.promoted.decision is not None and result.promoted.decision.passed
+    champion = _get(stack, "registry", f"/v1/models/{MODEL}/aliases/champion").json()
+    assert champion["version"] == 2 and champion["run_id"] == result.run.run_id and champion["parent_version"] == 1
+
+    # (c) deployment serves it: the predictions topic shows the new version.
+    assert result.rollout is not None
+    assert _get(stack, "deployment", f"/v1/deployments/{MODEL}").json()["version"] == 2
+    served_by_new = [p for p in result.predictions.values() if p.model_version == 2]
+    assert len(served_by_new) >= OPTIONS.eval_events // 2
+
+    # (d) on the new concept the new model is clearly better than the old one on the same events.
+    assert result.old_on_new_concept is not None and result.new_on_new_concept is not None
+    assert result.new_on_new_concept >= 0.9
+    assert result.new_on_new_concept - result.old_on_new_concept >= 0.25
+
+    # (e) one correlation id tells the whole story.
+    correlation = result.drift_event.correlation_id
+    story = [e for e in result.events if getattr(e, "correlation_id", None) == correlation]
+    kinds = {type(e) for e in story}
+    assert {DriftDetected, TrainingRunCompleted, ModelPromoted, RolloutCompleted} <= kinds
+    assert result.run.correlation_id == result.promoted.correlation_id == result.rollout.correlation_id == correlation
+    assert result.run.causation_id == result.drift_event.event_id
+    audit = _get(stack, "registry", f"/v1/audit?model={MODEL}").json()
+    promoted_rows = [row for row in audit if row["action"] == "promoted" and row["version"] == 2]
+    assert promoted_rows and promoted_rows[0]["correlation_id"] == correlation
