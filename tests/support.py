@@ -9,9 +9,8 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
-from fastapi import FastAPI
-
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import FastAPI
 
 from driftloop.bus import Record
 from driftloop.contracts import (
@@ -52,9 +51,7 @@ APPLICATION = {
 }
 
 
-async def read_topic(
-    settings: DriftloopSettings, topic: str, expected: int, timeout: float = 30.0
-) -> list[Record]:
+async def read_topic(settings: DriftloopSettings, topic: str, expected: int, timeout: float = 30.0) -> list[Record]:
     """Every record of ``topic`` from its start, once ``expected`` have arrived (or the timeout passed)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -92,33 +89,74 @@ def samples() -> list[Contract]:
     """One valid instance of every payload on the wire."""
     now = utcnow()
     window = DataWindow(start=now - timedelta(hours=1), end=now, rows=100, train_rows=70, holdout_rows=30)
-    decision = GateDecision(metric="accuracy", challenger=0.9, champion=0.5, min_improvement=0.01, passed=True,
-                            reason="better")
+    decision = GateDecision(
+        metric="accuracy", challenger=0.9, champion=0.5, min_improvement=0.01, passed=True, reason="better"
+    )
     rollout = {"model_name": "m", "version": 2, "previous_version": 1, "strategy": "direct", "instance": "r1"}
     return [
         DataEvent(event_id="e1", entity_id="c1", event_time=now, features=dict(APPLICATION), label=1),
         LabelEvent(event_id="e1", label=1, label_time=now),
         EventValidated(event_id="e1", entity_id="c1", event_time=now, features={"x": 1.5, "c": "red"}, label=None),
-        DeadLetter(source_topic="events.raw", payload="{", reason="malformed JSON", stage="ingestion.events.raw",
-                   errors=[FieldError(field="$", message="malformed JSON")]),
+        DeadLetter(
+            source_topic="events.raw",
+            payload="{",
+            reason="malformed JSON",
+            stage="ingestion.events.raw",
+            errors=[FieldError(field="$", message="malformed JSON")],
+        ),
         FeatureVector(event_id="e1", entity_id="c1", event_time=now, feature_view="v", features={"x": 1.0}),
-        Prediction(source_event_id="e1", model_name="m", model_version=1, channel="stream", prediction=1,
-                   probability=0.8, label=0),
-        DriftDetected(model_name="m", model_version=1, kind="concept", detector="adwin", observations=500, window=120,
-                      accuracy_before=0.98, accuracy_after=0.5, change_point_time=now, evidence={"width": 120.0}),
+        Prediction(
+            source_event_id="e1",
+            model_name="m",
+            model_version=1,
+            channel="stream",
+            prediction=1,
+            probability=0.8,
+            label=0,
+        ),
+        DriftDetected(
+            model_name="m",
+            model_version=1,
+            kind="concept",
+            detector="adwin",
+            observations=500,
+            window=120,
+            accuracy_before=0.98,
+            accuracy_after=0.5,
+            change_point_time=now,
+            evidence={"width": 120.0},
+        ),
         RetrainRequested(model_name="m", reason="manual", requested_by="ops"),
-        TrainingRunCompleted(run_id="r1", model_name="m", trigger="drift", estimator="random_forest",
-                             params={"n_estimators": 10}, feature_names=["x"], data_window=window,
-                             metrics={"accuracy": 0.9}, artifact_uri="file:///a", holdout_uri="file:///h",
-                             duration_seconds=1.5),
+        TrainingRunCompleted(
+            run_id="r1",
+            model_name="m",
+            trigger="drift",
+            estimator="random_forest",
+            params={"n_estimators": 10},
+            feature_names=["x"],
+            data_window=window,
+            metrics={"accuracy": 0.9},
+            artifact_uri="file:///a",
+            holdout_uri="file:///h",
+            duration_seconds=1.5,
+        ),
         TrainingRunFailed(run_id="r2", model_name="m", trigger="manual", error="boom"),
-        ModelVersionRegistered(model_name="m", version=2, run_id="r1", artifact_uri="file:///a",
-                               metrics={"accuracy": 0.9}, parent_version=1, data_window=window),
-        ModelPromoted(model_name="m", version=2, previous_version=1, artifact_uri="file:///a", actor="gate",
-                      decision=decision),
+        ModelVersionRegistered(
+            model_name="m",
+            version=2,
+            run_id="r1",
+            artifact_uri="file:///a",
+            metrics={"accuracy": 0.9},
+            parent_version=1,
+            data_window=window,
+        ),
+        ModelPromoted(
+            model_name="m", version=2, previous_version=1, artifact_uri="file:///a", actor="gate", decision=decision
+        ),
         PromotionRejected(model_name="m", version=3, champion_version=2, decision=decision),
-        ModelRolledBack(model_name="m", from_version=2, to_version=1, artifact_uri="file:///a", actor="ops",
-                        reason="bad"),
+        ModelRolledBack(
+            model_name="m", from_version=2, to_version=1, artifact_uri="file:///a", actor="ops", reason="bad"
+        ),
         RolloutStarted(**rollout),
         RolloutCompleted(**rollout),
         RolloutAborted(**rollout, reason="cannot load"),

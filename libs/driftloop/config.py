@@ -118,7 +118,9 @@ class DriftloopConfig(_Strict):
                 raise ValueError(f"model {model.name!r}: features {missing} are not produced by its view")
         for view in self.feature_views:
             unknown = [f for f in self.passthrough(view) if f not in self.dataset.features]
-            unknown += [a.feature for a in view.entity_aggregates if a.feature and a.feature not in self.dataset.features]
+            unknown += [
+                a.feature for a in view.entity_aggregates if a.feature and a.feature not in self.dataset.features
+            ]
             if unknown:
                 raise ValueError(f"feature view {view.name!r}: unknown features {unknown}")
         return self

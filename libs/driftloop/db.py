@@ -10,6 +10,7 @@ rolled back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,7 +135,5 @@ class OutboxRelay:
             except Exception:
                 log.exception("outbox relay failed; retrying", source=self.source)
             self.wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), self.poll_seconds)
-            except TimeoutError:
-                pass

@@ -99,10 +99,10 @@ class OfflineStore:
         """
         as_of = as_of or utcnow()
         scan_from = since - max_event_age if since else None
-        labels: dict[str, LabelValue] = {}
+        labels: dict[str, object] = {}
         for rec in self._segments("labels", scan_from):
             if datetime.fromisoformat(str(rec["label_time"])) <= as_of:
-                labels[str(rec["event_id"])] = rec["label"]  # type: ignore[assignment]
+                labels[str(rec["event_id"])] = rec["label"]
         rows: dict[str, TrainingRow] = {}
         for rec in self._segments("vectors", scan_from):
             event_time = datetime.fromisoformat(str(rec["event_time"]))
@@ -110,8 +110,8 @@ class OfflineStore:
             if written > as_of or event_time > as_of or (since and event_time < since):
                 continue
             event_id = str(rec["event_id"])
-            label = labels.get(event_id, rec["label"])  # type: ignore[arg-type]
-            if label is None:
+            label = labels.get(event_id, rec["label"])
+            if not isinstance(label, bool | int | float | str):
                 continue
             rows[event_id] = TrainingRow(
                 event_id=event_id,

@@ -53,8 +53,9 @@ def stream_app(settings: StreamSettings, name: str) -> faust.App:
 
 def raw_topic(app: faust.App, settings: StreamSettings, name: str) -> faust.TopicT:
     """A catalog topic as faust sees it: bytes in, bytes out."""
-    return app.topic(settings.topic(name), key_type=bytes, value_type=bytes, value_serializer="raw",
-                     key_serializer="raw")
+    return app.topic(
+        settings.topic(name), key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
+    )
 
 
 def parse(model: type[BaseModel], value: bytes) -> Any:
@@ -88,21 +89,21 @@ class Emitter:
         )
         MESSAGES_PRODUCED.labels(self.settings.service, name).inc()
 
-    async def guard(self, event: faust.EventT, stage: str, handle: Callable[[], Awaitable[None]]) -> None:
+    async def guard(self, event: faust.EventT[Any], stage: str, handle: Callable[[bytes], Awaitable[None]]) -> None:
         """Run one event's handler so that no record can crash the agent.
 
         A crashed faust agent acknowledges the record it choked on, which
         would lose it silently; here it goes to the dead-letter topic instead.
         """
         try:
-            await handle()
+            await handle(event.value)
         except PoisonMessage as exc:
             await self.deadletter(event, exc, stage)
         except Exception as exc:
             log.exception("stream handler failed", stage=stage)
             await self.deadletter(event, PoisonMessage(f"handler failed: {exc!r}"), stage)
 
-    async def deadletter(self, event: faust.EventT, exc: PoisonMessage, stage: str) -> None:
+    async def deadletter(self, event: faust.EventT[Any], exc: PoisonMessage, stage: str) -> None:
         message = event.message
         record: DeadLetter = deadletter_for(
             source_topic=message.topic.removeprefix(self.settings.topic_prefix),

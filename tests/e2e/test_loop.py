@@ -24,8 +24,9 @@ from driftloop.settings import DriftloopSettings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "loan-approval"
-OPTIONS = DemoOptions(model=MODEL, warmup=1200, drift_at=3000, max_events=8000, eval_events=600, rate=100.0,
-                      timeout=240.0)
+OPTIONS = DemoOptions(
+    model=MODEL, warmup=1200, drift_at=3000, max_events=8000, eval_events=600, rate=100.0, timeout=240.0
+)
 RESTART_AT = 2200
 
 
@@ -61,7 +62,9 @@ async def test_drift_retrains_promotes_and_recovers_accuracy_with_one_correlatio
         await asyncio.to_thread(stack.wait_ready, 90.0)
 
     urls = {name: child.url for name, child in stack.children.items()}
-    demo = await run_demo(stack.settings, OPTIONS, urls, show=False, hooks={RESTART_AT: restart_registry_and_deployment})
+    demo = await run_demo(
+        stack.settings, OPTIONS, urls, show=False, hooks={RESTART_AT: restart_registry_and_deployment}
+    )
     result = demo.result
 
     # Restarts lost nothing: the champion survived, and the loop below still closed.

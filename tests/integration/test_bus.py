@@ -79,8 +79,9 @@ async def test_failing_handler_is_retried_and_its_offset_committed_only_after_su
             raise ConnectionError("database is restarting")
         done.set()
 
-    loop = ConsumerLoop(settings, bus, service="test", topics=["training.requests"], group="retry", handler=flaky,
-                        backoff_seconds=0.05)
+    loop = ConsumerLoop(
+        settings, bus, service="test", topics=["training.requests"], group="retry", handler=flaky, backoff_seconds=0.05
+    )
     await _consume_until(loop, done)
     assert attempts == 3
 
@@ -109,8 +110,16 @@ async def test_a_handler_that_never_succeeds_is_dead_lettered_after_its_attempts
         calls += 1
         raise RuntimeError("bug")
 
-    loop = ConsumerLoop(settings, bus, service="test", topics=["training.requests"], group="broken", handler=broken,
-                        attempts=3, backoff_seconds=0.01)
+    loop = ConsumerLoop(
+        settings,
+        bus,
+        service="test",
+        topics=["training.requests"],
+        group="broken",
+        handler=broken,
+        attempts=3,
+        backoff_seconds=0.01,
+    )
     await loop.start()
     letters = await read_topic(settings, "events.deadletter", 1)
     await loop.stop()

@@ -93,7 +93,10 @@ async def test_http_accepts_an_object_an_array_and_ndjson(settings: DriftloopSet
     assert lines.json() == {"accepted": 3, "event_ids": ["n0", "n1", "n2"]}
     ids = {EventValidated.model_validate_json(r.value).event_id for r in validated}
     assert ids == {"o1", "a1", "a2", "n0", "n1", "n2"}
-    assert sorted((r.key, LabelEvent.model_validate_json(r.value).label) for r in label_records) == [("a1", 1), ("o1", 0)]
+    assert sorted((r.key, LabelEvent.model_validate_json(r.value).label) for r in label_records) == [
+        ("a1", 1),
+        ("o1", 0),
+    ]
 
 
 async def test_a_resent_event_is_validated_once(settings: DriftloopSettings, bus: Bus) -> None:

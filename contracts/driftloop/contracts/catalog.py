@@ -53,9 +53,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("features", (FeatureVector,), "entity_id", "Feature vectors, one per validated event."),
         TopicSpec("predictions", (Prediction,), "source_event_id", "Every prediction, with the model version."),
         TopicSpec("drift", (DriftDetected,), "model_name", "Drift detected on a served model, with evidence."),
-        TopicSpec(
-            "training.requests", (RetrainRequested,), "model_name", "Manual and scheduled retrain requests."
-        ),
+        TopicSpec("training.requests", (RetrainRequested,), "model_name", "Manual and scheduled retrain requests."),
         TopicSpec(
             "training.runs",
             (TrainingRunCompleted, TrainingRunFailed),

@@ -119,9 +119,7 @@ def _operation(spec: TopicSpec) -> dict[str, Any]:
 
 
 def _messages() -> dict[str, Any]:
-    return {
-        payload.__name__: _message(payload, spec) for spec in TOPICS.values() for payload in spec.payloads
-    }
+    return {payload.__name__: _message(payload, spec) for spec in TOPICS.values() for payload in spec.payloads}
 
 
 def _message(payload: type[Contract], spec: TopicSpec) -> dict[str, Any]:

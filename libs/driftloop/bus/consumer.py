@@ -32,9 +32,7 @@ class PoisonMessage(Exception):
 
     @classmethod
     def from_validation(cls, exc: ValidationError) -> PoisonMessage:
-        errors = [
-            FieldError(field=".".join(str(p) for p in e["loc"]) or "$", message=e["msg"]) for e in exc.errors()
-        ]
+        errors = [FieldError(field=".".join(str(p) for p in e["loc"]) or "$", message=e["msg"]) for e in exc.errors()]
         return cls("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
 
 

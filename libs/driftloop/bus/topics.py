@@ -7,6 +7,8 @@ catalog's topics with their declared partitions at startup.
 
 from __future__ import annotations
 
+import contextlib
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -31,10 +33,8 @@ async def ensure_topics(settings: DriftloopSettings, replication_factor: int = 1
             if settings.topic(spec.name) not in existing
         ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
         return [t.name for t in missing]
     finally:
         await admin.close()

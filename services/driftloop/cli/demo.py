@@ -18,13 +18,14 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from river.datasets import synth
 from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from river.datasets import synth
 
+from driftloop.artifacts import ArtifactStore, open_store
 from driftloop.contracts import (
     DataEvent,
     DriftDetected,
@@ -36,7 +37,6 @@ from driftloop.contracts import (
     parse_internal,
     utcnow,
 )
-from driftloop.artifacts import ArtifactStore, open_store
 from driftloop.modeling import ModelArtifact
 from driftloop.settings import SERVICE_PORTS, DriftloopSettings
 
@@ -179,18 +179,25 @@ class Demo:
         return consumer
 
     async def _send(self, producer: AIOKafkaProducer, row: Row) -> None:
-        event = DataEvent(event_id=self.event_id(row.position), entity_id=f"applicant-{row.position % 500}",
-                          event_time=utcnow(), features=row.features)
+        event = DataEvent(
+            event_id=self.event_id(row.position),
+            entity_id=f"applicant-{row.position % 500}",
+            event_time=utcnow(),
+            features=row.features,
+        )
         label = LabelEvent(event_id=event.event_id, label=row.label, label_time=utcnow())
-        await producer.send(self.settings.topic("events.raw"), event.model_dump_json().encode(),
-                            key=event.entity_id.encode())
-        await producer.send(self.settings.topic("labels"), label.model_dump_json().encode(),
-                            key=event.event_id.encode())
+        await producer.send(
+            self.settings.topic("events.raw"), event.model_dump_json().encode(), key=event.entity_id.encode()
+        )
+        await producer.send(
+            self.settings.topic("labels"), label.model_dump_json().encode(), key=event.event_id.encode()
+        )
 
     async def _first_model(self, client: httpx.AsyncClient) -> None:
         self.status = "training the first model"
-        response = await client.post(f"{self.urls['training']}/v1/models/{self.options.model}/retrain",
-                                     json={"requested_by": "demo"})
+        response = await client.post(
+            f"{self.urls['training']}/v1/models/{self.options.model}/retrain", json={"requested_by": "demo"}
+        )
         response.raise_for_status()
         deadline = time.monotonic() + self.options.timeout
         while time.monotonic() < deadline:
@@ -203,8 +210,10 @@ class Demo:
 
     def done(self) -> bool:
         r = self.result
-        return r.rollout is not None and r.promotion_position is not None and (
-            r.events_sent - r.promotion_position >= self.options.eval_events
+        return (
+            r.rollout is not None
+            and r.promotion_position is not None
+            and (r.events_sent - r.promotion_position >= self.options.eval_events)
         )
 
     def compare(self, store: ArtifactStore, artifact_uri: str) -> None:
@@ -293,9 +302,15 @@ class Demo:
         table.add_row("accuracy, last 300", "-" if acc is None else f"{acc:.3f}")
         table.add_row("drift detected", "-" if r.detection_position is None else f"at event {r.detection_position}")
         table.add_row("training run", "-" if r.run is None else f"{r.run.run_id} ({r.run.data_window.rows} rows)")
-        table.add_row("promoted", "-" if r.promoted is None else f"v{r.promoted.version} at event {r.promotion_position}")
+        table.add_row(
+            "promoted", "-" if r.promoted is None else f"v{r.promoted.version} at event {r.promotion_position}"
+        )
         table.add_row("status", self.status)
         return table
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def summary(demo: Demo) -> Table:
@@ -305,27 +320,39 @@ def summary(demo: Demo) -> Table:
     table.add_column("value", justify="right")
     table.add_row("drift injected at event", str(o.drift_at))
     table.add_row("drift detected at event", str(r.detection_position))
-    table.add_row("events from drift to detection",
-                  "-" if r.detection_position is None else str(r.detection_position - o.drift_at))
-    table.add_row("seconds from drift to promotion",
-                  "-" if r.seconds_drift_to_promotion is None else f"{r.seconds_drift_to_promotion:.1f}")
+    table.add_row(
+        "events from drift to detection",
+        "-" if r.detection_position is None else str(r.detection_position - o.drift_at),
+    )
+    table.add_row(
+        "seconds from drift to promotion",
+        "-" if r.seconds_drift_to_promotion is None else f"{r.seconds_drift_to_promotion:.1f}",
+    )
     old = r.first_version
     new = r.promoted.version if r.promoted else None
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     table.add_row(f"accuracy of v{old} before drift", fmt(r.accuracy(rows, old, range(o.warmup, o.drift_at))))
-    table.add_row(f"accuracy of v{old} after drift",
-                  fmt(r.accuracy(rows, old, range(o.drift_at, r.promotion_position or r.events_sent))))
+    table.add_row(
+        f"accuracy of v{old} after drift",
+        fmt(r.accuracy(rows, old, range(o.drift_at, r.promotion_position or r.events_sent))),
+    )
     if new is not None and r.promotion_position is not None:
-        table.add_row(f"accuracy of v{new} after promotion",
-                      fmt(r.accuracy(rows, new, range(r.promotion_position, r.events_sent))))
+        table.add_row(
+            f"accuracy of v{new} after promotion",
+            fmt(r.accuracy(rows, new, range(r.promotion_position, r.events_sent))),
+        )
     if r.old_on_new_concept is not None:
         table.add_row(f"same events: v{old} / v{new}", f"{fmt(r.old_on_new_concept)} / {fmt(r.new_on_new_concept)}")
     table.add_row("correlation id of the loop turn", r.drift_event.correlation_id if r.drift_event else "-")
     return table
 
 
-async def run_demo(settings: DriftloopSettings, options: DemoOptions, urls: dict[str, str] | None = None,
-                   show: bool = True, hooks: dict[int, Callable[[], Awaitable[None]]] | None = None) -> Demo:
+async def run_demo(
+    settings: DriftloopSettings,
+    options: DemoOptions,
+    urls: dict[str, str] | None = None,
+    show: bool = True,
+    hooks: dict[int, Callable[[], Awaitable[None]]] | None = None,
+) -> Demo:
     demo = Demo(settings, options, urls)
     if not show:
         await demo.run(hooks=hooks)

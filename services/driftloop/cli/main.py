@@ -76,7 +76,9 @@ def status_table(stack: Stack, states: dict[str, str]) -> Table:
     table.add_column("url")
     table.add_column("state")
     colours = {"ready": "green", "starting": "yellow"}
-    table.add_row("broker", stack.settings.bootstrap, "[green]ready[/]" if stack.broker or stack.settings.kafka_bootstrap else "-")
+    table.add_row(
+        "broker", stack.settings.bootstrap, "[green]ready[/]" if stack.broker or stack.settings.kafka_bootstrap else "-"
+    )
     for name, state in states.items():
         table.add_row(name, stack.children[name].url, f"[{colours.get(state, 'red')}]{state}[/]")
     return table
@@ -159,7 +161,9 @@ def contracts_export(out: Annotated[Path, typer.Option(help="Folder to write int
 
 
 @contracts_app.command("check")
-def contracts_check(committed: Annotated[Path, typer.Option(help="Folder with the committed contracts.")] = Path("contracts")) -> None:
+def contracts_check(
+    committed: Annotated[Path, typer.Option(help="Folder with the committed contracts.")] = Path("contracts"),
+) -> None:
     """Fail when the models are not backward compatible with the committed schemas."""
     from driftloop.contracts.compat import check_directory
 

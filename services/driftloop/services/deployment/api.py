@@ -67,14 +67,27 @@ def _served(table: ServingTable, name: str) -> Served:
 async def _predict(served: Served, bus: Bus, instances: list[Features]) -> PredictResponse:
     labels, probabilities = served.artifact.predict(instances)
     ids = [new_event_id() for _ in instances]
-    await bus.publish_many([
-        (Prediction(event_id=pid, source_event_id=pid, model_name=served.model_name, model_version=served.version,
-                    channel="rest", prediction=label, probability=p), pid)
-        for pid, label, p in zip(ids, labels, probabilities, strict=True)
-    ])
+    await bus.publish_many(
+        [
+            (
+                Prediction(
+                    event_id=pid,
+                    source_event_id=pid,
+                    model_name=served.model_name,
+                    model_version=served.version,
+                    channel="rest",
+                    prediction=label,
+                    probability=p,
+                ),
+                pid,
+            )
+            for pid, label, p in zip(ids, labels, probabilities, strict=True)
+        ]
+    )
     PREDICTIONS.labels(served.model_name, "rest", "ok").inc(len(ids))
-    return PredictResponse(model_version=served.version, predictions=labels, probabilities=probabilities,
-                           prediction_ids=ids)
+    return PredictResponse(
+        model_version=served.version, predictions=labels, probabilities=probabilities, prediction_ids=ids
+    )
 
 
 @router.post("/v1/models/{name}/predict")
@@ -108,8 +121,10 @@ async def infer(name: str, body: InferRequest, table: TableDep, bus: BusDep) -> 
     served = _served(table, name)
     sizes = {t.name: len(t.data) for t in body.inputs}
     if len(set(sizes.values())) != 1:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            [{"loc": ["body", "inputs"], "msg": f"tensors differ in length: {sizes}"}])
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body", "inputs"], "msg": f"tensors differ in length: {sizes}"}],
+        )
     n = next(iter(sizes.values()))
     instances: list[Features] = [{t.name: t.data[i] for t in body.inputs} for i in range(n)]
     result = await _predict(served, bus, instances)
@@ -118,8 +133,12 @@ async def infer(name: str, body: InferRequest, table: TableDep, bus: BusDep) -> 
         model_version=str(result.model_version),
         id=body.id or result.prediction_ids[0],
         outputs=[
-            InferTensor(name="predict", shape=[n], datatype="BYTES" if any(isinstance(p, str) for p in result.predictions)
-                        else "INT64", data=list(result.predictions)),
+            InferTensor(
+                name="predict",
+                shape=[n],
+                datatype="BYTES" if any(isinstance(p, str) for p in result.predictions) else "INT64",
+                data=list(result.predictions),
+            ),
             InferTensor(name="prediction_id", shape=[n], datatype="BYTES", data=list(result.prediction_ids)),
         ],
     )
@@ -138,8 +157,14 @@ async def model_metadata(name: str, table: TableDep) -> dict[str, Any]:
 
 
 @router.get("/v1/deployments/{name}")
-async def deployment(name: str, table: TableDep, settings: Annotated[DeploymentSettings, Depends(get_settings)]
-                     ) -> DeploymentView:
+async def deployment(
+    name: str, table: TableDep, settings: Annotated[DeploymentSettings, Depends(get_settings)]
+) -> DeploymentView:
     served = _served(table, name)
-    return DeploymentView(model_name=name, version=served.version, artifact_uri=served.artifact_uri,
-                          loaded_at=served.loaded_at, instance=settings.instance)
+    return DeploymentView(
+        model_name=name,
+        version=served.version,
+        artifact_uri=served.artifact_uri,
+        loaded_at=served.loaded_at,
+        instance=settings.instance,
+    )

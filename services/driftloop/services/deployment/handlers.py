@@ -30,8 +30,9 @@ log = get_logger(__name__)
 class Rollouts:
     """Follows ``registry.events`` from the start: history finds the champion, live events hot-swap it."""
 
-    def __init__(self, settings: DeploymentSettings, config: DriftloopConfig, bus: Bus, store: ArtifactStore,
-                 table: ServingTable) -> None:
+    def __init__(
+        self, settings: DeploymentSettings, config: DriftloopConfig, bus: Bus, store: ArtifactStore, table: ServingTable
+    ) -> None:
         self.settings = settings
         self.models = {m.name for m in config.models}
         self.bus = bus

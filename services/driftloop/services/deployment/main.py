@@ -33,8 +33,14 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
                 replay(settings, "registry.events", rollouts.on_record, rollouts.on_caught_up), name="registry-follower"
             )
             await rollouts.caught_up.wait()
-            consumer = ConsumerLoop(settings, runtime.bus, service="deployment", topics=["features"],
-                                    group="deployment", batch_handler=Predictor(runtime.config, runtime.bus, table))
+            consumer = ConsumerLoop(
+                settings,
+                runtime.bus,
+                service="deployment",
+                topics=["features"],
+                group="deployment",
+                batch_handler=Predictor(runtime.config, runtime.bus, table),
+            )
             app.state.runtime, app.state.table = runtime, table
             await consumer.start()
             try:

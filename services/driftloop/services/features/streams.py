@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import faust
 
@@ -23,7 +24,7 @@ log = get_logger(__name__)
 @dataclass
 class FeatureStreams:
     app: faust.App
-    online: faust.Table  # entity_id -> {view name: latest vector}
+    online: faust.types.TableT[Any, Any]  # entity_id -> {view name: latest vector}
 
 
 def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactStore) -> FeatureStreams:
@@ -58,13 +59,16 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
         MESSAGES_CONSUMED.labels("features", "events.validated", "ok").inc()
 
     @app.agent(raw_topic(app, settings, "events.validated"))
-    async def compute(stream: faust.StreamT) -> None:
+    async def compute(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await emitter.guard(event, "features.compute", lambda: on_validated(event.value))
+            await emitter.guard(event, "features.compute", on_validated)
 
     @app.agent(raw_topic(app, settings, "features"))
-    async def write_offline(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.offline_batch, within=settings.offline_flush_seconds):
+    async def write_offline(stream: faust.StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream).take_events(
+            settings.offline_batch, within=settings.offline_flush_seconds
+        )
+        async for events in batches:
             vectors: dict[str, list[FeatureVector]] = {}
             for event in events:
                 try:
@@ -80,8 +84,11 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
             MESSAGES_CONSUMED.labels("features", "features", "ok").inc(len(events))
 
     @app.agent(raw_topic(app, settings, "labels"))
-    async def write_labels(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.offline_batch, within=settings.offline_flush_seconds):
+    async def write_labels(stream: faust.StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream).take_events(
+            settings.offline_batch, within=settings.offline_flush_seconds
+        )
+        async for events in batches:
             labels: list[LabelEvent] = []
             for event in events:
                 try:

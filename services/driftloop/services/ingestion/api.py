@@ -9,8 +9,8 @@ from pydantic import BaseModel
 
 from driftloop.contracts import utcnow
 from driftloop.runtime import Runtime
-from driftloop.services.ingestion.settings import IngestionSettings
 from driftloop.services.ingestion.domain import Invalid, split_body, validate_event, validate_label
+from driftloop.services.ingestion.settings import IngestionSettings
 
 router = APIRouter(prefix="/v1", tags=["ingestion"])
 
@@ -35,9 +35,7 @@ def _unprocessable(errors: list[dict[str, Any]]) -> HTTPException:
 def _detail(index: int | None, exc: Invalid) -> list[dict[str, Any]]:
     """FastAPI's error shape: ``loc`` names the item and the field, ``msg`` the reason."""
     where: list[str | int] = ["body"] if index is None else ["body", index]
-    return [
-        {"loc": [*where, *e.field.split(".")], "msg": e.message, "type": "value_error"} for e in exc.errors
-    ]
+    return [{"loc": [*where, *e.field.split(".")], "msg": e.message, "type": "value_error"} for e in exc.errors]
 
 
 async def _items(request: Request, limit: int) -> list[Any]:

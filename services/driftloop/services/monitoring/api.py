@@ -54,9 +54,14 @@ def _monitor(streams: MonitorStreams, name: str) -> ModelMonitor:
 @router.get("/models/{name}/metrics")
 async def metrics(name: str, streams: StreamsDep) -> ModelMetrics:
     monitor = _monitor(streams, name)
-    return ModelMetrics(model_name=name, model_version=monitor.version, observations=monitor.observations,
-                        accuracy=monitor.accuracy, rolling_accuracy=monitor.rolling_accuracy,
-                        rolling_window=monitor.window)
+    return ModelMetrics(
+        model_name=name,
+        model_version=monitor.version,
+        observations=monitor.observations,
+        accuracy=monitor.accuracy,
+        rolling_accuracy=monitor.rolling_accuracy,
+        rolling_window=monitor.window,
+    )
 
 
 @router.get("/models/{name}/drift")

@@ -41,7 +41,7 @@ def _encode(monitor: ModelMonitor) -> str:
 
 
 def _decode(blob: str) -> ModelMonitor:
-    monitor: ModelMonitor = pickle.loads(base64.b64decode(blob))  # noqa: S301 - written by this service only
+    monitor: ModelMonitor = pickle.loads(base64.b64decode(blob))
     return monitor
 
 
@@ -51,8 +51,15 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
     streams = MonitorStreams(app=app)
     pending = app.Table("pending", default=None, partitions=3, key_type=str, value_type=None)
     stored = app.Table("monitors", default=None, partitions=3, key_type=str, value_type=None)
-    outcomes = app.topic(settings.topic("driftloop-monitoring-outcomes"), internal=True, partitions=3,
-                         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    outcomes = app.topic(
+        settings.topic("driftloop-monitoring-outcomes"),
+        internal=True,
+        partitions=3,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     policy = config.drift
     since_checkpoint: dict[str, int] = {}
 
@@ -95,14 +102,14 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         pending[label.event_id] = {"label": label.label, "waiting": []}
 
     @app.agent(raw_topic(app, settings, "predictions"))
-    async def join_predictions(stream: faust.StreamT) -> None:
+    async def join_predictions(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await emitter.guard(event, "monitoring.predictions", lambda: on_prediction(event.value))
+            await emitter.guard(event, "monitoring.predictions", on_prediction)
 
     @app.agent(raw_topic(app, settings, "labels"))
-    async def join_labels(stream: faust.StreamT) -> None:
+    async def join_labels(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await emitter.guard(event, "monitoring.labels", lambda: on_label(event.value))
+            await emitter.guard(event, "monitoring.labels", on_label)
 
     def monitor_for(model: str, version: int) -> ModelMonitor:
         monitor = streams.monitors.get(model)
@@ -139,15 +146,21 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
             await emitter.emit(drift, model)
             streams.drifts.setdefault(model, []).append(drift)
             DRIFTS.labels(model, "concept").inc()
-            log.warning("drift detected", model=model, version=version, before=evidence.accuracy_before,
-                        after=evidence.accuracy_after, observations=evidence.observations)
+            log.warning(
+                "drift detected",
+                model=model,
+                version=version,
+                before=evidence.accuracy_before,
+                after=evidence.accuracy_after,
+                observations=evidence.observations,
+            )
         if evidence is not None or since_checkpoint[model] >= settings.checkpoint_every:
             stored[model] = _encode(monitor)
             since_checkpoint[model] = 0
 
     @app.agent(outcomes)
-    async def track(stream: faust.StreamT) -> None:
+    async def track(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await emitter.guard(event, "monitoring.outcomes", lambda: on_outcome(event.value))
+            await emitter.guard(event, "monitoring.outcomes", on_outcome)
 
     return streams

@@ -83,8 +83,14 @@ async def list_models(registry: RegistryDep) -> list[ModelSummary]:
     out = []
     for name in registry.models():
         versions = registry.versions(name)
-        out.append(ModelSummary(name=name, champion=registry.aliases(name).get("champion"),
-                                latest_version=versions[-1].version, versions=len(versions)))
+        out.append(
+            ModelSummary(
+                name=name,
+                champion=registry.aliases(name).get("champion"),
+                latest_version=versions[-1].version,
+                versions=len(versions),
+            )
+        )
     return out
 
 
@@ -104,15 +110,23 @@ async def get_alias(name: str, alias: str, registry: RegistryDep) -> VersionView
 
 
 @router.post("/models/{name}/versions/{version}/promote")
-async def promote(name: str, version: int, registry: RegistryDep, relay: RelayDep,
-                  body: ChangeBody | None = None) -> VersionView:
+async def promote(
+    name: str, version: int, registry: RegistryDep, relay: RelayDep, body: ChangeBody | None = None
+) -> VersionView:
     """Make a version champion by hand; the same path, audit row and event as a gate promotion."""
     body = body or ChangeBody()
     try:
         with registry.session() as s:
             row = registry.version(s, name, version)
-            registry.promote(s, row, actor=body.actor, reason=body.reason or "manual promotion", causation_id=None,
-                             correlation_id=row.correlation_id, decision=None)
+            registry.promote(
+                s,
+                row,
+                actor=body.actor,
+                reason=body.reason or "manual promotion",
+                causation_id=None,
+                correlation_id=row.correlation_id,
+                decision=None,
+            )
             s.commit()
     except NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc

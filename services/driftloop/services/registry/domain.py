@@ -30,11 +30,23 @@ def gate(challenger: Metrics, champion: Metrics | None, policy: PromotionPolicy)
     metric = policy.metric
     ours = challenger[metric]
     if champion is None:
-        return GateDecision(metric=metric, challenger=ours, champion=None, min_improvement=policy.min_improvement,
-                            passed=True, reason="no champion yet")
+        return GateDecision(
+            metric=metric,
+            challenger=ours,
+            champion=None,
+            min_improvement=policy.min_improvement,
+            passed=True,
+            reason="no champion yet",
+        )
     theirs = champion[metric]
     passed = ours >= theirs + policy.min_improvement
     comparison = ">=" if passed else "<"
     reason = f"{metric} {ours:.4f} {comparison} champion {theirs:.4f} + {policy.min_improvement}"
-    return GateDecision(metric=metric, challenger=ours, champion=theirs, min_improvement=policy.min_improvement,
-                        passed=passed, reason=reason)
+    return GateDecision(
+        metric=metric,
+        challenger=ours,
+        champion=theirs,
+        min_improvement=policy.min_improvement,
+        passed=passed,
+        reason=reason,
+    )

@@ -65,9 +65,21 @@ class RunHandler:
             elif self.policy.require_approval:
                 self.registry.hold_for_approval(s, row, decision)
             else:
-                self.registry.promote(s, row, actor="gate", reason=decision.reason, causation_id=run.event_id,
-                                      correlation_id=run.correlation_id, decision=decision)
+                self.registry.promote(
+                    s,
+                    row,
+                    actor="gate",
+                    reason=decision.reason,
+                    causation_id=run.event_id,
+                    correlation_id=run.correlation_id,
+                    decision=decision,
+                )
             s.commit()
-            log.info("version registered", model=row.model_name, version=row.version, gate=decision.reason,
-                     passed=decision.passed)
+            log.info(
+                "version registered",
+                model=row.model_name,
+                version=row.version,
+                gate=decision.reason,
+                passed=decision.passed,
+            )
         self.relay.wakeup.set()

@@ -30,8 +30,9 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
             registry = Registry(engine)
             relay = OutboxRelay(engine, runtime.bus, "registry")
             handler = RunHandler(registry, Evaluator(open_store(settings)), runtime.config.promotion, relay)
-            consumer = ConsumerLoop(settings, runtime.bus, service="registry", topics=["training.runs"],
-                                    group="registry", handler=handler)
+            consumer = ConsumerLoop(
+                settings, runtime.bus, service="registry", topics=["training.runs"], group="registry", handler=handler
+            )
             app.state.registry, app.state.relay = registry, relay
             relay.start()
             await consumer.start()

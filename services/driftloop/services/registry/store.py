@@ -96,15 +96,20 @@ class Registry:
 
     def versions(self, model: str) -> list[ModelVersion]:
         with self.session() as s:
-            return list(s.exec(select(ModelVersion).where(ModelVersion.model_name == model)
-                               .order_by(col(ModelVersion.version))).all())
+            return list(
+                s.exec(
+                    select(ModelVersion).where(ModelVersion.model_name == model).order_by(col(ModelVersion.version))
+                ).all()
+            )
 
     def aliases(self, model: str) -> dict[str, int]:
         with self.session() as s:
             return {a.alias: a.version for a in s.exec(select(Alias).where(Alias.model_name == model)).all()}
 
     def version(self, s: Session, model: str, version: int) -> ModelVersion:
-        row = s.exec(select(ModelVersion).where(ModelVersion.model_name == model, ModelVersion.version == version)).first()
+        row = s.exec(
+            select(ModelVersion).where(ModelVersion.model_name == model, ModelVersion.version == version)
+        ).first()
         if row is None:
             raise NotFound(f"{model} has no version {version}")
         return row
@@ -141,13 +146,32 @@ class Registry:
         )
         s.add(row)
         s.flush()
-        s.add(AuditEntry(actor="training", action="registered", model_name=row.model_name, version=row.version,
-                         reason=f"run {run.run_id}", correlation_id=run.correlation_id))
-        enqueue(s, SOURCE, ModelVersionRegistered(
-            correlation_id=run.correlation_id, causation_id=run.event_id, model_name=row.model_name,
-            version=row.version, run_id=run.run_id, artifact_uri=row.artifact_uri, metrics=row.metrics,
-            parent_version=row.parent_version, data_window=run.data_window,
-        ), row.model_name)
+        s.add(
+            AuditEntry(
+                actor="training",
+                action="registered",
+                model_name=row.model_name,
+                version=row.version,
+                reason=f"run {run.run_id}",
+                correlation_id=run.correlation_id,
+            )
+        )
+        enqueue(
+            s,
+            SOURCE,
+            ModelVersionRegistered(
+                correlation_id=run.correlation_id,
+                causation_id=run.event_id,
+                model_name=row.model_name,
+                version=row.version,
+                run_id=run.run_id,
+                artifact_uri=row.artifact_uri,
+                metrics=row.metrics,
+                parent_version=row.parent_version,
+                data_window=run.data_window,
+            ),
+            row.model_name,
+        )
         return row
 
     def _set_alias(self, s: Session, model: str, alias: str, version: int) -> None:
@@ -155,8 +179,17 @@ class Registry:
         row.version, row.updated_at = version, utcnow()
         s.add(row)
 
-    def promote(self, s: Session, row: ModelVersion, *, actor: str, reason: str, causation_id: str | None,
-                correlation_id: str, decision: GateDecision | None) -> ModelPromoted:
+    def promote(
+        self,
+        s: Session,
+        row: ModelVersion,
+        *,
+        actor: str,
+        reason: str,
+        causation_id: str | None,
+        correlation_id: str,
+        decision: GateDecision | None,
+    ) -> ModelPromoted:
         """Move ``champion`` to ``row``: the one path for gate and operator promotions alike."""
         previous = self.champion(s, row.model_name)
         if previous is not None and previous.version == row.version:
@@ -167,12 +200,27 @@ class Registry:
         row.status = "champion"
         s.add(row)
         self._set_alias(s, row.model_name, "champion", row.version)
-        s.add(AuditEntry(actor=actor, action="promoted", model_name=row.model_name, version=row.version,
-                         previous_version=previous.version if previous else None, reason=reason,
-                         correlation_id=correlation_id))
-        event = ModelPromoted(correlation_id=correlation_id, causation_id=causation_id, model_name=row.model_name,
-                              version=row.version, previous_version=previous.version if previous else None,
-                              artifact_uri=row.artifact_uri, actor=actor, decision=decision)
+        s.add(
+            AuditEntry(
+                actor=actor,
+                action="promoted",
+                model_name=row.model_name,
+                version=row.version,
+                previous_version=previous.version if previous else None,
+                reason=reason,
+                correlation_id=correlation_id,
+            )
+        )
+        event = ModelPromoted(
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            model_name=row.model_name,
+            version=row.version,
+            previous_version=previous.version if previous else None,
+            artifact_uri=row.artifact_uri,
+            actor=actor,
+            decision=decision,
+        )
         enqueue(s, SOURCE, event, row.model_name)
         return event
 
@@ -180,20 +228,45 @@ class Registry:
         champion = self.champion(s, row.model_name)
         row.status = "rejected"
         s.add(row)
-        s.add(AuditEntry(actor="gate", action="rejected", model_name=row.model_name, version=row.version,
-                         previous_version=champion.version if champion else None, reason=decision.reason,
-                         correlation_id=row.correlation_id))
-        enqueue(s, SOURCE, PromotionRejected(
-            correlation_id=row.correlation_id, causation_id=causation_id, model_name=row.model_name,
-            version=row.version, champion_version=champion.version if champion else None, decision=decision,
-        ), row.model_name)
+        s.add(
+            AuditEntry(
+                actor="gate",
+                action="rejected",
+                model_name=row.model_name,
+                version=row.version,
+                previous_version=champion.version if champion else None,
+                reason=decision.reason,
+                correlation_id=row.correlation_id,
+            )
+        )
+        enqueue(
+            s,
+            SOURCE,
+            PromotionRejected(
+                correlation_id=row.correlation_id,
+                causation_id=causation_id,
+                model_name=row.model_name,
+                version=row.version,
+                champion_version=champion.version if champion else None,
+                decision=decision,
+            ),
+            row.model_name,
+        )
 
     def hold_for_approval(self, s: Session, row: ModelVersion, decision: GateDecision) -> None:
         row.status = "challenger"
         s.add(row)
         self._set_alias(s, row.model_name, "challenger", row.version)
-        s.add(AuditEntry(actor="gate", action="awaiting_approval", model_name=row.model_name, version=row.version,
-                         reason=decision.reason, correlation_id=row.correlation_id))
+        s.add(
+            AuditEntry(
+                actor="gate",
+                action="awaiting_approval",
+                model_name=row.model_name,
+                version=row.version,
+                reason=decision.reason,
+                correlation_id=row.correlation_id,
+            )
+        )
 
     def rollback(self, s: Session, model: str, *, actor: str, reason: str) -> ModelRolledBack:
         """Give ``champion`` back to the version it was taken from by the current champion's promotion."""
@@ -202,8 +275,11 @@ class Registry:
             raise NotFound(f"{model} has no champion")
         promoted = s.exec(
             select(AuditEntry)
-            .where(AuditEntry.model_name == model, col(AuditEntry.action).in_(("promoted", "rolled_back")),
-                   AuditEntry.version == current.version)
+            .where(
+                AuditEntry.model_name == model,
+                col(AuditEntry.action).in_(("promoted", "rolled_back")),
+                AuditEntry.version == current.version,
+            )
             .order_by(col(AuditEntry.id).desc())
         ).first()
         if promoted is None or promoted.previous_version is None:
@@ -213,10 +289,25 @@ class Registry:
         s.add(current)
         s.add(target)
         self._set_alias(s, model, "champion", target.version)
-        s.add(AuditEntry(actor=actor, action="rolled_back", model_name=model, version=target.version,
-                         previous_version=current.version, reason=reason, correlation_id=current.correlation_id))
-        event = ModelRolledBack(correlation_id=current.correlation_id, model_name=model,
-                                from_version=current.version, to_version=target.version,
-                                artifact_uri=target.artifact_uri, actor=actor, reason=reason)
+        s.add(
+            AuditEntry(
+                actor=actor,
+                action="rolled_back",
+                model_name=model,
+                version=target.version,
+                previous_version=current.version,
+                reason=reason,
+                correlation_id=current.correlation_id,
+            )
+        )
+        event = ModelRolledBack(
+            correlation_id=current.correlation_id,
+            model_name=model,
+            from_version=current.version,
+            to_version=target.version,
+            artifact_uri=target.artifact_uri,
+            actor=actor,
+            reason=reason,
+        )
         enqueue(s, SOURCE, event, model)
         return event

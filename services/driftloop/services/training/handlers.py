@@ -9,6 +9,7 @@ database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -44,18 +45,41 @@ class RequestHandlers:
             await self.on_request(record.parse(RetrainRequested))
 
     async def on_request(self, request: RetrainRequested) -> None:
-        self._queue(request.event_id, request.model_name, request.reason, request.requested_by,
-                    request.correlation_id, request.since, debounced=False)
+        self._queue(
+            request.event_id,
+            request.model_name,
+            request.reason,
+            request.requested_by,
+            request.correlation_id,
+            request.since,
+            debounced=False,
+        )
 
     async def on_drift(self, drift: DriftDetected) -> None:
         with self.runs.session() as session:
             last = self.runs.last_drift_run(session, drift.model_name)
         debounced = within_cooldown(last, utcnow(), self.config.drift.cooldown)
-        self._queue(drift.event_id, drift.model_name, "drift", "monitoring", drift.correlation_id,
-                    drift.change_point_time, debounced=debounced)
+        self._queue(
+            drift.event_id,
+            drift.model_name,
+            "drift",
+            "monitoring",
+            drift.correlation_id,
+            drift.change_point_time,
+            debounced=debounced,
+        )
 
-    def _queue(self, request_id: str, model: str, trigger: str, requested_by: str, correlation_id: str,
-               since: datetime | None, *, debounced: bool) -> None:
+    def _queue(
+        self,
+        request_id: str,
+        model: str,
+        trigger: str,
+        requested_by: str,
+        correlation_id: str,
+        since: datetime | None,
+        *,
+        debounced: bool,
+    ) -> None:
         if model not in {m.name for m in self.config.models}:
             log.warning("training request for an unknown model ignored", model=model)
             return
@@ -114,10 +138,8 @@ class RunWorker:
                     self._finish_failed(run, repr(exc))
                 finally:
                     self.current = None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), 2.0)
-            except TimeoutError:
-                pass
 
     async def _rows(self, run: TrainingRun) -> list[TrainingRow]:
         """Wait, up to the policy's limit, until the window holds enough labelled rows."""
@@ -128,7 +150,9 @@ class RunWorker:
         since = aware(run.since) if run.since else None
         while True:
             rows = await asyncio.to_thread(
-                offline.training_set, since=since, max_rows=policy.max_rows,
+                offline.training_set,
+                since=since,
+                max_rows=policy.max_rows,
                 max_event_age=self.config.dataset.max_event_age,
             )
             if enough_rows(len(rows), policy) or time.monotonic() >= deadline:
@@ -140,7 +164,9 @@ class RunWorker:
         started = time.monotonic()
         rows = await self._rows(run)
         if not enough_rows(len(rows), self.config.training):
-            raise RuntimeError(f"only {len(rows)} labelled rows since {run.since}; need {self.config.training.min_rows}")
+            raise RuntimeError(
+                f"only {len(rows)} labelled rows since {run.since}; need {self.config.training.min_rows}"
+            )
         self.runs.set_status(run.run_id, "running")
         spec = self.config.model(run.model_name)
         train, holdout = time_split(rows, self.config.training.holdout_fraction)
@@ -149,11 +175,16 @@ class RunWorker:
         artifact_uri = self.store.put(f"{prefix}/model.joblib", result.artifact.to_bytes())
         holdout_uri = self.store.put(
             f"{prefix}/holdout.jsonl",
-            "\n".join(json.dumps({"event_id": r.event_id, "features": r.features, "label": r.label}) for r in holdout).encode(),
+            "\n".join(
+                json.dumps({"event_id": r.event_id, "features": r.features, "label": r.label}) for r in holdout
+            ).encode(),
         )
         window = DataWindow(
-            start=rows[0].event_time, end=rows[-1].event_time, rows=len(rows),
-            train_rows=len(train), holdout_rows=len(holdout),
+            start=rows[0].event_time,
+            end=rows[-1].event_time,
+            rows=len(rows),
+            train_rows=len(train),
+            holdout_rows=len(holdout),
         )
         completed = TrainingRunCompleted(
             correlation_id=run.correlation_id,
