@@ -50,13 +50,13 @@ def test_committed_contracts_match_the_models(tmp_path: Path) -> None:
 
 
 def test_export_is_deterministic(tmp_path: Path) -> None:
-    first = export_contracts(tmp_path / "first")
-    second = export_contracts(tmp_path / "second")
-    assert [p.relative_to(tmp_path / "first") for p in first] == [p.relative_to(tmp_path / "second") for p in second]
-    assert _files(tmp_path / "first") == _files(tmp_path / "second")
-    before = _files(tmp_path / "first")
-    export_contracts(tmp_path / "first")
-    assert _files(tmp_path / "first") == before
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert [p.relative_to(first) for p in export_contracts(first)] == [
+        p.relative_to(second) for p in export_contracts(second)
+    ]
+    assert _files(first) == _files(second)
+    export_contracts(first)
+    assert _files(first) == _files(second)
 
 
 def test_export_removes_schemas_of_payloads_that_are_gone(tmp_path: Path) -> None:

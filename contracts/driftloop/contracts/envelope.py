@@ -27,7 +27,7 @@ def new_event_id() -> str:
 class Contract(BaseModel):
     """Base of every payload: unknown fields are an error, so typos surface."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     #: CloudEvents ``type``; also the name of the payload's JSON Schema.
     EVENT_TYPE: ClassVar[str]

@@ -48,7 +48,9 @@ class _Typed(Envelope):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        cls.EVENT_TYPE = cls.model_fields["event_type"].default
+        default = cls.model_fields["event_type"].default
+        if isinstance(default, str):
+            cls.EVENT_TYPE = default
 
 
 class FieldError(Contract):

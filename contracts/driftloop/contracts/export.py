@@ -119,7 +119,8 @@ def _operation(spec: TopicSpec) -> dict[str, Any]:
 
 
 def _messages() -> dict[str, Any]:
-    return {payload.__name__: _message(payload, spec) for spec in TOPICS.values() for payload in spec.payloads}
+    pairs = [(payload, spec) for spec in TOPICS.values() for payload in spec.payloads]
+    return {payload.__name__: _message(payload, spec) for payload, spec in pairs}
 
 
 def _message(payload: type[Contract], spec: TopicSpec) -> dict[str, Any]:

@@ -1,0 +1,162 @@
+"""The registry on a real broker and a real database (SQLite and PostgreSQL): gate, aliases, audit, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import timedelta
+
+import pytest
+
+from driftloop.artifacts import open_store
+from driftloop.bus import Bus
+from driftloop.config import ModelSpec
+from driftloop.contracts import (
+    ModelPromoted,
+    ModelRolledBack,
+    ModelVersionRegistered,
+    PromotionRejected,
+    TrainingRunCompleted,
+    parse_internal,
+    utcnow,
+)
+from driftloop.contracts.events import DataWindow
+from driftloop.offline import TrainingRow
+from driftloop.services.registry.main import create_app
+from driftloop.services.registry.settings import RegistrySettings
+from driftloop.services.training.domain import fit, time_split
+from driftloop.settings import DriftloopSettings
+from tests.support import read_topic, running
+
+SPEC = ModelSpec(name="m", feature_view="v", features=["x", "y"], estimator="logistic_regression")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_settings(request: pytest.FixtureRequest, settings: DriftloopSettings) -> RegistrySettings:
+    url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("postgres_db_url")
+    return RegistrySettings(**{**settings.model_dump(), "database_url": url})
+
+
+def _rows(n: int, rule: str, seed: int) -> list[TrainingRow]:
+    """Points labelled by ``x > y`` (or its opposite): two concepts a linear model can learn."""
+    rng = random.Random(seed)
+    start = utcnow() - timedelta(hours=1)
+    rows = []
+    for i in range(n):
+        x, y = rng.random(), rng.random()
+        label = int(x > y) if rule == "x>y" else int(x <= y)
+        rows.append(TrainingRow(f"{seed}-{i}", "e", start + timedelta(seconds=i), {"x": x, "y": y}, label))
+    return rows
+
+
+def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule: str) -> TrainingRunCompleted:
+    """A real fitted artifact and a holdout in the artifact store, announced like the training service does."""
+    store = open_store(settings)
+    train, _ = time_split(_rows(400, train_rule, seed=1), 0.3)
+    _, holdout = time_split(_rows(400, holdout_rule, seed=2), 0.3)
+    result = fit(SPEC, run_id, train, holdout)
+    artifact_uri = store.put(f"models/m/{run_id}/model.joblib", result.artifact.to_bytes())
+    holdout_uri = store.put(
+        f"models/m/{run_id}/holdout.jsonl",
+        "\n".join(json.dumps({"features": r.features, "label": r.label}) for r in holdout).encode(),
+    )
+    return TrainingRunCompleted(
+        run_id=run_id,
+        model_name="m",
+        trigger="drift",
+        estimator=SPEC.estimator,
+        feature_names=SPEC.features,
+        data_window=DataWindow(start=train[0].event_time, end=train[-1].event_time, rows=400, train_rows=280,
+                               holdout_rows=120),
+        metrics=result.metrics,
+        artifact_uri=artifact_uri,
+        holdout_uri=holdout_uri,
+        duration_seconds=0.1,
+    )
+
+
+async def _registry_events(settings: DriftloopSettings, count: int) -> list[object]:
+    return [parse_internal(r.value) for r in await read_topic(settings, "registry.events", count)]
+
+
+async def test_gate_promotes_better_versions_rejects_worse_and_survives_a_restart(
+    registry_settings: RegistrySettings, bus: Bus
+) -> None:
+    first = _run(registry_settings, "run-1", "x>y", "x>y")
+    worse = _run(registry_settings, "run-2", "x<=y", "x>y")
+    drift_fix = _run(registry_settings, "run-3", "x<=y", "x<=y")
+    async with running(create_app(registry_settings)) as client:
+        await bus.publish(first, "m")
+        await bus.publish(first, "m")  # redelivered: must not make a second version
+        await bus.publish(worse, "m")
+        events = await _registry_events(registry_settings, 4)
+        assert [type(e) for e in events] == [ModelVersionRegistered, ModelPromoted, ModelVersionRegistered,
+                                             PromotionRejected]
+        rejected = events[3]
+        assert isinstance(rejected, PromotionRejected)
+        assert rejected.version == 2 and rejected.champion_version == 1 and not rejected.decision.passed
+        assert rejected.decision.champion is not None and rejected.decision.challenger < rejected.decision.champion
+
+        await bus.publish(drift_fix, "m")
+        events = await _registry_events(registry_settings, 6)
+        promoted = events[5]
+        assert isinstance(promoted, ModelPromoted)
+        assert (promoted.version, promoted.previous_version, promoted.actor) == (3, 1, "gate")
+        assert promoted.correlation_id == drift_fix.correlation_id and promoted.causation_id == drift_fix.event_id
+        assert promoted.decision is not None and promoted.decision.challenger > 0.9 > promoted.decision.champion
+
+        versions = (await client.get("/v1/models/m/versions")).json()
+        assert [(v["version"], v["status"], v["aliases"]) for v in versions] == [
+            (1, "archived", []), (2, "rejected", []), (3, "champion", ["champion"])
+        ]
+        assert versions[2]["parent_version"] == 1 and versions[2]["run_id"] == "run-3"
+        assert (await client.get("/v1/models")).json() == [
+            {"name": "m", "champion": 3, "latest_version": 3, "versions": 3}
+        ]
+
+    async with running(create_app(registry_settings)) as client:
+        champion = (await client.get("/v1/models/m/aliases/champion")).json()
+        assert champion["version"] == 3, "the champion did not survive a restart"
+
+
+async def test_rollback_and_manual_promotion_go_through_the_audit_log_and_the_topic(
+    registry_settings: RegistrySettings, bus: Bus
+) -> None:
+    async with running(create_app(registry_settings)) as client:
+        await bus.publish(_run(registry_settings, "a", "x>y", "x>y"), "m")
+        await bus.publish(_run(registry_settings, "b", "x<=y", "x<=y"), "m")
+        await _registry_events(registry_settings, 4)
+
+        rolled = await client.post("/v1/models/m/rollback", json={"reason": "bad canary", "actor": "alice"})
+        assert rolled.status_code == 200 and rolled.json()["version"] == 1
+        again = await client.post("/v1/models/m/versions/1/promote", json={})
+        assert again.status_code == 409
+        manual = await client.post("/v1/models/m/versions/2/promote", json={"reason": "fixed", "actor": "bob"})
+        assert manual.status_code == 200 and manual.json()["version"] == 2
+        missing = await client.post("/v1/models/m/versions/9/promote", json={})
+        assert missing.status_code == 404
+
+        events = await _registry_events(registry_settings, 6)
+        rollback, promotion = events[4], events[5]
+        assert isinstance(rollback, ModelRolledBack)
+        assert (rollback.from_version, rollback.to_version, rollback.actor) == (2, 1, "alice")
+        assert isinstance(promotion, ModelPromoted) and (promotion.version, promotion.actor) == (2, "bob")
+
+        audit = (await client.get("/v1/audit", params={"model": "m"})).json()
+        assert [(a["action"], a["version"], a["actor"]) for a in audit] == [
+            ("promoted", 2, "bob"),
+            ("rolled_back", 1, "alice"),
+            ("promoted", 2, "gate"),
+            ("registered", 2, "training"),
+            ("promoted", 1, "gate"),
+            ("registered", 1, "training"),
+        ]
+
+
+async def test_unknown_model_is_404(registry_settings: RegistrySettings) -> None:
+    async with running(create_app(registry_settings)) as client:
+        assert (await client.get("/v1/models/nope/versions")).status_code == 404
+        assert (await client.get("/v1/models/nope/aliases/champion")).status_code == 404
+        assert (await client.post("/v1/models/nope/rollback")).status_code == 404
+    await asyncio.sleep(0)

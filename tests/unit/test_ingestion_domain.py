@@ -1,0 +1,95 @@
+"""Validation rules of the dataset schema, as pure functions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from driftloop.config import load_config
+from driftloop.contracts import utcnow
+from driftloop.services.ingestion.domain import Invalid, split_body, validate_event, validate_label
+from tests.support import APPLICATION
+
+SCHEMA = load_config(Path(__file__).resolve().parents[2] / "driftloop.yaml").dataset
+NOW = utcnow()
+
+
+def event(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {"event_id": "e", "entity_id": "c", "event_time": NOW.isoformat(),
+                               "features": dict(APPLICATION)}
+    return {**base, **overrides}
+
+
+def fields(payload: object) -> list[str]:
+    with pytest.raises(Invalid) as info:
+        validate_event(payload, SCHEMA, NOW)
+    return [e.field for e in info.value.errors]
+
+
+def test_a_valid_event_passes_and_keeps_its_id() -> None:
+    assert validate_event(event(), SCHEMA, NOW).event_id == "e"
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (event(event_id=""), ["event_id"]),
+        ({k: v for k, v in event().items() if k != "features"}, ["features"]),
+        (event(features={**APPLICATION, "age": "old"}), ["features.age"]),
+        (event(features={**APPLICATION, "age": True}), ["features.age"]),
+        (event(features={**APPLICATION, "salary": -1}), ["features.salary"]),
+        (event(features={k: v for k, v in APPLICATION.items() if k != "loan"}), ["features.loan"]),
+        (event(features={**APPLICATION, "shoe_size": 44}), ["features.shoe_size"]),
+        (event(label=3), ["label"]),
+        (event(event_time=(NOW - timedelta(days=2)).isoformat()), ["event_time"]),
+        (event(event_time=(NOW + timedelta(hours=1)).isoformat()), ["event_time"]),
+        (event(colour="red"), ["colour"]),
+    ],
+)
+def test_each_broken_rule_names_its_field(payload: object, expected: list[str]) -> None:
+    assert fields(payload) == expected
+
+
+def test_every_problem_of_one_event_is_reported_at_once() -> None:
+    assert fields(event(features={**APPLICATION, "age": 5, "elevel": 9}, label="yes")) == [
+        "features.age",
+        "features.elevel",
+        "label",
+    ]
+
+
+def test_an_int_is_a_valid_float_but_a_float_is_not_an_int() -> None:
+    validate_event(event(features={**APPLICATION, "salary": 50_000}), SCHEMA, NOW)
+    assert fields(event(features={**APPLICATION, "age": 40.5})) == ["features.age"]
+
+
+def test_naive_event_times_are_taken_as_utc() -> None:
+    naive = NOW.replace(tzinfo=None).isoformat()
+    assert validate_event(event(event_time=naive), SCHEMA, NOW).event_time.tzinfo is not None
+
+
+def test_labels_are_checked_against_the_label_spec() -> None:
+    assert validate_label({"event_id": "e", "label": 1}, SCHEMA.label).label == 1
+    with pytest.raises(Invalid):
+        validate_label({"event_id": "e", "label": 2}, SCHEMA.label)
+
+
+def test_bodies_may_be_an_object_an_array_or_ndjson() -> None:
+    assert split_body(b'{"a": 1}', "application/json") == [{"a": 1}]
+    assert split_body(b'[{"a": 1}, {"a": 2}]', "application/json") == [{"a": 1}, {"a": 2}]
+    assert split_body(b'{"a": 1}\n\n{"a": 2}\n', "application/x-ndjson") == [{"a": 1}, {"a": 2}]
+    with pytest.raises(Invalid) as info:
+        split_body(b'{"a": 1}\n{oops', "application/x-ndjson")
+    assert info.value.errors[0].field == "line 2"
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers() | st.floats(allow_nan=False) | st.text()))
+def test_validation_never_raises_anything_but_invalid(features: dict[str, object]) -> None:
+    try:
+        validate_event(event(features=features), SCHEMA, NOW)
+    except Invalid as exc:
+        assert exc.errors, "an Invalid without reasons"
