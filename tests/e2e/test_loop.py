@@ -109,3 +109,12 @@ async def test_drift_retrains_promotes_and_recovers_accuracy_with_one_correlatio
     audit = _get(stack, "registry", f"/v1/audit?model={MODEL}").json()
     promoted_rows = [row for row in audit if row["action"] == "promoted" and row["version"] == 2]
     assert promoted_rows and promoted_rows[0]["correlation_id"] == correlation
+
+    # The read side agrees: monitoring tracks the new version, the online store has the entity's aggregates.
+    metrics = _get(stack, "monitoring", f"/v1/models/{MODEL}/metrics").json()
+    assert metrics["model_version"] == 2 and metrics["rolling_accuracy"] > 0.9
+    features = _get(stack, "features", "/v1/features/applicant-7").json()["applications"]
+    assert features["features"]["entity_count"] >= 2 and features["entity_id"] == "applicant-7"
+    for name in SERVICES:
+        exposition = _get(stack, name, "/metrics").text
+        assert "driftloop_" in exposition and "process_cpu_seconds_total" in exposition, name
