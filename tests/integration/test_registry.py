@@ -67,8 +67,9 @@ def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule
         trigger="drift",
         estimator=SPEC.estimator,
         feature_names=SPEC.features,
-        data_window=DataWindow(start=train[0].event_time, end=train[-1].event_time, rows=400, train_rows=280,
-                               holdout_rows=120),
+        data_window=DataWindow(
+            start=train[0].event_time, end=train[-1].event_time, rows=400, train_rows=280, holdout_rows=120
+        ),
         metrics=result.metrics,
         artifact_uri=artifact_uri,
         holdout_uri=holdout_uri,
@@ -91,8 +92,12 @@ async def test_gate_promotes_better_versions_rejects_worse_and_survives_a_restar
         await bus.publish(first, "m")  # redelivered: must not make a second version
         await bus.publish(worse, "m")
         events = await _registry_events(registry_settings, 4)
-        assert [type(e) for e in events] == [ModelVersionRegistered, ModelPromoted, ModelVersionRegistered,
-                                             PromotionRejected]
+        assert [type(e) for e in events] == [
+            ModelVersionRegistered,
+            ModelPromoted,
+            ModelVersionRegistered,
+            PromotionRejected,
+        ]
         rejected = events[3]
         assert isinstance(rejected, PromotionRejected)
         assert rejected.version == 2 and rejected.champion_version == 1 and not rejected.decision.passed
@@ -108,7 +113,9 @@ async def test_gate_promotes_better_versions_rejects_worse_and_survives_a_restar
 
         versions = (await client.get("/v1/models/m/versions")).json()
         assert [(v["version"], v["status"], v["aliases"]) for v in versions] == [
-            (1, "archived", []), (2, "rejected", []), (3, "champion", ["champion"])
+            (1, "archived", []),
+            (2, "rejected", []),
+            (3, "champion", ["champion"]),
         ]
         assert versions[2]["parent_version"] == 1 and versions[2]["run_id"] == "run-3"
         assert (await client.get("/v1/models")).json() == [

@@ -39,4 +39,6 @@ def test_a_service_imports_no_other_service(service: str) -> None:
 def test_contracts_and_libs_import_no_service() -> None:
     for folder in ("contracts", "libs"):
         for path in (ROOT / folder).rglob("*.py"):
-            assert not any(m.startswith("driftloop.services") or m.startswith("driftloop.cli") for m in imports(path)), path
+            assert not any(
+                m.startswith("driftloop.services") or m.startswith("driftloop.cli") for m in imports(path)
+            ), path

@@ -19,8 +19,12 @@ NOW = utcnow()
 
 
 def event(**overrides: object) -> dict[str, object]:
-    base: dict[str, object] = {"event_id": "e", "entity_id": "c", "event_time": NOW.isoformat(),
-                               "features": dict(APPLICATION)}
+    base: dict[str, object] = {
+        "event_id": "e",
+        "entity_id": "c",
+        "event_time": NOW.isoformat(),
+        "features": dict(APPLICATION),
+    }
     return {**base, **overrides}
 
 

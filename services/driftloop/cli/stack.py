@@ -125,24 +125,31 @@ class Stack:
         raise TimeoutError(f"services not ready after {timeout:.0f}s: {self.poll()}; see {self.log_dir}")
 
     def terminate(self, name: str, timeout: float = 20.0) -> None:
-        child = self.children[name]
-        process, child.process = child.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        self._terminate([name], timeout)
+
+    def _terminate(self, names: list[str], timeout: float) -> None:
+        """SIGTERM all at once (each shuts down gracefully in parallel), then kill what is left."""
+        processes = []
+        for name in names:
+            child = self.children[name]
+            process, child.process = child.process, None
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                processes.append(process)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def restart(self, name: str) -> None:
         self.terminate(name)
         self.spawn(name)
 
     def stop(self) -> None:
-        for name in reversed(list(self.children)):
-            self.terminate(name)
+        self._terminate(list(self.children), timeout=20.0)
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
