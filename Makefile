@@ -46,7 +46,7 @@ contracts: $(STAMP)
 	$(BIN)/driftloop contracts export
 
 bench: $(STAMP)
-	$(BIN)/python tests/bench/bench_pipeline.py
+	$(BIN)/python -m tests.bench.bench_pipeline
 
 clean:
 	rm -rf .driftloop

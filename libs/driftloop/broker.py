@@ -50,7 +50,13 @@ async def wait_for_kafka(bootstrap: str, timeout: float = 30.0) -> None:
     """Wait until the broker answers a metadata request, not merely accepts TCP."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
     while time.monotonic() < deadline:
+        # A plain TCP probe first: the Kafka client logs every refused connection as an error.
+        with socket.socket() as sock:
+            if sock.connect_ex((host, int(port))) != 0:
+                await asyncio.sleep(0.1)
+                continue
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
         try:
             await admin.start()
