@@ -29,14 +29,18 @@ CONFIG = load_config(REPO / "driftloop.yaml")
 
 
 def applications(n: int) -> list[tuple[dict[str, float | int], int]]:
-    return [({k: float(v) if isinstance(v, float) else int(v) for k, v in x.items()}, int(y))
-            for x, y in synth.Agrawal(seed=1).take(n)]
+    return [
+        ({k: float(v) if isinstance(v, float) else int(v) for k, v in x.items()}, int(y))
+        for x, y in synth.Agrawal(seed=1).take(n)
+    ]
 
 
 def bench_validation(n: int = 20_000) -> None:
     now = utcnow()
-    events = [{"event_id": f"e{i}", "entity_id": "c", "event_time": now.isoformat(), "features": x}
-              for i, (x, _) in enumerate(applications(n))]
+    events = [
+        {"event_id": f"e{i}", "entity_id": "c", "event_time": now.isoformat(), "features": x}
+        for i, (x, _) in enumerate(applications(n))
+    ]
     started = time.perf_counter()
     for event in events:
         validate_event(event, CONFIG.dataset, now)
@@ -58,14 +62,20 @@ def bench_prediction(n: int = 2_000) -> None:
     for row in rows[:100]:
         artifact.predict([row])
     single = 100 / (time.perf_counter() - started)
-    print(f"prediction, batches of 500: {batched:,.0f} rows/s; one at a time: {single:,.0f} rows/s; "
-          f"ratio {batched / single:.1f}x")
+    print(
+        f"prediction, batches of 500: {batched:,.0f} rows/s; one at a time: {single:,.0f} rows/s; "
+        f"ratio {batched / single:.1f}x"
+    )
 
 
 async def bench_ingestion(broker: EmbeddedBroker, n: int = 5_000) -> None:
-    settings = IngestionSettings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
-                                 home=Path("/tmp") / f"driftloop-bench-{uuid.uuid4().hex[:6]}",
-                                 config=REPO / "driftloop.yaml", log_level="WARNING")
+    settings = IngestionSettings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+        home=Path("/tmp") / f"driftloop-bench-{uuid.uuid4().hex[:6]}",
+        config=REPO / "driftloop.yaml",
+        log_level="WARNING",
+    )
     await ensure_topics(settings)
     bus = Bus(settings, "bench")
     await bus.start()
@@ -79,8 +89,10 @@ async def bench_ingestion(broker: EmbeddedBroker, n: int = 5_000) -> None:
         records = await read_topic(settings, "events.validated", n, timeout=300)
         elapsed = time.perf_counter() - started
     await bus.stop()
-    print(f"ingestion service, events.raw -> events.validated on the embedded broker: "
-          f"{len(records) / elapsed:,.0f} events/s ({len(records)} events, includes group join)")
+    print(
+        f"ingestion service, events.raw -> events.validated on the embedded broker: "
+        f"{len(records) / elapsed:,.0f} events/s ({len(records)} events, includes group join)"
+    )
 
 
 def main() -> None:

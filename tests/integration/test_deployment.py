@@ -1,0 +1,120 @@
+"""Deployment on a real broker: serves the champion it finds in registry.events, hot-swaps without failing requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+from driftloop.artifacts import open_store
+from driftloop.bus import Bus
+from driftloop.contracts import (
+    FeatureVector,
+    ModelPromoted,
+    Prediction,
+    RolloutAborted,
+    RolloutCompleted,
+    RolloutStarted,
+    parse_internal,
+    utcnow,
+)
+from driftloop.modeling import ModelArtifact, build_pipeline, select
+from driftloop.services.deployment.main import create_app
+from driftloop.services.deployment.settings import DeploymentSettings
+from driftloop.settings import DriftloopSettings
+from tests.support import APPLICATION, read_topic, running
+
+MODEL = "loan-approval"
+FEATURES = list(APPLICATION)
+
+
+def _artifact(settings: DriftloopSettings, run_id: str, constant: int) -> str:
+    """A real pipeline that learned to answer ``constant`` for loans above 100k, so versions are told apart."""
+    rows = [{**APPLICATION, "loan": float(loan)} for loan in range(0, 200_000, 1_000)]
+    labels = [constant if row["loan"] > 100_000 else 1 - constant for row in rows]
+    pipeline = build_pipeline("logistic_regression", {})
+    pipeline.fit(select(rows, FEATURES), labels)
+    artifact = ModelArtifact(MODEL, run_id, FEATURES, pipeline)
+    return open_store(settings).put(f"models/{MODEL}/{run_id}/model.joblib", artifact.to_bytes())
+
+
+def _promoted(version: int, uri: str) -> ModelPromoted:
+    return ModelPromoted(
+        model_name=MODEL, version=version, previous_version=version - 1 or None, artifact_uri=uri, actor="gate"
+    )
+
+
+async def test_serves_the_champion_from_history_and_hot_swaps_without_failed_requests(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
+    deployment = DeploymentSettings(**settings.model_dump())
+    big_loan = {**APPLICATION, "loan": 190_000.0}
+    async with running(create_app(deployment)) as client:
+        first = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [big_loan, big_loan]})
+        assert first.status_code == 200
+        body = first.json()
+        assert body["model_version"] == 1 and body["predictions"] == [1, 1] and len(body["prediction_ids"]) == 2
+
+        uri_v2 = _artifact(settings, "r2", constant=0)
+        failures: list[int] = []
+        versions: set[int] = set()
+
+        async def hammer() -> None:
+            for _ in range(60):
+                response = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [big_loan]})
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+                else:
+                    versions.add(response.json()["model_version"])
+                await asyncio.sleep(0.05)
+
+        load = asyncio.create_task(hammer())
+        await bus.publish(_promoted(2, uri_v2), MODEL)
+        await load
+        assert failures == []
+        assert versions == {1, 2}
+
+        swapped = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [big_loan]})
+        assert swapped.json()["model_version"] == 2 and swapped.json()["predictions"] == [0]
+        status = (await client.get(f"/v1/deployments/{MODEL}")).json()
+        assert status["version"] == 2 and status["artifact_uri"] == uri_v2
+
+        infer = await client.post(
+            f"/v2/models/{MODEL}/infer",
+            json={"inputs": [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]} for k, v in big_loan.items()]},
+        )
+        assert infer.status_code == 200
+        assert infer.json()["model_version"] == "2" and infer.json()["outputs"][0]["data"] == [0]
+
+        await bus.publish(_promoted(3, "file:///nowhere/model.joblib"), MODEL)
+        rollouts = [parse_internal(r.value) for r in await read_topic(settings, "deployment.events", 4)]
+        assert [type(r) for r in rollouts] == [RolloutStarted, RolloutCompleted, RolloutStarted, RolloutAborted]
+        still = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [big_loan]})
+        assert still.json()["model_version"] == 2, "a failed rollout must keep the running version"
+
+        unknown = await client.post("/v1/models/other/predict", json={"instances": [big_loan]})
+        assert unknown.status_code == 404
+        empty = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": []})
+        assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "instances"]
+
+
+async def test_predicts_on_the_features_stream_with_the_model_version(settings: DriftloopSettings, bus: Bus) -> None:
+    await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
+    vectors = [
+        FeatureVector(
+            event_id=f"ev{i}",
+            entity_id="c",
+            event_time=utcnow(),
+            feature_view="applications",
+            features={**APPLICATION, "loan": 190_000.0, "entity_count": 1.0},
+            label=1,
+        )
+        for i in range(5)
+    ]
+    async with running(create_app(DeploymentSettings(**settings.model_dump()))):
+        for vector in vectors:
+            await bus.publish(vector, vector.entity_id)
+        records = await read_topic(settings, "predictions", 5)
+    predictions = [Prediction.model_validate_json(r.value) for r in records]
+    assert sorted(p.source_event_id for p in predictions) == [f"ev{i}" for i in range(5)]
+    assert {(p.model_version, p.prediction, p.label, p.channel) for p in predictions} == {(1, 1, 1, "stream")}
+    assert all(r.key == Prediction.model_validate_json(r.value).source_event_id for r in records)

@@ -1,0 +1,118 @@
+"""Training on a real broker and database: a burst of drift gives one run; each run is reported on training.runs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from river.datasets import synth
+
+from driftloop.artifacts import open_store
+from driftloop.bus import Bus
+from driftloop.config import TrainingPolicy, load_config
+from driftloop.contracts import (
+    DriftDetected,
+    FeatureVector,
+    TrainingRunCompleted,
+    TrainingRunFailed,
+    parse_internal,
+    utcnow,
+)
+from driftloop.modeling import ModelArtifact
+from driftloop.offline import OfflineStore
+from driftloop.services.training.main import create_app
+from driftloop.services.training.settings import TrainingSettings
+from driftloop.settings import DriftloopSettings
+from tests.support import read_topic, running
+
+MODEL = "loan-approval"
+
+
+def _fill_offline_store(settings: DriftloopSettings, n: int) -> None:
+    start = utcnow() - timedelta(minutes=30)
+    vectors = [
+        FeatureVector(
+            event_id=f"e{i}",
+            entity_id=f"c{i % 50}",
+            event_time=start + timedelta(seconds=i),
+            feature_view="applications",
+            occurred_at=start + timedelta(seconds=i),
+            features={
+                **{k: (float(v) if isinstance(v, float) else int(v)) for k, v in x.items()},
+                "entity_count": 1.0,
+                "entity_mean_loan": float(x["loan"]),
+            },
+            label=int(y),
+        )
+        for i, (x, y) in enumerate(synth.Agrawal(seed=3).take(n))
+    ]
+    OfflineStore(open_store(settings), "applications").append_vectors(vectors, partition=0, first_offset=0)
+
+
+def _drift() -> DriftDetected:
+    return DriftDetected(
+        model_name=MODEL,
+        model_version=1,
+        kind="concept",
+        detector="adwin",
+        observations=900,
+        window=300,
+        accuracy_before=0.99,
+        accuracy_after=0.5,
+        change_point_time=utcnow() - timedelta(minutes=20),
+    )
+
+
+async def _runs(client: object, expected: int) -> list[dict[str, object]]:
+    for _ in range(100):
+        runs: list[dict[str, object]] = (await client.get("/v1/runs")).json()  # type: ignore[attr-defined]
+        if sum(r["status"] in ("completed", "debounced", "failed") for r in runs) >= expected:
+            return runs
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"runs did not finish: {runs}")
+
+
+async def test_a_burst_of_drift_events_gives_one_run_on_the_data_since_the_change_point(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    _fill_offline_store(settings, 1800)
+    drifts = [_drift() for _ in range(3)]
+    async with running(create_app(TrainingSettings(**settings.model_dump()))) as client:
+        for drift in drifts:
+            await bus.publish(drift, MODEL)
+        runs = await _runs(client, 3)
+        completed = [parse_internal(r.value) for r in await read_topic(settings, "training.runs", 1)]
+    assert sorted(r["status"] for r in runs) == ["completed", "debounced", "debounced"]
+    assert len(completed) == 1 and isinstance(completed[0], TrainingRunCompleted)
+    run = completed[0]
+    assert run.trigger == "drift" and run.causation_id == drifts[0].event_id
+    assert run.correlation_id == drifts[0].correlation_id
+    assert run.data_window.start is not None and run.data_window.start >= drifts[0].change_point_time
+    assert run.data_window.rows == run.data_window.train_rows + run.data_window.holdout_rows
+    assert 0 < run.data_window.rows < 1800, "only rows since the change point"
+    assert run.metrics["accuracy"] > 0.9
+    artifact = ModelArtifact.from_bytes(open_store(settings).get(run.artifact_uri))
+    assert artifact.run_id == run.run_id and artifact.feature_names == run.feature_names
+
+
+async def test_manual_retrain_travels_over_kafka_and_a_run_without_enough_data_fails_loudly(
+    settings: DriftloopSettings,
+) -> None:
+    config = load_config(settings.config)
+    impatient = config.model_copy(update={"training": TrainingPolicy(wait_for_data=timedelta(seconds=1))})
+    async with running(create_app(TrainingSettings(**settings.model_dump()), impatient)) as client:
+        assert (await client.post("/v1/models/nope/retrain")).status_code == 404
+        accepted = await client.post(
+            f"/v1/models/{MODEL}/retrain", json={"requested_by": "alice", "since": utcnow().isoformat()}
+        )
+        assert accepted.status_code == 202
+        requests = await read_topic(settings, "training.requests", 1)
+        assert requests[0].headers["ce_id"] == accepted.json()["request_id"]
+        assert requests[0].headers["ce_type"] == "io.driftloop.training.requested.v1"
+        runs = await _runs(client, 1)
+        failed = [parse_internal(r.value) for r in await read_topic(settings, "training.runs", 1)]
+        assert runs[0]["requested_by"] == "alice" and runs[0]["status"] == "failed"
+        assert isinstance(failed[0], TrainingRunFailed) and "labelled rows" in failed[0].error
+        one = await client.get(f"/v1/runs/{runs[0]['run_id']}")
+        assert one.json()["error"] == failed[0].error
+        assert (await client.get("/v1/runs/missing")).status_code == 404
