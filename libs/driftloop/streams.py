@@ -8,7 +8,8 @@ records never reach the wire.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import faust
@@ -49,6 +50,22 @@ def stream_app(settings: StreamSettings, name: str) -> faust.App:
         broker_commit_every=100,
         broker_commit_interval=1.0,
     )
+
+
+@asynccontextmanager
+async def started(app: faust.App) -> AsyncIterator[None]:
+    """Run a faust app for the length of a service's lifespan."""
+    app.finalize()
+    await app.start()
+    try:
+        yield
+    finally:
+        await app.stop()
+
+
+def ready(app: faust.App | None) -> bool:
+    """Started and not in the middle of a rebalance, when its tables may still be recovering."""
+    return app is not None and bool(app.started) and not app.rebalancing
 
 
 def raw_topic(app: faust.App, settings: StreamSettings, name: str) -> faust.TopicT:

@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,10 +53,11 @@ def broker() -> None:
     configure_logging("broker", settings.log_level, "console")
     with EmbeddedBroker(settings.broker_port, settings.tansu_bin):
         console.print(f"[green]broker ready[/] on 127.0.0.1:{settings.broker_port} (Ctrl-C to stop)")
-        _wait_for_signal()
+        _until_signal(lambda: None)
 
 
-def _wait_for_signal() -> None:
+def _until_signal(tick: Callable[[], None], every: float = 1.0) -> None:
+    """Call ``tick`` every ``every`` seconds until Ctrl-C or SIGTERM, so both stop the same clean way."""
     stop = False
 
     def _stop(*_: Any) -> None:
@@ -65,7 +67,8 @@ def _wait_for_signal() -> None:
     signal.signal(signal.SIGTERM, _stop)
     try:
         while not stop:
-            time.sleep(0.5)
+            tick()
+            time.sleep(every)
     except KeyboardInterrupt:
         pass
 
@@ -92,19 +95,7 @@ def up() -> None:
     try:
         stack.start()
         with Live(status_table(stack, stack.poll()), console=console, refresh_per_second=2) as live:
-            stopping = False
-
-            def _stop(*_: Any) -> None:
-                nonlocal stopping
-                stopping = True
-
-            signal.signal(signal.SIGTERM, _stop)
-            try:
-                while not stopping:
-                    live.update(status_table(stack, stack.poll()))
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
-                pass
+            _until_signal(lambda: live.update(status_table(stack, stack.poll())))
     finally:
         console.print("stopping…")
         stack.stop()

@@ -12,6 +12,7 @@ from driftloop.runtime import open_runtime
 from driftloop.services.features.api import router
 from driftloop.services.features.settings import FeaturesSettings
 from driftloop.services.features.streams import FeatureStreams, build
+from driftloop.streams import ready, started
 
 
 def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -24,15 +25,11 @@ def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig
         async with open_runtime(settings, config) as runtime:
             streams = build(settings, runtime.config, open_store(settings))
             app.state.streams = streams
-            streams.app.finalize()
-            await streams.app.start()
-            try:
+            async with started(streams.app):
                 yield
-            finally:
-                await streams.app.stop()
 
     async def readiness() -> dict[str, bool]:
-        return {"streams": streams is not None and streams.app.rebalancing is False and streams.app.started}
+        return {"streams": ready(streams.app if streams else None)}
 
     app = service_app("features", lifespan, readiness)
     app.include_router(router)

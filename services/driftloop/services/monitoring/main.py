@@ -11,6 +11,7 @@ from driftloop.runtime import open_runtime
 from driftloop.services.monitoring.api import router
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.services.monitoring.streams import MonitorStreams, build
+from driftloop.streams import ready, started
 
 
 def create_app(settings: MonitoringSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -23,15 +24,11 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
         async with open_runtime(settings, config) as runtime:
             streams = build(settings, runtime.config)
             app.state.streams = streams
-            streams.app.finalize()
-            await streams.app.start()
-            try:
+            async with started(streams.app):
                 yield
-            finally:
-                await streams.app.stop()
 
     async def readiness() -> dict[str, bool]:
-        return {"streams": streams is not None and streams.app.started and not streams.app.rebalancing}
+        return {"streams": ready(streams.app if streams else None)}
 
     app = service_app("monitoring", lifespan, readiness)
     app.include_router(router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -109,29 +111,30 @@ async def get_alias(name: str, alias: str, registry: RegistryDep) -> VersionView
     return _view(version, aliases)
 
 
+@contextmanager
+def _http_errors() -> Iterator[None]:
+    """Registry refusals as HTTP: an unknown model or version is 404, an impossible change 409."""
+    try:
+        yield
+    except NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except Conflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
 @router.post("/models/{name}/versions/{version}/promote")
 async def promote(
     name: str, version: int, registry: RegistryDep, relay: RelayDep, body: ChangeBody | None = None
 ) -> VersionView:
     """Make a version champion by hand; the same path, audit row and event as a gate promotion."""
     body = body or ChangeBody()
-    try:
-        with registry.session() as s:
-            row = registry.version(s, name, version)
-            registry.promote(
-                s,
-                row,
-                actor=body.actor,
-                reason=body.reason or "manual promotion",
-                causation_id=None,
-                correlation_id=row.correlation_id,
-                decision=None,
-            )
-            s.commit()
-    except NotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except Conflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    with _http_errors(), registry.session() as s:
+        row = registry.version(s, name, version)
+        reason = body.reason or "manual promotion"
+        registry.promote(
+            s, row, actor=body.actor, reason=reason, causation_id=None, correlation_id=row.correlation_id, decision=None
+        )
+        s.commit()
     relay.wakeup.set()
     return await get_alias(name, "champion", registry)
 
@@ -139,14 +142,9 @@ async def promote(
 @router.post("/models/{name}/rollback")
 async def rollback(name: str, registry: RegistryDep, relay: RelayDep, body: ChangeBody | None = None) -> VersionView:
     body = body or ChangeBody()
-    try:
-        with registry.session() as s:
-            registry.rollback(s, name, actor=body.actor, reason=body.reason or "manual rollback")
-            s.commit()
-    except NotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except Conflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    with _http_errors(), registry.session() as s:
+        registry.rollback(s, name, actor=body.actor, reason=body.reason or "manual rollback")
+        s.commit()
     relay.wakeup.set()
     return await get_alias(name, "champion", registry)
 
