@@ -151,7 +151,7 @@ class ConsumerLoop:
             heartbeat_interval_ms=min(3000, self.settings.kafka_session_timeout_ms // 3),
             client_id=f"driftloop-{self.service}",
         )
-        await self._consumer.start()
+        # Joining a group can take seconds (longer after a restart); the service answers HTTP meanwhile.
         self._task = asyncio.create_task(self._run(), name=f"consume:{self.group}")
 
     async def stop(self) -> None:
@@ -168,6 +168,7 @@ class ConsumerLoop:
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
+        await consumer.start()
         while True:
             try:
                 await self._poll(consumer)
