@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from driftloop.bus.producer import Bus, cloudevent_headers
@@ -56,6 +56,16 @@ def create_tables(engine: Engine, models: list[type[SQLModel]]) -> None:
         SQLModel.metadata.create_all(engine, tables=tables)
     except (OperationalError, ProgrammingError, IntegrityError):
         SQLModel.metadata.create_all(engine, tables=tables)
+
+
+def reachable(engine: Engine) -> bool:
+    """Readiness: the database answers a trivial query."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return False
+    return True
 
 
 class OutboxRecord(SQLModel, table=True):

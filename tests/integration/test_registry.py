@@ -161,8 +161,10 @@ async def test_rollback_and_manual_promotion_go_through_the_audit_log_and_the_to
         ]
 
 
-async def test_unknown_model_is_404(registry_settings: RegistrySettings) -> None:
+async def test_unknown_model_is_404_and_readiness_checks_the_database(registry_settings: RegistrySettings) -> None:
     async with running(create_app(registry_settings)) as client:
+        ready = (await client.get("/readyz")).json()
+        assert ready == {"ready": True, "checks": {"consumer": True, "database": True}}
         assert (await client.get("/v1/models/nope/versions")).status_code == 404
         assert (await client.get("/v1/models/nope/aliases/champion")).status_code == 404
         assert (await client.post("/v1/models/nope/rollback")).status_code == 404

@@ -4,11 +4,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
 from driftloop.artifacts import open_store
 from driftloop.bus import ConsumerLoop
 from driftloop.config import DriftloopConfig
-from driftloop.db import OutboxRelay, make_engine
+from driftloop.db import OutboxRelay, make_engine, reachable
 from driftloop.http import service_app
 from driftloop.runtime import open_runtime
 from driftloop.services.registry.api import router
@@ -20,10 +21,11 @@ from driftloop.services.registry.store import Registry, create_tables
 def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
     settings = settings or RegistrySettings()
     consumer: ConsumerLoop | None = None
+    engine: Engine | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal consumer
+        nonlocal consumer, engine
         async with open_runtime(settings, config) as runtime:
             engine = make_engine(settings.db_url)
             create_tables(engine)
@@ -44,7 +46,10 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
                 engine.dispose()
 
     async def readiness() -> dict[str, bool]:
-        return {"consumer": consumer is not None and consumer.running}
+        return {
+            "consumer": consumer is not None and consumer.running,
+            "database": engine is not None and reachable(engine),
+        }
 
     app = service_app("registry", lifespan, readiness)
     app.include_router(router)

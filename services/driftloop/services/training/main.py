@@ -5,11 +5,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
 from driftloop.artifacts import open_store
 from driftloop.bus import ConsumerLoop
 from driftloop.config import DriftloopConfig
-from driftloop.db import OutboxRelay, make_engine
+from driftloop.db import OutboxRelay, make_engine, reachable
 from driftloop.http import service_app
 from driftloop.runtime import open_runtime
 from driftloop.services.training.api import router
@@ -21,11 +22,12 @@ from driftloop.services.training.store import RunStore, create_tables
 def create_app(settings: TrainingSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
     settings = settings or TrainingSettings()
     consumer: ConsumerLoop | None = None
+    engine: Engine | None = None
     worker_task: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal consumer, worker_task
+        nonlocal consumer, worker_task, engine
         async with open_runtime(settings, config) as runtime:
             engine = make_engine(settings.db_url)
             create_tables(engine)
@@ -56,6 +58,7 @@ def create_app(settings: TrainingSettings | None = None, config: DriftloopConfig
     async def readiness() -> dict[str, bool]:
         return {
             "consumer": consumer is not None and consumer.running,
+            "database": engine is not None and reachable(engine),
             "worker": worker_task is not None and not worker_task.done(),
         }
 
