@@ -45,6 +45,7 @@ def _promoted(version: int, uri: str) -> ModelPromoted:
 async def test_serves_the_champion_from_history_and_hot_swaps_without_failed_requests(
     settings: DriftloopSettings, bus: Bus
 ) -> None:
+    await bus.send("registry.events", b"not an event", MODEL, [])
     await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
     deployment = DeploymentSettings(**settings.model_dump())
     big_loan = {**APPLICATION, "loan": 190_000.0}

@@ -150,6 +150,10 @@ async def test_rollback_and_manual_promotion_go_through_the_audit_log_and_the_to
         assert (rollback.from_version, rollback.to_version, rollback.actor) == (2, 1, "alice")
         assert isinstance(promotion, ModelPromoted) and (promotion.version, promotion.actor) == (2, "bob")
 
+        page = await client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "m — champion v2" in page.text and "rolled_back" in page.text and "bad canary" in page.text
+
         audit = (await client.get("/v1/audit", params={"model": "m"})).json()
         assert [(a["action"], a["version"], a["actor"]) for a in audit] == [
             ("promoted", 2, "bob"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from pydantic import ValidationError
+
 from driftloop.artifacts import ArtifactStore
 from driftloop.bus import Bus, PoisonMessage, Record
 from driftloop.config import DriftloopConfig
@@ -42,7 +44,12 @@ class Rollouts:
         self.caught_up = asyncio.Event()
 
     async def on_record(self, record: Record, live: bool) -> None:
-        event = parse_internal(record.value)
+        try:
+            event = parse_internal(record.value)
+        except ValidationError:
+            # Not ours to judge: the registry's consumers dead-letter it; following must go on.
+            log.warning("unreadable record on registry.events skipped", offset=record.offset)
+            return
         if not isinstance(event, ModelPromoted | ModelRolledBack) or event.model_name not in self.models:
             return
         target = Target.of(event)

@@ -13,6 +13,7 @@ from driftloop.db import OutboxRelay, make_engine, reachable
 from driftloop.http import service_app
 from driftloop.runtime import open_runtime
 from driftloop.services.registry.api import router
+from driftloop.services.registry.dashboard import router as dashboard
 from driftloop.services.registry.handlers import Evaluator, RunHandler
 from driftloop.services.registry.settings import RegistrySettings
 from driftloop.services.registry.store import Registry, create_tables
@@ -53,4 +54,5 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
 
     app = service_app("registry", lifespan, readiness)
     app.include_router(router)
+    app.include_router(dashboard)
     return app
