@@ -48,7 +48,7 @@ class DemoOptions:
     model: str = "loan-approval"
     warmup: int = 1500
     drift_at: int = 3000
-    max_events: int = 9000
+    max_events: int = 12000
     eval_events: int = 800
     rate: float = 150.0
     seed: int = 7

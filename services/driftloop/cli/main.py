@@ -113,7 +113,7 @@ def _running(url: str) -> bool:
 def demo(
     rate: Annotated[float, typer.Option(help="Events per second.")] = 150.0,
     drift_at: Annotated[int, typer.Option(help="Event number where the concept changes.")] = 3000,
-    max_events: Annotated[int, typer.Option(help="Stop after this many events at the latest.")] = 9000,
+    max_events: Annotated[int, typer.Option(help="Stop after this many events at the latest.")] = 12000,
 ) -> None:
     """Stream a drifting data set into the stack (starting one if none runs) and watch the loop close."""
     from driftloop.cli.demo import DemoOptions, run_demo, summary
