@@ -1,8 +1,14 @@
-"""Artifact and offline stores behave the same on a local directory and on S3 (moto's server via ``minio``)."""
+"""The artifact store behaves the same on a local directory and on S3 (moto's server via ``minio``).
+
+Services pick the store from settings and hand each other URIs, so every behaviour a service relies on
+is checked against both.
+"""
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -11,11 +17,13 @@ from driftloop.contracts import FeatureVector, LabelEvent, utcnow
 from driftloop.offline import OfflineStore
 from driftloop.settings import DriftloopSettings
 
+MIB = 1024 * 1024
+
 
 @pytest.fixture(params=["local", "s3"])
-def store_settings(request: pytest.FixtureRequest, settings: DriftloopSettings) -> DriftloopSettings:
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> DriftloopSettings:
     if request.param == "local":
-        return settings.model_copy(update={"artifact_uri": f"file://{settings.home}/artifacts"})
+        return DriftloopSettings(artifact_uri=f"file://{tmp_path}/artifacts")
     s3: DriftloopSettings = request.getfixturevalue("s3_settings")
     return s3
 
@@ -25,32 +33,70 @@ def store(store_settings: DriftloopSettings) -> ArtifactStore:
     return open_store(store_settings)
 
 
-def test_put_returns_a_uri_that_any_process_can_read(store: ArtifactStore, store_settings: DriftloopSettings) -> None:
-    uri = store.put("models/m/run/model.joblib", b"\x00binary\x00blob")
+def test_put_returns_a_uri_of_the_store_scheme_and_the_blob_reads_back_by_uri_and_by_key(
+    store: ArtifactStore, store_settings: DriftloopSettings
+) -> None:
+    uri = store.put("models/m/run-1/model.joblib", b"model bytes")
     assert uri.split("://")[0] == store_settings.artifacts.split("://")[0]
-    fresh = open_store(store_settings)
-    assert fresh.get(uri) == b"\x00binary\x00blob"
-    assert fresh.get("models/m/run/model.joblib") == b"\x00binary\x00blob"
+    assert uri == store.uri("models/m/run-1/model.joblib")
+    assert store.get(uri) == b"model bytes"
+    assert store.get("models/m/run-1/model.joblib") == b"model bytes"
 
 
-def test_missing_blobs_raise_not_found(store: ArtifactStore) -> None:
+def test_a_missing_blob_raises_not_found_by_key_and_by_uri(store: ArtifactStore) -> None:
     with pytest.raises(ArtifactNotFound):
         store.get("models/none/model.joblib")
+    with pytest.raises(ArtifactNotFound):
+        store.get(store.uri("models/none/model.joblib"))
 
 
-def test_list_returns_exactly_the_keys_under_a_prefix_sorted(store: ArtifactStore) -> None:
+def test_list_returns_exactly_the_keys_under_the_prefix_sorted(
+    store: ArtifactStore, store_settings: DriftloopSettings
+) -> None:
     for key in ("a/2", "a/1", "a/sub/3", "ab/4", "b/5"):
         store.put(key, key.encode())
+    # A second store beside this one (same bucket or parent folder) must not leak into its listings.
+    neighbour = open_store(store_settings.model_copy(update={"artifact_uri": f"{store_settings.artifacts}-other"}))
+    neighbour.put("a/0", b"elsewhere")
+
     assert list(store.list("a/")) == ["a/1", "a/2", "a/sub/3"]
+    assert list(store.list("a/sub/")) == ["a/sub/3"]
+    assert list(store.list("")) == ["a/1", "a/2", "a/sub/3", "ab/4", "b/5"]
     assert list(store.list("nothing/")) == []
+    assert list(neighbour.list("a/")) == ["a/0"]
 
 
-def test_overwrite_replaces_and_large_blobs_round_trip(store: ArtifactStore) -> None:
-    store.put("k", b"old")
-    store.put("k", b"new")
-    assert store.get("k") == b"new"
-    big = bytes(range(256)) * (5 * 4096)
-    assert store.get(store.put("big", big)) == big
+def test_overwriting_a_key_replaces_its_content(store: ArtifactStore) -> None:
+    store.put("reports/latest.json", b'{"version": 1, "padding": "longer than what replaces it"}')
+    uri = store.put("reports/latest.json", b'{"version": 2}')
+    assert store.get("reports/latest.json") == b'{"version": 2}'
+    assert store.get(uri) == b'{"version": 2}'
+    assert list(store.list("reports/")) == ["reports/latest.json"]
+
+
+def test_a_fresh_store_from_the_same_settings_reads_what_another_wrote(
+    store: ArtifactStore, store_settings: DriftloopSettings
+) -> None:
+    """What another service process does with a URI it received in an event."""
+    uri = store.put("models/m/run-2/model.joblib", b"trained elsewhere")
+    fresh = open_store(store_settings)
+    assert fresh.get(uri) == b"trained elsewhere"
+    assert fresh.get("models/m/run-2/model.joblib") == b"trained elsewhere"
+    assert list(fresh.list("models/")) == ["models/m/run-2/model.joblib"]
+
+
+@pytest.mark.parametrize("data", [b"\x00", b"\x00binary\x00blob\x00", bytes(range(256)) * 4], ids=["nul", "embedded", "all"])
+def test_binary_data_with_nul_bytes_round_trips(store: ArtifactStore, data: bytes) -> None:
+    assert store.get(store.put("blobs/binary", data)) == data
+
+
+@pytest.mark.parametrize("size", [5 * MIB, 5 * MIB + 1], ids=["5MiB", "5MiB+1"])
+def test_a_5_mib_blob_round_trips(store: ArtifactStore, size: int) -> None:
+    """5 MiB is minio's part size: exactly that goes up in one request, one byte more as a multipart upload."""
+    data = random.Random(size).randbytes(size)
+    uri = store.put("models/big/model.joblib", data)
+    assert store.get(uri) == data
+    assert store.get("models/big/model.joblib") == data
 
 
 def test_training_sets_are_point_in_time_correct_and_deduplicated(store: ArtifactStore) -> None:

@@ -41,7 +41,9 @@ async def test_late_labels_join_duplicates_count_once_and_drift_is_detected_with
         if i < 5:
             await bus.publish(prediction.model_copy(update={"event_id": f"dup{i}"}), event_id, wait=False)
         if late:
-            await bus.publish(LabelEvent(event_id=event_id, label=truth[event_id]), event_id, wait=False)
+            # Producers key labels as they like (here: none, or by entity); the join must still find them.
+            key = None if i % 2 else f"entity-{i % 7}"
+            await bus.publish(LabelEvent(event_id=event_id, label=truth[event_id]), key, wait=False)
     await bus.flush()
 
     async with running(create_app(MonitoringSettings(**settings.model_dump()))) as client:
@@ -62,7 +64,7 @@ async def test_late_labels_join_duplicates_count_once_and_drift_is_detected_with
     assert drift.kind == "concept" and drift.model_name == MODEL and drift.model_version == 1
     assert drift.accuracy_before is not None and drift.accuracy_before > 0.9
     assert drift.accuracy_after is not None and drift.accuracy_after < 0.75
-    assert drift.observations > 700
+    assert drift.observations >= 200, "no drift inside the grace period"
     assert drift.change_point_time is not None
     assert abs(drift.change_point_time - (start + timedelta(seconds=70))) < timedelta(seconds=15)
     assert state["drift_detected"] is True and state["events"][0]["event_id"] == drift.event_id

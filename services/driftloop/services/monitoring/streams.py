@@ -45,6 +45,16 @@ def _decode(blob: str) -> ModelMonitor:
     return monitor
 
 
+def _label_key(value: bytes) -> bytes:
+    """The label's event id as the partitioning key; unreadable labels keep an empty key and are dead-lettered."""
+    try:
+        payload = json.loads(value)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return b""
+    event_id = payload.get("event_id") if isinstance(payload, dict) else None
+    return event_id.encode() if isinstance(event_id, str) else b""
+
+
 def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStreams:
     app = stream_app(settings, "monitoring")
     emitter = Emitter(app, settings)
@@ -108,7 +118,9 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
 
     @app.agent(raw_topic(app, settings, "labels"))
     async def join_labels(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
+        # Producers may key labels any way they like; re-key by event id so each label meets its prediction.
+        by_event = stream.group_by(_label_key, name="labels-by-event")
+        async for event in by_event.events():
             await emitter.guard(event, "monitoring.labels", on_label)
 
     def monitor_for(model: str, version: int) -> ModelMonitor:
