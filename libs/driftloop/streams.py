@@ -106,14 +106,16 @@ class Emitter:
         )
         MESSAGES_PRODUCED.labels(self.settings.service, name).inc()
 
-    async def guard(self, event: faust.EventT[Any], stage: str, handle: Callable[[bytes], Awaitable[None]]) -> None:
+    async def guard(
+        self, event: faust.EventT[Any], stage: str, handle: Callable[[faust.EventT[Any]], Awaitable[None]]
+    ) -> None:
         """Run one event's handler so that no record can crash the agent.
 
         A crashed faust agent acknowledges the record it choked on, which
         would lose it silently; here it goes to the dead-letter topic instead.
         """
         try:
-            await handle(event.value)
+            await handle(event)
         except PoisonMessage as exc:
             await self.deadletter(event, exc, stage)
         except Exception as exc:

@@ -56,7 +56,8 @@ def test_list_returns_exactly_the_keys_under_the_prefix_sorted(
     for key in ("a/2", "a/1", "a/sub/3", "ab/4", "b/5"):
         store.put(key, key.encode())
     # A second store beside this one (same bucket or parent folder) must not leak into its listings.
-    neighbour = open_store(store_settings.model_copy(update={"artifact_uri": f"{store_settings.artifacts}-other"}))
+    beside = f"{store_settings.artifacts}-other"
+    neighbour = open_store(store_settings.model_copy(update={"artifact_uri": beside}))
     neighbour.put("a/0", b"elsewhere")
 
     assert list(store.list("a/")) == ["a/1", "a/2", "a/sub/3"]
@@ -85,14 +86,16 @@ def test_a_fresh_store_from_the_same_settings_reads_what_another_wrote(
     assert list(fresh.list("models/")) == ["models/m/run-2/model.joblib"]
 
 
-@pytest.mark.parametrize("data", [b"\x00", b"\x00binary\x00blob\x00", bytes(range(256)) * 4], ids=["nul", "embedded", "all"])
+@pytest.mark.parametrize(
+    "data", [b"\x00", b"\x00binary\x00blob\x00", bytes(range(256)) * 4], ids=["nul", "embedded", "all"]
+)
 def test_binary_data_with_nul_bytes_round_trips(store: ArtifactStore, data: bytes) -> None:
     assert store.get(store.put("blobs/binary", data)) == data
 
 
 @pytest.mark.parametrize("size", [5 * MIB, 5 * MIB + 1], ids=["5MiB", "5MiB+1"])
 def test_a_5_mib_blob_round_trips(store: ArtifactStore, size: int) -> None:
-    """5 MiB is minio's part size: exactly that goes up in one request, one byte more as a multipart upload."""
+    """5 MiB is minio's part size: that much goes up in one request, one byte more as a multipart upload."""
     data = random.Random(size).randbytes(size)
     uri = store.put("models/big/model.joblib", data)
     assert store.get(uri) == data
@@ -129,5 +132,6 @@ def test_training_sets_are_point_in_time_correct_and_deduplicated(store: Artifac
     assert [(r.event_id, r.label) for r in rows] == [("e0", 0), ("e1", 1), ("e2", 2), ("e4", 1)]
     later = offline.training_set(as_of=now + timedelta(minutes=6))
     assert ("e3", 0) in [(r.event_id, r.label) for r in later], "a label known later joins later"
-    assert [r.event_id for r in offline.training_set(as_of=now, since=now - timedelta(minutes=8))] == ["e2", "e4"]
+    since = now - timedelta(minutes=8)
+    assert [r.event_id for r in offline.training_set(as_of=now, since=since)] == ["e2", "e4"]
     assert [r.event_id for r in offline.training_set(as_of=now, max_rows=2)] == ["e2", "e4"]

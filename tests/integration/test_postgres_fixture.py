@@ -1,4 +1,4 @@
-"""The session's PostgreSQL server is real and durable across connections, and each test gets its own database.
+"""The session's PostgreSQL server is real, keeps what one connection commits, and isolates each test.
 
 Tests that run the registry on PostgreSQL trust these properties of the fixture.
 """
@@ -9,9 +9,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
+TABLE = "fixture_probe"
+
 
 class FixtureProbe(SQLModel, table=True):
-    __tablename__ = "fixture_probe"
+    __tablename__ = TABLE
 
     id: int | None = Field(default=None, primary_key=True)
     name: str
@@ -22,7 +24,7 @@ def test_rows_written_through_one_engine_are_read_back_through_another(postgres_
     writer = create_engine(postgres_db_url)
     try:
         # Only this table: the shared metadata also holds whatever application models were imported.
-        SQLModel.metadata.create_all(writer, tables=[FixtureProbe.__table__])
+        SQLModel.metadata.create_all(writer, tables=[SQLModel.metadata.tables[TABLE]])
         with Session(writer) as session:
             session.add_all([FixtureProbe(name="b", value=-2.0), FixtureProbe(name="a", value=1.5)])
             session.commit()
@@ -38,7 +40,7 @@ def test_rows_written_through_one_engine_are_read_back_through_another(postgres_
     assert [(row.name, row.value) for row in rows] == [("a", 1.5), ("b", -2.0)]
 
 
-def test_the_server_is_postgresql_and_the_database_is_the_tests_own(postgres_url: str, postgres_db_url: str) -> None:
+def test_server_is_postgresql_and_the_database_is_private(postgres_url: str, postgres_db_url: str) -> None:
     engine = create_engine(postgres_db_url)
     try:
         with engine.connect() as connection:

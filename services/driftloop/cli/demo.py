@@ -111,6 +111,7 @@ class Demo:
         self.result = DemoResult(drift_position=options.drift_at)
         self.rows: list[Row] = []
         self.drift_sent_at: float | None = None
+        self.rollouts: dict[int, RolloutCompleted] = {}
         self.status = "starting"
 
     def event_id(self, position: int) -> str:
@@ -157,9 +158,12 @@ class Demo:
                 if self.drift_sent_at is not None:
                     result.seconds_drift_to_promotion = time.monotonic() - self.drift_sent_at
                 self.status = f"v{event.version} promoted: {event.decision.reason if event.decision else ''}"
-        elif isinstance(event, RolloutCompleted) and result.promoted and event.version == result.promoted.version:
-            result.rollout = event
-            self.status = f"deployment serves v{event.version}"
+        elif isinstance(event, RolloutCompleted):
+            # Topics are read side by side: the rollout may be seen before the promotion that caused it.
+            self.rollouts[event.version] = event
+        if result.promoted is not None and result.rollout is None and result.promoted.version in self.rollouts:
+            result.rollout = self.rollouts[result.promoted.version]
+            self.status = f"deployment serves v{result.rollout.version}"
 
     async def _consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False)

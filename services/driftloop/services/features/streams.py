@@ -34,8 +34,8 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
     online = app.Table("online", default=None, partitions=3, key_type=str, value_type=None)
     offline = {view.name: OfflineStore(store, view.name) for view in config.feature_views}
 
-    async def on_validated(raw: bytes) -> None:
-        validated = parse(EventValidated, raw)
+    async def on_validated(event: faust.EventT[Any]) -> None:
+        validated = parse(EventValidated, event.value)
         state = EntityState.from_dict(entities.get(validated.entity_id))
         if not state.observe(validated.event_id, validated.features):
             MESSAGES_CONSUMED.labels("features", "events.validated", "duplicate").inc()

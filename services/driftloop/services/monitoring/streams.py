@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.config import DriftloopConfig
-from driftloop.contracts import DriftDetected, LabelEvent, Prediction
+from driftloop.contracts import TOPICS, DriftDetected, LabelEvent, Prediction
 from driftloop.contracts.events import LabelValue
 from driftloop.logging import get_logger
 from driftloop.services.monitoring.domain import ModelMonitor
@@ -45,16 +46,6 @@ def _decode(blob: str) -> ModelMonitor:
     return monitor
 
 
-def _label_key(value: bytes) -> bytes:
-    """The label's event id as the partitioning key; unreadable labels keep an empty key and are dead-lettered."""
-    try:
-        payload = json.loads(value)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return b""
-    event_id = payload.get("event_id") if isinstance(payload, dict) else None
-    return event_id.encode() if isinstance(event_id, str) else b""
-
-
 def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStreams:
     app = stream_app(settings, "monitoring")
     emitter = Emitter(app, settings)
@@ -70,6 +61,16 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         key_serializer="raw",
         value_serializer="raw",
     )
+    relabelled = app.topic(
+        settings.topic("driftloop-monitoring-labels-by-event"),
+        internal=True,
+        partitions=3,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    partitioner = DefaultPartitioner()
     policy = config.drift
     since_checkpoint: dict[str, int] = {}
 
@@ -77,8 +78,8 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         outcome = {**prediction, "correct": prediction["prediction"] == label}
         await outcomes.send(key=prediction["model_name"].encode(), value=json.dumps(outcome).encode())
 
-    async def on_prediction(raw: bytes) -> None:
-        prediction = parse(Prediction, raw)
+    async def on_prediction(event: faust.EventT[Any]) -> None:
+        prediction = parse(Prediction, event.value)
         if prediction.role != "champion":
             return
         key = f"{prediction.model_name}:{prediction.source_event_id}"
@@ -100,8 +101,8 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         await score(compact, label)
         pending[key] = {"scored": True}
 
-    async def on_label(raw: bytes) -> None:
-        label = parse(LabelEvent, raw)
+    async def on_label(event: faust.EventT[Any]) -> None:
+        label = parse(LabelEvent, event.value)
         entry = pending.get(label.event_id) or {}
         waiting = entry.get("waiting", [])
         for key in waiting:
@@ -116,11 +117,33 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         async for event in stream.events():
             await emitter.guard(event, "monitoring.predictions", on_prediction)
 
+    async def route_label(event: faust.EventT[Any]) -> None:
+        """Join a label where its prediction is, re-keying it first if the producer put it elsewhere.
+
+        Predictions are keyed by event id with the Java/aiokafka partitioner;
+        a label keyed differently, or by a client with another partitioner,
+        lands on another partition than its prediction and takes one detour.
+        """
+        label = parse(LabelEvent, event.value)
+        key = label.event_id.encode()
+        if event.message.partition == partition_of(key):
+            await on_label(event)
+        else:
+            await relabelled.send(key=key, value=event.value)
+
+    def partition_of(key: bytes) -> int:
+        """Where a producer using the default partitioner puts ``key`` (topics have the catalog's partitions)."""
+        partitions = list(range(TOPICS["predictions"].partitions))
+        return int(partitioner(key, partitions, partitions))
+
     @app.agent(raw_topic(app, settings, "labels"))
     async def join_labels(stream: faust.StreamT[Any]) -> None:
-        # Producers may key labels any way they like; re-key by event id so each label meets its prediction.
-        by_event = stream.group_by(_label_key, name="labels-by-event")
-        async for event in by_event.events():
+        async for event in stream.events():
+            await emitter.guard(event, "monitoring.labels", route_label)
+
+    @app.agent(relabelled)
+    async def join_relabelled(stream: faust.StreamT[Any]) -> None:
+        async for event in stream.events():
             await emitter.guard(event, "monitoring.labels", on_label)
 
     def monitor_for(model: str, version: int) -> ModelMonitor:
@@ -132,8 +155,8 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         streams.monitors[model] = monitor
         return monitor
 
-    async def on_outcome(raw: bytes) -> None:
-        outcome = json.loads(raw)
+    async def on_outcome(event: faust.EventT[Any]) -> None:
+        outcome = json.loads(event.value)
         model, version = outcome["model_name"], int(outcome["model_version"])
         monitor = monitor_for(model, version)
         evidence = monitor.update(bool(outcome["correct"]), datetime.fromisoformat(outcome["event_time"]))
