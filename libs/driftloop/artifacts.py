@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from driftloop.settings import DriftloopSettings
 
@@ -47,7 +47,7 @@ class LocalArtifactStore:
 
     def _path(self, uri_or_key: str) -> Path:
         if uri_or_key.startswith("file://"):
-            return Path(urlparse(uri_or_key).path)
+            return Path(unquote(urlparse(uri_or_key).path))
         return self.root / uri_or_key
 
     def put(self, key: str, data: bytes) -> str:
@@ -87,11 +87,15 @@ class S3ArtifactStore:
         if not self.client.bucket_exists(bucket):
             self.client.make_bucket(bucket)
 
-    def _key(self, uri_or_key: str) -> str:
+    def _locate(self, uri_or_key: str) -> tuple[str, str]:
+        """Bucket and object name of a URI (split by hand: keys may hold '#' or '?') or of a key in this store."""
         if uri_or_key.startswith("s3://"):
-            parsed = urlparse(uri_or_key)
-            return parsed.path.lstrip("/")
-        return f"{self.prefix}/{uri_or_key}" if self.prefix else uri_or_key
+            bucket, _, name = uri_or_key.removeprefix("s3://").partition("/")
+            return bucket, name
+        return self.bucket, self._key(uri_or_key)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
@@ -103,10 +107,11 @@ class S3ArtifactStore:
     def get(self, uri_or_key: str) -> bytes:
         from minio.error import S3Error
 
+        bucket, name = self._locate(uri_or_key)
         try:
-            response = self.client.get_object(self.bucket, self._key(uri_or_key))
+            response = self.client.get_object(bucket, name)
         except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchObject"}:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}:
                 raise ArtifactNotFound(uri_or_key) from exc
             raise
         try:
@@ -116,7 +121,8 @@ class S3ArtifactStore:
             response.release_conn()
 
     def list(self, prefix: str) -> Iterator[str]:
-        full = self._key(prefix)
+        # Listing is by folder, as on a file system: "a/" never matches "ab/…".
+        full = self._key(prefix.rstrip("/") + "/") if prefix.strip("/") else self._key("")
         strip = len(self.prefix) + 1 if self.prefix else 0
         names = (o.object_name for o in self.client.list_objects(self.bucket, prefix=full, recursive=True))
         return iter(sorted(name[strip:] for name in names if name))

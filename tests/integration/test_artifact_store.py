@@ -135,3 +135,14 @@ def test_training_sets_are_point_in_time_correct_and_deduplicated(store: Artifac
     since = now - timedelta(minutes=8)
     assert [r.event_id for r in offline.training_set(as_of=now, since=since)] == ["e2", "e4"]
     assert [r.event_id for r in offline.training_set(as_of=now, max_rows=2)] == ["e2", "e4"]
+
+
+def test_keys_with_spaces_and_url_characters_round_trip_by_uri(store: ArtifactStore) -> None:
+    uri = store.put("models/m/run 1/#v?.joblib", b"odd")
+    assert store.get(uri) == b"odd"
+
+
+def test_a_prefix_lists_a_folder_with_or_without_its_slash(store: ArtifactStore) -> None:
+    store.put("a/1", b"1")
+    store.put("ab/2", b"2")
+    assert list(store.list("a")) == list(store.list("a/")) == ["a/1"]
