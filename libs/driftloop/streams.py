@@ -16,7 +16,7 @@ import faust
 from pydantic import BaseModel, ValidationError
 
 from driftloop.bus import PoisonMessage, cloudevent_headers, deadletter_for
-from driftloop.contracts import Contract, DeadLetter, topic_for
+from driftloop.contracts import TOPICS, Contract, DeadLetter, topic_for
 from driftloop.logging import get_logger
 from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
 from driftloop.settings import ServiceSettings
@@ -68,11 +68,21 @@ def ready(app: faust.App | None) -> bool:
     return app is not None and bool(app.started) and not app.rebalancing
 
 
-def raw_topic(app: faust.App, settings: StreamSettings, name: str) -> faust.TopicT:
-    """A catalog topic as faust sees it: bytes in, bytes out."""
+#: Stream state is co-partitioned with the data topics it is keyed like.
+PARTITIONS = TOPICS["events.validated"].partitions
+
+
+def raw_topic(app: faust.App, settings: StreamSettings, name: str, *, internal: bool = False) -> faust.TopicT:
+    """A topic as faust sees it: bytes in, bytes out. ``internal`` ones are the service's own, created by faust."""
+    extra: dict[str, Any] = {"internal": True, "partitions": PARTITIONS} if internal else {}
     return app.topic(
-        settings.topic(name), key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
+        settings.topic(name), key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw", **extra
     )
+
+
+def state_table(app: faust.App, name: str) -> faust.types.TableT[Any, Any]:
+    """A changelog-backed table of JSON values keyed by string; missing keys read as None via ``get``."""
+    return app.Table(name, default=None, partitions=PARTITIONS, key_type=str, value_type=None)
 
 
 def parse(model: type[BaseModel], value: bytes) -> Any:

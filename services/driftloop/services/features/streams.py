@@ -16,7 +16,7 @@ from driftloop.metrics import MESSAGES_CONSUMED
 from driftloop.offline import OfflineStore
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
-from driftloop.streams import Emitter, parse, raw_topic, stream_app
+from driftloop.streams import Emitter, parse, raw_topic, state_table, stream_app
 
 log = get_logger(__name__)
 
@@ -30,8 +30,8 @@ class FeatureStreams:
 def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactStore) -> FeatureStreams:
     app = stream_app(settings, "features")
     emitter = Emitter(app, settings)
-    entities = app.Table("entities", default=None, partitions=3, key_type=str, value_type=None)
-    online = app.Table("online", default=None, partitions=3, key_type=str, value_type=None)
+    entities = state_table(app, "entities")
+    online = state_table(app, "online")
     offline = {view.name: OfflineStore(store, view.name) for view in config.feature_views}
 
     async def on_validated(event: faust.EventT[Any]) -> None:

@@ -19,13 +19,13 @@ import faust
 from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.config import DriftloopConfig
-from driftloop.contracts import TOPICS, DriftDetected, LabelEvent, Prediction
+from driftloop.contracts import DriftDetected, LabelEvent, Prediction
 from driftloop.contracts.events import LabelValue
 from driftloop.logging import get_logger
 from driftloop.services.monitoring.domain import ModelMonitor
 from driftloop.services.monitoring.metrics import DRIFTS, OUTCOMES, ROLLING_ACCURACY
 from driftloop.services.monitoring.settings import MonitoringSettings
-from driftloop.streams import Emitter, parse, raw_topic, stream_app
+from driftloop.streams import PARTITIONS, Emitter, parse, raw_topic, state_table, stream_app
 
 log = get_logger(__name__)
 
@@ -50,26 +50,10 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
     app = stream_app(settings, "monitoring")
     emitter = Emitter(app, settings)
     streams = MonitorStreams(app=app)
-    pending = app.Table("pending", default=None, partitions=3, key_type=str, value_type=None)
-    stored = app.Table("monitors", default=None, partitions=3, key_type=str, value_type=None)
-    outcomes = app.topic(
-        settings.topic("driftloop-monitoring-outcomes"),
-        internal=True,
-        partitions=3,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    relabelled = app.topic(
-        settings.topic("driftloop-monitoring-labels-by-event"),
-        internal=True,
-        partitions=3,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    pending = state_table(app, "pending")
+    stored = state_table(app, "monitors")
+    outcomes = raw_topic(app, settings, "driftloop-monitoring-outcomes", internal=True)
+    relabelled = raw_topic(app, settings, "driftloop-monitoring-labels-by-event", internal=True)
     partitioner = DefaultPartitioner()
     policy = config.drift
     since_checkpoint: dict[str, int] = {}
@@ -101,8 +85,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         await score(compact, label)
         pending[key] = {"scored": True}
 
-    async def on_label(event: faust.EventT[Any]) -> None:
-        label = parse(LabelEvent, event.value)
+    async def join_label(label: LabelEvent) -> None:
         entry = pending.get(label.event_id) or {}
         waiting = entry.get("waiting", [])
         for key in waiting:
@@ -127,13 +110,13 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         label = parse(LabelEvent, event.value)
         key = label.event_id.encode()
         if event.message.partition == partition_of(key):
-            await on_label(event)
+            await join_label(label)
         else:
             await relabelled.send(key=key, value=event.value)
 
     def partition_of(key: bytes) -> int:
         """Where a producer using the default partitioner puts ``key`` (topics have the catalog's partitions)."""
-        partitions = list(range(TOPICS["predictions"].partitions))
+        partitions = list(range(PARTITIONS))
         return int(partitioner(key, partitions, partitions))
 
     @app.agent(raw_topic(app, settings, "labels"))
@@ -144,7 +127,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
     @app.agent(relabelled)
     async def join_relabelled(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await emitter.guard(event, "monitoring.labels", on_label)
+            await emitter.guard(event, "monitoring.labels", lambda e: join_label(parse(LabelEvent, e.value)))
 
     def monitor_for(model: str, version: int) -> ModelMonitor:
         monitor = streams.monitors.get(model)
