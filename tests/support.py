@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
 from driftloop.bus import Record
+from driftloop.bus.metadata import topic_partitions
 from driftloop.contracts import (
     Contract,
     DataEvent,
@@ -53,15 +54,10 @@ APPLICATION = {
 
 async def read_topic(settings: DriftloopSettings, topic: str, expected: int, timeout: float = 30.0) -> list[Record]:
     """Every record of ``topic`` from its start, once ``expected`` have arrived (or the timeout passed)."""
+    tps = await topic_partitions(settings.bootstrap, [settings.topic(topic)])
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        name = settings.topic(topic)
-        partitions = consumer.partitions_for_topic(name)
-        while not partitions:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(name)
-        tps = [TopicPartition(name, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[Record] = []

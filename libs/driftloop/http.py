@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import FastAPI, Response
+from aiokafka.errors import KafkaError
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+#: Each check is True when fine; False, or a string saying why, when not.
+ReadinessCheck = Callable[[], Awaitable[Mapping[str, bool | str]]]
 
 
 def service_app(
@@ -26,6 +28,11 @@ def service_app(
 ) -> FastAPI:
     app = FastAPI(title=f"driftloop {name}", lifespan=lifespan, **kwargs)
 
+    @app.exception_handler(KafkaError)
+    async def broker_refused(_request: Request, exc: KafkaError) -> JSONResponse:
+        # Nothing of the request is acknowledged as a whole: the caller may retry it (event ids dedupe).
+        return JSONResponse({"detail": f"the broker did not take the records: {exc!r}"}, status_code=503)
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": name}
@@ -33,7 +40,7 @@ def service_app(
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
         checks = await readiness()
-        ready = all(checks.values())
+        ready = all(check is True for check in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["ops"])

@@ -6,6 +6,7 @@ reason, and skips records whose ``event_id`` it has already handled.
 """
 
 from driftloop.bus.consumer import ConsumerLoop, Deduper, MemoryDeduper, PoisonMessage, Record, replay
+from driftloop.bus.metadata import TopicUnavailable, topic_partitions
 from driftloop.bus.producer import Bus, cloudevent_headers, deadletter_for
 from driftloop.bus.topics import ensure_topics
 
@@ -16,8 +17,10 @@ __all__ = [
     "MemoryDeduper",
     "PoisonMessage",
     "Record",
+    "TopicUnavailable",
     "cloudevent_headers",
     "deadletter_for",
     "ensure_topics",
     "replay",
+    "topic_partitions",
 ]

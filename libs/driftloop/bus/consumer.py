@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ValidationError
 
+from driftloop.bus.metadata import topic_partitions
 from driftloop.bus.producer import Bus, deadletter_for
 from driftloop.contracts import FieldError
 from driftloop.logging import get_logger
@@ -257,41 +258,54 @@ class ConsumerLoop:
         )
 
 
+def still_behind(ends: dict[TopicPartition, int], positions: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """The partitions whose position has not reached the end offset seen when reading began.
+
+    Positions, not the offsets of records handed out: on a topic written in
+    transactions the commit markers take offsets too, so the last record of a
+    partition may sit below its end offset for good.
+
+    >>> a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    >>> still_behind({a: 10, b: 5}, {a: 10, b: 3})
+    {TopicPartition(topic='t', partition=1): 5}
+    """
+    return {tp: end for tp, end in ends.items() if positions.get(tp, 0) < end}
+
+
 async def replay(
     settings: DriftloopSettings,
     topic: str,
     on_record: Callable[[Record, bool], Awaitable[None]],
     on_caught_up: Callable[[], Awaitable[None]],
+    metadata_timeout: float = 30.0,
 ) -> None:
     """Read ``topic`` from its start forever; ``on_record(record, live)``, and one call when history is done.
 
     Used where every replica needs every record (deployment and training follow
     ``registry.events``): no group, so nothing to commit, and the state is
-    rebuilt from the topic on each start.
+    rebuilt from the topic on each start. Only committed records are read, so an
+    aborted transaction never counts as history.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    tps = await topic_partitions(settings.bootstrap, [settings.topic(topic)], metadata_timeout)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
-        name = settings.topic(topic)
-        partitions = consumer.partitions_for_topic(name) or set()
-        while not partitions:
-            await asyncio.sleep(0.2)
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(name) or set()
-        tps = [TopicPartition(name, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        behind = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
+        behind = still_behind(await consumer.end_offsets(tps), {})
         if not behind:
             await on_caught_up()
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for tp, messages in batches.items():
                 for msg in messages:
-                    await on_record(_record(msg, settings.topic_prefix), tp not in behind)
-                    if tp in behind and msg.offset + 1 >= behind[tp]:
-                        del behind[tp]
-                        if not behind:
-                            await on_caught_up()
+                    live = tp not in behind or msg.offset >= behind[tp]
+                    await on_record(_record(msg, settings.topic_prefix), live)
+            if behind:
+                behind = still_behind(behind, {tp: await consumer.position(tp) for tp in behind})
+                if not behind:
+                    await on_caught_up()
     finally:
         await consumer.stop()

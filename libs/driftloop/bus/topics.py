@@ -12,6 +12,7 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from driftloop.bus.metadata import topic_partitions
 from driftloop.contracts import TOPICS
 from driftloop.settings import DriftloopSettings
 
@@ -35,6 +36,10 @@ async def ensure_topics(settings: DriftloopSettings, replication_factor: int = 1
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-        return [t.name for t in missing]
     finally:
         await admin.close()
+    if missing:
+        # Apache Kafka answers the create before every listener knows the topic: wait until it does,
+        # or the first produce fails with an unknown topic.
+        await topic_partitions(settings.bootstrap, [t.name for t in missing])
+    return [t.name for t in missing]

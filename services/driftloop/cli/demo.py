@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
@@ -26,6 +26,7 @@ from rich.table import Table
 from river.datasets import synth
 
 from driftloop.artifacts import ArtifactStore, open_store
+from driftloop.bus.metadata import topic_partitions
 from driftloop.contracts import (
     DataEvent,
     DriftDetected,
@@ -166,16 +167,9 @@ class Demo:
             self.status = f"deployment serves v{result.rollout.version}"
 
     async def _consumer(self) -> AIOKafkaConsumer:
+        tps = await topic_partitions(self.settings.bootstrap, [self.settings.topic(t) for t in WATCHED])
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False)
         await consumer.start()
-        tps = []
-        for topic in WATCHED:
-            name = self.settings.topic(topic)
-            partitions = consumer.partitions_for_topic(name)
-            while not partitions:
-                await consumer.force_metadata_update()
-                partitions = consumer.partitions_for_topic(name)
-            tps += [TopicPartition(name, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:

@@ -10,11 +10,47 @@ from driftloop.artifacts import open_store
 from driftloop.bus import ConsumerLoop, replay
 from driftloop.config import DriftloopConfig
 from driftloop.http import service_app
+from driftloop.logging import get_logger
 from driftloop.runtime import open_runtime
 from driftloop.services.deployment.api import router
 from driftloop.services.deployment.domain import ServingTable
 from driftloop.services.deployment.handlers import Predictor, Rollouts
 from driftloop.services.deployment.settings import DeploymentSettings
+
+log = get_logger(__name__)
+
+
+class FollowerFailed(RuntimeError):
+    """Deployment cannot know which model to serve: following ``registry.events`` stopped or never caught up."""
+
+
+async def wait_caught_up(follower: asyncio.Task[None], caught_up: asyncio.Event, timeout: float) -> None:
+    """Wait for the registry's history, or fail at once when the follower dies instead of hanging."""
+    waiter = asyncio.create_task(caught_up.wait())
+    try:
+        done, _ = await asyncio.wait({follower, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if waiter in done:
+        return
+    if follower in done:
+        failure = follower.exception() if not follower.cancelled() else None
+        log.error("cannot follow registry.events", error=repr(failure))
+        raise FollowerFailed(f"deployment cannot follow registry.events: {failure!r}") from failure
+    follower.cancel()
+    log.error("registry.events not caught up in time", timeout_seconds=timeout)
+    raise FollowerFailed(f"deployment did not catch up with registry.events within {timeout:.0f}s")
+
+
+def follower_state(follower: asyncio.Task[None] | None) -> bool | str:
+    """Readiness of the registry follower: True while it runs, else why it stopped."""
+    if follower is None:
+        return "not started"
+    if not follower.done():
+        return True
+    if follower.cancelled():
+        return "stopped"
+    return f"stopped: {follower.exception()!r}"
 
 
 def create_app(settings: DeploymentSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -32,7 +68,7 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
             follower = asyncio.create_task(
                 replay(settings, "registry.events", rollouts.on_record, rollouts.on_caught_up), name="registry-follower"
             )
-            await rollouts.caught_up.wait()
+            await wait_caught_up(follower, rollouts.caught_up, settings.catch_up_timeout_seconds)
             consumer = ConsumerLoop(
                 settings,
                 runtime.bus,
@@ -50,11 +86,11 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
                 follower.cancel()
                 await asyncio.gather(follower, return_exceptions=True)
 
-    async def readiness() -> dict[str, bool]:
+    async def readiness() -> dict[str, bool | str]:
         return {
             "registry_followed": rollouts is not None and rollouts.caught_up.is_set(),
             "consumer": consumer is not None and consumer.running,
-            "follower": follower is not None and not follower.done(),
+            "follower": follower_state(follower),
         }
 
     app = service_app("deployment", lifespan, readiness)
