@@ -31,6 +31,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     )
     structlog.contextvars.bind_contextvars(service=service)
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_coordinator_startup_is_a_warning)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared
@@ -41,6 +42,14 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "faust", "mode", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _coordinator_startup_is_a_warning(record: logging.LogRecord) -> bool:
+    """aiokafka logs at error level that the group coordinator is not available, which a fresh
+    Apache Kafka answers while it creates its offsets topic; the client retries, so it is a warning."""
+    if record.levelno > logging.WARNING and "GroupCoordinatorNotAvailable" in record.getMessage():
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -42,6 +42,12 @@ class DriftloopSettings(BaseSettings):
     host: str = "127.0.0.1"
     #: Short group timeouts let a restarted consumer rejoin quickly; production may raise them.
     kafka_session_timeout_ms: int = 10_000
+    #: "auto" turns producer idempotence on when the broker grants a producer id (Apache Kafka does).
+    kafka_idempotence: Literal["auto", "on", "off"] = "auto"
+    kafka_linger_ms: int = 5
+    kafka_batch_bytes: int = 256 * 1024
+    #: Producer compression: "", "gzip", "lz4", "zstd" or "snappy" (the last three need their Python package).
+    kafka_compression: str = ""
 
     @property
     def bootstrap(self) -> str:

@@ -80,10 +80,10 @@ async def bench_ingestion(broker: EmbeddedBroker, n: int = 5_000) -> None:
     bus = Bus(settings, "bench")
     await bus.start()
     now = utcnow().isoformat()
-    for i, (x, y) in enumerate(applications(n)):
-        event = {"event_id": f"e{i}", "entity_id": f"c{i % 100}", "event_time": now, "features": x, "label": y}
-        await bus.send("events.raw", json.dumps(event).encode(), f"c{i % 100}", [], wait=False)
-    await bus.flush()
+    async with bus.acknowledged():
+        for i, (x, y) in enumerate(applications(n)):
+            event = {"event_id": f"e{i}", "entity_id": f"c{i % 100}", "event_time": now, "features": x, "label": y}
+            await bus.send("events.raw", json.dumps(event).encode(), f"c{i % 100}", [], wait=False)
     async with running(create_app(settings)):
         started = time.perf_counter()
         records = await read_topic(settings, "events.validated", n, timeout=300)

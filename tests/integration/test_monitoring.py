@@ -22,29 +22,29 @@ async def test_late_labels_join_duplicates_count_once_and_drift_is_detected_with
     rng = random.Random(1)
     start = utcnow() - timedelta(minutes=10)
     truth: dict[str, int] = {}
-    for i in range(1200):
-        event_id = f"ev{i}"
-        truth[event_id] = rng.randint(0, 1)
-        wrong = rng.random() < (0.02 if i < 700 else 0.5)
-        predicted = 1 - truth[event_id] if wrong else truth[event_id]
-        late = i % 3 == 0
-        prediction = Prediction(
-            source_event_id=event_id,
-            model_name=MODEL,
-            model_version=1,
-            channel="stream",
-            prediction=predicted,
-            event_time=start + timedelta(milliseconds=100 * i),
-            label=None if late else truth[event_id],
-        )
-        await bus.publish(prediction, event_id, wait=False)
-        if i < 5:
-            await bus.publish(prediction.model_copy(update={"event_id": f"dup{i}"}), event_id, wait=False)
-        if late:
-            # Producers key labels as they like (here: none, or by entity); the join must still find them.
-            key = None if i % 2 else f"entity-{i % 7}"
-            await bus.publish(LabelEvent(event_id=event_id, label=truth[event_id]), key, wait=False)
-    await bus.flush()
+    async with bus.acknowledged():
+        for i in range(1200):
+            event_id = f"ev{i}"
+            truth[event_id] = rng.randint(0, 1)
+            wrong = rng.random() < (0.02 if i < 700 else 0.5)
+            predicted = 1 - truth[event_id] if wrong else truth[event_id]
+            late = i % 3 == 0
+            prediction = Prediction(
+                source_event_id=event_id,
+                model_name=MODEL,
+                model_version=1,
+                channel="stream",
+                prediction=predicted,
+                event_time=start + timedelta(milliseconds=100 * i),
+                label=None if late else truth[event_id],
+            )
+            await bus.publish(prediction, event_id, wait=False)
+            if i < 5:
+                await bus.publish(prediction.model_copy(update={"event_id": f"dup{i}"}), event_id, wait=False)
+            if late:
+                # Producers key labels as they like (here: none, or by entity); the join must still find them.
+                key = None if i % 2 else f"entity-{i % 7}"
+                await bus.publish(LabelEvent(event_id=event_id, label=truth[event_id]), key, wait=False)
 
     async with running(create_app(MonitoringSettings(**settings.model_dump()))) as client:
         drifts = [DriftDetected.model_validate_json(r.value) for r in await read_topic(settings, "drift", 1, 60)]

@@ -179,7 +179,21 @@ class ConsumerLoop:
                 # Nothing of the failed batch was committed: go back and read it again.
                 log.exception("consumer batch failed; re-reading from the last commit", group=self.group)
                 await asyncio.sleep(1.0)
-                await consumer.seek_to_committed()
+                await self._rewind(consumer)
+
+    @staticmethod
+    async def _rewind(consumer: AIOKafkaConsumer) -> None:
+        """Back to the last commit of every partition, or to its start when the group never committed.
+
+        aiokafka's ``seek_to_committed`` leaves a partition without a commit
+        where it is, which would skip a failed first batch for good.
+        """
+        for tp in consumer.assignment():
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         batches = await consumer.getmany(timeout_ms=500, max_records=500)
@@ -196,9 +210,9 @@ class ConsumerLoop:
                 records.append(record)
                 if key:
                     done.add(key)
-            if records:
-                await (self._handle_batch(records) if self.batch_handler else self._handle_each(records))
-            await self.bus.flush()
+            async with self.bus.acknowledged():
+                if records:
+                    await (self._handle_batch(records) if self.batch_handler else self._handle_each(records))
             await consumer.commit({tp: messages[-1].offset + 1})
             # Only now is the effect durable; a batch that failed above is re-read and not skipped as seen.
             for key in done:

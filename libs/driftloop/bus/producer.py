@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from driftloop.contracts import Contract, DeadLetter, Envelope, FieldError, topic_for, utcnow
+from driftloop.logging import get_logger
 from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
 from driftloop.settings import DriftloopSettings
+
+log = get_logger(__name__)
 
 Headers = list[tuple[str, bytes]]
 
@@ -58,28 +66,69 @@ def deadletter_for(
     )
 
 
+#: The acknowledgements the current caller waits for; set by ``Bus.acknowledged`` for one block.
+_pending: ContextVar[list[asyncio.Future[object]] | None] = ContextVar("driftloop_pending_sends", default=None)
+
+
+class _QuietInitProducerId(logging.Filter):
+    """aiokafka logs a refused InitProducerId at error level; during the idempotence probe it is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "InitProducerIdRequest" not in record.getMessage()
+
+
 class Bus:
-    """One producer per process; ``publish`` returns once the broker has the record."""
+    """One producer per process; ``publish`` returns once the broker has the record.
+
+    Idempotence (no duplicates or reordering from the producer's own retries)
+    is switched on when the broker grants a producer id, which Apache Kafka does
+    and Tansu 0.6 with in-memory storage does not: probed at start, not assumed.
+    """
 
     def __init__(self, settings: DriftloopSettings, service: str) -> None:
         self.settings = settings
         self.service = service
-        self._inflight: list[asyncio.Future[object]] = []
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
+        self.idempotent = False
+        self._producer: AIOKafkaProducer | None = None
+
+    def _new_producer(self, idempotent: bool) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
             acks="all",
-            linger_ms=5,
-            client_id=f"driftloop-{service}",
+            enable_idempotence=idempotent,
+            linger_ms=self.settings.kafka_linger_ms,
+            max_batch_size=self.settings.kafka_batch_bytes,
+            compression_type=self.settings.kafka_compression or None,
+            client_id=f"driftloop-{self.service}",
         )
 
     async def start(self) -> None:
+        mode = self.settings.kafka_idempotence
+        if mode != "off":
+            producer = self._new_producer(idempotent=True)
+            quiet = _QuietInitProducerId()
+            logging.getLogger("aiokafka.producer.sender").addFilter(quiet)
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                if mode == "on":
+                    raise
+                log.info("broker grants no producer id; producing without idempotence", error=repr(exc))
+            else:
+                self._producer, self.idempotent = producer, True
+                return
+            finally:
+                logging.getLogger("aiokafka.producer.sender").removeFilter(quiet)
+        self._producer = self._new_producer(idempotent=False)
         await self._producer.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def publish(self, event: Contract, key: str | None, topic: str | None = None, *, wait: bool = True) -> None:
-        """Produce ``event``; with ``wait=False`` the acknowledgement is awaited by the next ``flush``."""
+        """Produce ``event``; with ``wait=False`` the enclosing ``acknowledged()`` block awaits the broker."""
         await self.send(
             topic or topic_for(type(event)),
             event.model_dump_json().encode(),
@@ -90,6 +139,10 @@ class Bus:
 
     async def send(self, topic: str, value: bytes, key: str | None, headers: Headers, *, wait: bool = True) -> None:
         """Produce an already-encoded record."""
+        pending = _pending.get()
+        if not wait and pending is None:
+            raise RuntimeError("send(wait=False) outside `async with bus.acknowledged()`: nobody would await it")
+        assert self._producer is not None, "Bus.start() first"
         future = await self._producer.send(
             self.settings.topic(topic), value, key=key.encode() if key is not None else None, headers=headers
         )
@@ -97,23 +150,35 @@ class Bus:
         if wait:
             await future
         else:
-            self._inflight.append(future)
+            assert pending is not None
+            pending.append(future)
 
-    async def flush(self) -> None:
-        """Wait until every record sent with ``wait=False`` is acknowledged; raise if one failed.
+    @asynccontextmanager
+    async def acknowledged(self) -> AsyncIterator[None]:
+        """Records sent with ``wait=False`` inside the block are acknowledged when it ends; raise if one failed.
 
-        Consumers call this before committing offsets, so an offset is never
-        committed for a record whose output the broker does not have.
+        Only this block's records: each caller (a consumer's batch, an HTTP
+        request) has its own, so one caller never waits on, drains or fails
+        another's sends. Consumers commit offsets after the block, so an offset
+        is never committed for a record whose output the broker does not have.
         """
-        inflight, self._inflight = self._inflight, []
-        for future in inflight:
-            await future
+        futures: list[asyncio.Future[object]] = []
+        token = _pending.set(futures)
+        try:
+            yield
+        except BaseException:
+            # The caller fails anyway; still collect the outcomes so none is left unretrieved.
+            await asyncio.gather(*futures, return_exceptions=True)
+            raise
+        finally:
+            _pending.reset(token)
+        await asyncio.gather(*futures)
 
     async def publish_many(self, events: list[tuple[Contract, str | None]]) -> None:
-        """Send a batch concurrently and wait for every acknowledgement."""
-        for event, key in events:
-            await self.publish(event, key, wait=False)
-        await self.flush()
+        """Send a batch concurrently and wait for every acknowledgement of this batch."""
+        async with self.acknowledged():
+            for event, key in events:
+                await self.publish(event, key, wait=False)
 
     async def deadletter(self, record: DeadLetter) -> None:
         await self.publish(record, record.key)
