@@ -16,11 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from driftloop.broker import EmbeddedBroker, free_port
+from driftloop.broker import free_port
 from driftloop.cli.demo import DemoOptions, run_demo
 from driftloop.cli.stack import SERVICES, Stack
 from driftloop.contracts import DriftDetected, ModelPromoted, RolloutCompleted, TrainingRunCompleted
 from driftloop.settings import DriftloopSettings
+from tests.fixtures.kafka import Broker
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "loan-approval"
@@ -31,7 +32,7 @@ RESTART_AT = 2200
 
 
 @pytest.fixture
-def stack(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Stack]:
+def stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
     settings = DriftloopSettings(
         kafka_bootstrap=broker.bootstrap,
         topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.",
