@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo up test test-unit test-integration test-e2e lint format contracts bench clean
+.PHONY: setup demo up test test-kafka test-unit test-integration test-e2e lint format contracts bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), sys.version' || { echo "driftloop needs Python 3.11+ (make PYTHON=...)"; exit 1; }
@@ -23,6 +23,10 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The second broker tier: the integration and end-to-end suites on Apache Kafka (KRaft), jars fetched with Maven.
+test-kafka: $(STAMP)
+	DRIFTLOOP_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration tests/e2e
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit contracts libs services

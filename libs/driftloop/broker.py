@@ -28,6 +28,7 @@ from typing import Self
 from aiokafka.admin import AIOKafkaAdminClient
 
 from driftloop.logging import get_logger
+from driftloop.settings import DriftloopSettings
 
 log = get_logger(__name__)
 
@@ -164,7 +165,7 @@ class EmbeddedBroker(BrokerProcess):
 
 
 #: The Apache Kafka release the local broker and the test tier use unless told otherwise.
-KAFKA_VERSION = "3.9.1"
+KAFKA_VERSION = DriftloopSettings.model_fields["kafka_version"].default
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -303,3 +304,16 @@ class LocalKafka(BrokerProcess):
             if formatted.returncode != 0:
                 raise BrokerError(f"formatting KRaft storage failed: {formatted.stdout}{formatted.stderr}")
         return self._java(lib, "kafka.Kafka", str(config))
+
+
+def local_broker(settings: DriftloopSettings, log_path: Path | None = None) -> EmbeddedBroker | LocalKafka:
+    """The broker ``driftloop up``, ``demo`` and ``broker`` run on this machine, as ``DRIFTLOOP_BROKER`` says.
+
+    Apache Kafka keeps its data under ``DRIFTLOOP_HOME/kafka`` across restarts,
+    like the SQLite file and the artifacts beside it; Tansu keeps nothing.
+    """
+    if settings.broker == "kafka":
+        return LocalKafka(
+            settings.broker_port, settings.home / "kafka", version=settings.kafka_version, log_path=log_path
+        )
+    return EmbeddedBroker(settings.broker_port, settings.tansu_bin, log_path)

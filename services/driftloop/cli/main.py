@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from driftloop.broker import EmbeddedBroker
+from driftloop.broker import local_broker
 from driftloop.cli import ops
 from driftloop.cli.stack import SERVICES, Stack
 from driftloop.logging import configure_logging
@@ -46,14 +46,30 @@ def service(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVIC
     )
 
 
-@app.command()
-def broker() -> None:
-    """Run the embedded Kafka-protocol broker (Tansu) until interrupted."""
+KafkaOption = Annotated[
+    bool, typer.Option("--kafka", help="Apache Kafka (KRaft, jars fetched with Maven) instead of Tansu.")
+]
+
+
+def _settings(kafka: bool) -> DriftloopSettings:
     settings = DriftloopSettings()
+    return settings.model_copy(update={"broker": "kafka"}) if kafka else settings
+
+
+@app.command()
+def broker(kafka: KafkaOption = False) -> None:
+    """Run a local broker until interrupted: Tansu (embedded), or Apache Kafka with --kafka."""
+    settings = _settings(kafka)
     configure_logging("broker", settings.log_level, "console")
-    with EmbeddedBroker(settings.broker_port, settings.tansu_bin):
-        console.print(f"[green]broker ready[/] on 127.0.0.1:{settings.broker_port} (Ctrl-C to stop)")
+    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
+    running = local_broker(settings, settings.home / "logs" / "broker.log")
+    with console.status(f"starting {running.kind}…"):
+        running.start()
+    console.print(f"[green]{running.kind} ready[/] on {running.bootstrap} (Ctrl-C to stop)")
+    try:
         _until_signal(lambda: None)
+    finally:
+        running.stop()
 
 
 def _until_signal(tick: Callable[[], None], every: float = 1.0) -> None:
@@ -88,9 +104,9 @@ def status_table(stack: Stack, states: dict[str, str]) -> Table:
 
 
 @app.command()
-def up() -> None:
-    """Start the embedded broker (unless DRIFTLOOP_KAFKA_BOOTSTRAP is set) and all six services."""
-    stack = Stack(DriftloopSettings())
+def up(kafka: KafkaOption = False) -> None:
+    """Start a local broker (unless DRIFTLOOP_KAFKA_BOOTSTRAP is set) and all six services."""
+    stack = Stack(_settings(kafka))
     configure_logging("driftloop", stack.settings.log_level, "console")
     try:
         stack.start()
@@ -114,11 +130,12 @@ def demo(
     rate: Annotated[float, typer.Option(help="Events per second.")] = 150.0,
     drift_at: Annotated[int, typer.Option(help="Event number where the concept changes.")] = 3000,
     max_events: Annotated[int, typer.Option(help="Stop after this many events at the latest.")] = 12000,
+    kafka: KafkaOption = False,
 ) -> None:
     """Stream a drifting data set into the stack (starting one if none runs) and watch the loop close."""
     from driftloop.cli.demo import DemoOptions, run_demo, summary
 
-    settings = DriftloopSettings()
+    settings = _settings(kafka)
     stack: Stack | None = None
     if not _running(f"http://127.0.0.1:{SERVICE_PORTS['registry']}"):
         stack = Stack(settings)

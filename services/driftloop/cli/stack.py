@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from driftloop.broker import EmbeddedBroker
+from driftloop.broker import BrokerProcess, local_broker
 from driftloop.bus import ensure_topics
 from driftloop.settings import SERVICE_PORTS, DriftloopSettings
 
@@ -50,7 +50,7 @@ class Stack:
     settings: DriftloopSettings
     ports: dict[str, int] = field(default_factory=lambda: dict(SERVICE_PORTS))
     env: dict[str, str] = field(default_factory=dict)
-    broker: EmbeddedBroker | None = None
+    broker: BrokerProcess | None = None
     children: dict[str, Child] = field(default_factory=dict)
 
     @property
@@ -60,9 +60,7 @@ class Stack:
     def start(self, services: tuple[str, ...] = SERVICES) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not self.settings.kafka_bootstrap:
-            self.broker = EmbeddedBroker(
-                self.settings.broker_port, self.settings.tansu_bin, self.log_dir / "broker.log"
-            ).start()
+            self.broker = local_broker(self.settings, self.log_dir / "broker.log").start()
             self.settings = self.settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
         asyncio.run(ensure_topics(self.settings))
         for name in services:
