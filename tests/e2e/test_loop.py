@@ -67,6 +67,7 @@ async def test_drift_retrains_promotes_and_recovers_accuracy_with_one_correlatio
         stack.settings, OPTIONS, urls, show=False, hooks={RESTART_AT: restart_registry_and_deployment}
     )
     result = demo.result
+    assert demo.failures() == []
 
     # Restarts lost nothing: the champion survived, and the loop below still closed.
     assert before_restart["champion"] == result.first_version == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,10 +51,14 @@ class DemoOptions:
     warmup: int = 1500
     drift_at: int = 3000
     max_events: int = 12000
+    #: Predictions of the new version the demo waits for, and the fewest with which it may pass.
     eval_events: int = 800
+    min_new_predictions: int = 300
     rate: float = 150.0
     seed: int = 7
     timeout: float = 300.0
+    #: After the last event, how long to wait for predictions still on their way.
+    settle_seconds: float = 30.0
 
 
 @dataclass
@@ -76,6 +81,8 @@ class DemoResult:
     promotion_position: int | None = None
     seconds_drift_to_promotion: float | None = None
     predictions: dict[str, Prediction] = field(default_factory=dict)
+    #: Predictions of the demo's events received, per model version.
+    by_version: Counter[int] = field(default_factory=Counter)
     events: list[Any] = field(default_factory=list)
     #: How many events had been sent when each drift event was seen.
     drift_positions: list[int] = field(default_factory=list)
@@ -134,6 +141,8 @@ class Demo:
         if isinstance(event, Prediction):
             position = self.position(event.source_event_id)
             if position is not None and event.model_name == self.options.model:
+                if str(position) not in result.predictions:
+                    result.by_version[event.model_version] += 1
                 result.predictions[str(position)] = event
             return
         if getattr(event, "model_name", None) != self.options.model:
@@ -143,7 +152,9 @@ class Demo:
             result.drift_positions.append(result.events_sent)
         if isinstance(event, DriftDetected) and result.drift_event is None and self.drift_sent_at is not None:
             result.drift_event = event
-            result.detection_position = result.events_sent
+            # The outcome that tipped the detector names its event: where in the stream the drift was seen,
+            # however far the pipeline lags behind the producer.
+            result.detection_position = self.position(event.causation_id or "") or result.events_sent
             self.status = "drift detected: retraining"
         elif isinstance(event, TrainingRunCompleted) and result.drift_event is not None and result.run is None:
             if event.correlation_id == result.drift_event.correlation_id:
@@ -207,21 +218,37 @@ class Demo:
         raise TimeoutError("the first model was not deployed in time")
 
     def done(self) -> bool:
+        """The new version has served enough of the stream to judge it, as seen on ``predictions``."""
         r = self.result
         return (
             r.rollout is not None
-            and r.promotion_position is not None
-            and (r.events_sent - r.promotion_position >= self.options.eval_events)
+            and r.promoted is not None
+            and r.by_version[r.promoted.version] >= (self.options.eval_events)
         )
+
+    def failures(self) -> list[str]:
+        """Why the loop did not close; empty when it did. The demo passes only on what it saw."""
+        r, o = self.result, self.options
+        problems = []
+        if r.drift_event is None:
+            problems.append("no drift event after the drift")
+        if r.promoted is None:
+            problems.append("no new version was promoted")
+        elif r.rollout is None:
+            problems.append(f"v{r.promoted.version} was promoted but never rolled out")
+        served = r.by_version[r.promoted.version] if r.promoted else 0
+        if served < o.min_new_predictions:
+            problems.append(f"{served} predictions of the new version seen, fewer than {o.min_new_predictions}")
+        return problems
 
     def compare(self, store: ArtifactStore, artifact_uri: str) -> None:
         """Score the events the new champion served after its promotion with the old champion too."""
         r = self.result
-        if r.promoted is None or r.promotion_position is None:
+        if r.promoted is None:
             return
         served = [
             (row, prediction)
-            for row in self.rows[r.promotion_position :]
+            for row in self.rows
             if (prediction := r.predictions.get(str(row.position))) and prediction.model_version == r.promoted.version
         ]
         if not served:
@@ -280,7 +307,13 @@ class Demo:
                     if ahead > 0:
                         await asyncio.sleep(ahead)
                 await producer.flush()
-                await asyncio.sleep(3.0)
+                # Predictions trail the events: give the new version time to show up on the stream.
+                self.status = "waiting for the new version's predictions"
+                settle = time.monotonic() + self.options.settle_seconds
+                while not self.done() and time.monotonic() < settle:
+                    await asyncio.sleep(0.25)
+                    if live is not None:
+                        live.refresh()
         finally:
             await producer.stop()
             watcher.cancel()
@@ -293,11 +326,13 @@ class Demo:
     def board(self) -> Table:
         r = self.result
         n = r.events_sent
-        window = range(max(0, n - 300), n)
         table = Table.grid(padding=(0, 2))
         table.add_row("events sent", f"{n} (drift at {self.options.drift_at})")
-        acc = r.accuracy(self.rows, None, window)
-        table.add_row("accuracy, last 300", "-" if acc is None else f"{acc:.3f}")
+        recent = list(r.predictions.items())[-300:]
+        hits = [p.prediction == self.rows[int(position)].label for position, p in recent]
+        newest = max((int(position) for position, _ in recent), default=None)
+        table.add_row("accuracy, last 300 predictions", fmt(sum(hits) / len(hits) if hits else None))
+        table.add_row("pipeline lag", "-" if newest is None else f"{n - 1 - newest} events")
         table.add_row("drift detected", "-" if r.detection_position is None else f"at event {r.detection_position}")
         table.add_row("training run", "-" if r.run is None else f"{r.run.run_id} ({r.run.data_window.rows} rows)")
         table.add_row(
@@ -331,12 +366,13 @@ def summary(demo: Demo) -> Table:
     table.add_row(f"accuracy of v{old} before drift", fmt(r.accuracy(rows, old, range(o.warmup, o.drift_at))))
     table.add_row(
         f"accuracy of v{old} after drift",
-        fmt(r.accuracy(rows, old, range(o.drift_at, r.promotion_position or r.events_sent))),
+        fmt(r.accuracy(rows, old, range(o.drift_at, r.events_sent))),
     )
-    if new is not None and r.promotion_position is not None:
+    if new is not None:
+        table.add_row(f"predictions of v{new} seen", str(r.by_version[new]))
         table.add_row(
             f"accuracy of v{new} after promotion",
-            fmt(r.accuracy(rows, new, range(r.promotion_position, r.events_sent))),
+            fmt(r.accuracy(rows, new, range(o.drift_at, r.events_sent))),
         )
     if r.old_on_new_concept is not None:
         table.add_row(f"same events: v{old} / v{new}", f"{fmt(r.old_on_new_concept)} / {fmt(r.new_on_new_concept)}")

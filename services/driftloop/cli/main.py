@@ -154,9 +154,10 @@ def demo(
         if stack is not None:
             with console.status("stopping the stack…"):
                 stack.stop()
-    if result.result.rollout is None:
-        console.print("[red]the loop did not close: no promoted version was rolled out[/]")
+    if problems := result.failures():
+        console.print(f"[red]the loop did not close:[/] {'; '.join(problems)}")
         raise typer.Exit(1)
+    console.print("[green]the loop closed[/]: drift detected, new version promoted, rolled out and serving")
 
 
 @contracts_app.command("export")
