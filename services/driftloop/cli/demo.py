@@ -120,6 +120,7 @@ class Demo:
         self.rows: list[Row] = []
         self.drift_sent_at: float | None = None
         self.rollouts: dict[int, RolloutCompleted] = {}
+        self.newest_scored: int | None = None
         self.status = "starting"
 
     def event_id(self, position: int) -> str:
@@ -143,6 +144,7 @@ class Demo:
             if position is not None and event.model_name == self.options.model:
                 if str(position) not in result.predictions:
                     result.by_version[event.model_version] += 1
+                    self.newest_scored = max(position, self.newest_scored or 0)
                 result.predictions[str(position)] = event
             return
         if getattr(event, "model_name", None) != self.options.model:
@@ -152,9 +154,10 @@ class Demo:
             result.drift_positions.append(result.events_sent)
         if isinstance(event, DriftDetected) and result.drift_event is None and self.drift_sent_at is not None:
             result.drift_event = event
-            # The outcome that tipped the detector names its event: where in the stream the drift was seen,
-            # however far the pipeline lags behind the producer.
-            result.detection_position = self.position(event.causation_id or "") or result.events_sent
+            # Where the scoring had got to when the drift was reported: the position in the stream, however far
+            # the pipeline lags behind the producer. (The outcome that tipped the detector may be older: outcomes
+            # of several partitions reach the detector interleaved.)
+            result.detection_position = self.newest_scored if self.newest_scored is not None else result.events_sent
             self.status = "drift detected: retraining"
         elif isinstance(event, TrainingRunCompleted) and result.drift_event is not None and result.run is None:
             if event.correlation_id == result.drift_event.correlation_id:
@@ -330,7 +333,7 @@ class Demo:
         table.add_row("events sent", f"{n} (drift at {self.options.drift_at})")
         recent = list(r.predictions.items())[-300:]
         hits = [p.prediction == self.rows[int(position)].label for position, p in recent]
-        newest = max((int(position) for position, _ in recent), default=None)
+        newest = self.newest_scored
         table.add_row("accuracy, last 300 predictions", fmt(sum(hits) / len(hits) if hits else None))
         table.add_row("pipeline lag", "-" if newest is None else f"{n - 1 - newest} events")
         table.add_row("drift detected", "-" if r.detection_position is None else f"at event {r.detection_position}")
@@ -352,7 +355,7 @@ def summary(demo: Demo) -> Table:
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("drift injected at event", str(o.drift_at))
-    table.add_row("drift detected at event", str(r.detection_position))
+    table.add_row("drift detected at event (newest scored then)", str(r.detection_position))
     table.add_row(
         "events from drift to detection",
         "-" if r.detection_position is None else str(r.detection_position - o.drift_at),
