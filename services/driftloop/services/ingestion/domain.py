@@ -7,10 +7,10 @@ same field-level reasons.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from driftloop.config import DatasetSchema, FeatureSpec, LabelSpec
@@ -42,8 +42,8 @@ def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]
 
 def parse_json(raw: bytes | str) -> Any:
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise Invalid([FieldError(field="$", message=f"malformed JSON: {exc}")]) from exc
 
 
@@ -128,8 +128,8 @@ def split_body(body: bytes, content_type: str) -> list[Any]:
         for number, line in enumerate(body.splitlines()):
             if line.strip():
                 try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as exc:
+                    items.append(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
                     raise Invalid([FieldError(field=f"line {number + 1}", message=f"malformed JSON: {exc}")]) from exc
         return items
     parsed = parse_json(body)

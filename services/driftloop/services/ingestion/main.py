@@ -29,7 +29,7 @@ def create_app(settings: IngestionSettings | None = None, config: DriftloopConfi
                 service="ingestion",
                 topics=["events.raw"],
                 group="ingestion",
-                handler=RawEventHandler(runtime.bus, runtime.config.dataset),
+                batch_handler=RawEventHandler(runtime.bus, runtime.config.dataset),
                 dedupe_key=producer_event_id,
             )
             await consumer.start()
