@@ -1,0 +1,114 @@
+"""``make bench``: every benchmark in one run on one broker, printed with its peer's figure and written as JSON.
+
+``python -m tests.bench [--broker tansu|kafka] [--quick]``; the result goes to
+``.driftloop/bench/<broker>.json`` (or ``--out``). No figure here is asserted:
+the README quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from driftloop.broker import EmbeddedBroker, LocalKafka, free_port
+from tests.bench.bench_loop import bench_ingestion, first_champion, offered_load, start_stack
+
+console = Console()
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:,.0f}{unit}" if value >= 100 else f"{value:.2f}{unit}"
+
+
+async def loop_runs(bootstrap: str, home: Path, rates: list[float], seconds: float) -> list[dict[str, Any]]:
+    stack = await asyncio.to_thread(start_stack, bootstrap, home)
+    try:
+        await first_champion(stack)
+        results = []
+        for rate in rates:
+            console.print(f"loop: offering {rate:,.0f} events/s for {seconds:.0f}s …")
+            result = await offered_load(stack, rate, seconds)
+            results.append(result.__dict__)
+        return results
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+async def run(bootstrap: str, home: Path, quick: bool) -> dict[str, Any]:
+    n = 20_000 if quick else 100_000
+    console.print(f"ingestion against a raw pass-through, {n:,} events each …")
+    ingestion = (await bench_ingestion(bootstrap, home, n)).as_dict()
+    seconds = 20.0 if quick else 60.0
+    loop = await loop_runs(bootstrap, home, [2000.0, 5000.0], seconds)
+    return {"ingestion": ingestion, "loop": loop}
+
+
+def report(result: dict[str, Any]) -> None:
+    table = Table(title=f"driftloop bench on {result['broker']} ({result['machine']['cpus']} cores)")
+    table.add_column("what")
+    table.add_column("figure", justify="right")
+    table.add_column("peer", justify="right")
+    table.add_column("ratio", justify="right")
+    ing = result["ingestion"]
+    table.add_row(
+        "ingestion events/s (raw aiokafka pass-through as peer)",
+        fmt(ing["ingestion_events_per_s"]),
+        fmt(ing["passthrough_events_per_s"]),
+        fmt(ing["ratio"], "x"),
+    )
+    for run in result["loop"]:
+        table.add_row(
+            f"loop at {run['offered_rate']:,.0f}/s offered: outcomes/s, lag at end",
+            f"{fmt(run['sustained_rate'])}, {run['lag_at_end']:,}",
+            f"{run['offered_rate']:,.0f}",
+            fmt(run["sustained_rate"] / run["offered_rate"], "x"),
+        )
+        table.add_row(
+            f"loop at {run['offered_rate']:,.0f}/s: latency p50 / p99 ms",
+            f"{fmt(run['latency_p50_ms'])} / {fmt(run['latency_p99_ms'])}",
+            "",
+            "",
+        )
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--broker", choices=["tansu", "kafka"], default=os.environ.get("DRIFTLOOP_BENCH_BROKER", "tansu")
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a first look")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    out: Path = args.out or Path(".driftloop") / "bench" / f"{args.broker}.json"
+    with tempfile.TemporaryDirectory(prefix="driftloop-bench-") as tmp:
+        home = Path(tmp)
+        broker = (
+            LocalKafka(free_port(), home / "kafka", log_path=home / "broker.log")
+            if args.broker == "kafka"
+            else EmbeddedBroker(free_port(), log_path=home / "broker.log")
+        )
+        with broker:
+            result = asyncio.run(run(broker.bootstrap, home, args.quick))
+    result.update(
+        broker=args.broker,
+        quick=args.quick,
+        machine={"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    report(result)
+    console.print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
