@@ -154,7 +154,7 @@ def _connect() -> duckdb.DuckDBPyConnection:
 
 _TRAINING_SQL = """
 WITH vectors AS (
-    SELECT * FROM read_parquet($vectors, union_by_name = true, filename = true)
+    SELECT * FROM read_parquet($vectors, union_by_name = true, filename = true, hive_partitioning = false)
     WHERE written_at <= $as_of AND event_time <= $as_of {since}
     QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY written_at DESC, filename DESC) = 1
 ), labels AS (
@@ -169,7 +169,7 @@ ORDER BY v.event_time DESC, v.event_id DESC
 {limit}
 """
 _LABELS_SQL = """
-    SELECT event_id, label FROM read_parquet($labels, union_by_name = true, filename = true)
+    SELECT event_id, label FROM read_parquet($labels, union_by_name = true, filename = true, hive_partitioning = false)
     WHERE label_time <= $as_of
     QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY written_at DESC, label_time DESC, filename DESC) = 1
 """
