@@ -271,3 +271,11 @@ def test_the_migration_rewrites_the_json_lines_layout_and_can_run_again(
     assert [r.event_id for r in offline.training_set(as_of=NOW + timedelta(hours=2))] == ["e1", "e2", "e3", "e4"]
     table = pq.read_table(pa.BufferReader(store.get(files[-1])))
     assert table.schema.field("age").type == pa.int64(), "declared types from driftloop.yaml"
+
+
+def test_a_feature_named_like_a_column_of_the_store_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    store = open_store(DriftloopSettings(artifact_uri=f"file://{tmp_path}"))
+    clashing = vector(1, NOW).model_copy(update={"features": {"label": 1.0, "amount": 2.0}})
+    with pytest.raises(ValueError, match=r"\['label'\] clash"):
+        OfflineStore(store, "v").append_vectors([clashing], partition=0, first_offset=0)
+    assert list(store.list("offline/")) == []
