@@ -253,9 +253,11 @@ class OfflineStore:
         """Labelled rows with ``since <= event_time <= as_of``, oldest first, the newest ``max_rows``.
 
         Vectors are read from the dates of ``since`` … ``as_of``. A label comes
-        after its event, so one for a row of the window is dated from ``since``
-        on; labels are read from ``since - max_event_age`` to leave the same
-        slack for producers' clocks that ingestion gives events.
+        after its event, so one for a row of the window is normally dated from
+        ``since`` on; labels are read from ``since - max_event_age`` so that one
+        a producer stamps with an earlier time (the outcome's rather than the
+        report's, or a lagging clock) is still found, as far back as an event
+        itself may lag.
         """
         as_of = _utc(as_of or utcnow())
         since = _utc(since) if since else None
