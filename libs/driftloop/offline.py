@@ -1,10 +1,17 @@
-"""The offline store: every feature vector and every late label, as JSON-lines segments.
+"""The offline store: every feature vector and every late label, as Parquet, read point-in-time with DuckDB.
 
-Segments live in the artifact store (a directory or S3) under
-``datasets/<view>/{vectors,labels}/hour=YYYYMMDDHH/part-<partition>-<offset>.jsonl``.
-The name is derived from the first record's position, so a batch replayed
-after a crash overwrites its own segment; readers also dedupe by
-``event_id``, which covers batches that were cut differently on replay.
+Two Hive-style datasets per feature view live in the artifact store (a
+directory or S3)::
+
+    offline/<view>/vectors/date=YYYY-MM-DD/part-<partition>-<offset>.parquet   (date of event_time, UTC)
+    offline/<view>/labels/date=YYYY-MM-DD/part-<partition>-<offset>.parquet    (date of label_time, UTC)
+
+Each is dated by the time a training set filters it on, so a run opens only
+the partitions of its window, and Spark, Trino or DuckDB read either folder as
+one table partitioned by ``date``. A file's name is its Kafka batch's first
+position, so a batch replayed after a crash overwrites its own files; readers
+also dedupe by ``event_id`` (the latest write wins), which covers batches that
+were cut differently on replay.
 
 Training sets are point-in-time correct: a row and its label count only if
 both were known at ``as_of``.
@@ -12,14 +19,41 @@ both were known at ``as_of``.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterator, Sequence
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
 
-from driftloop.artifacts import ArtifactStore
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from driftloop.artifacts import ArtifactStore, LocalArtifactStore
+from driftloop.config import DriftloopConfig
 from driftloop.contracts import FeatureVector, LabelEvent, utcnow
 from driftloop.contracts.events import Features, LabelValue
+
+FeatureType = Literal["float", "int", "str", "bool"]
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "float": pa.float64(),
+    "int": pa.int64(),
+    "str": pa.string(),
+    "bool": pa.bool_(),
+}
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+#: Columns of the vectors dataset besides the features; ``date`` is the partition column engines add.
+RESERVED = frozenset({"event_id", "entity_id", "event_time", "written_at", "label", "label_time", "date"})
+_LEGACY_NAME = re.compile(r"part-(\d+)-(\d+)\.jsonl$")
+_DATE = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
+#: Objects fetched at once when a window is read from S3.
+_DOWNLOADS = 8
 
 
 @dataclass(frozen=True)
@@ -31,57 +65,182 @@ class TrainingRow:
     label: LabelValue
 
 
-def _hour(moment: datetime) -> str:
-    return moment.strftime("%Y%m%d%H")
+@dataclass(frozen=True)
+class MigrationReport:
+    segments: int
+    rows: int
+
+
+def view_feature_types(config: DriftloopConfig, view: str) -> dict[str, FeatureType]:
+    """The declared type of every feature a view produces: passthrough ones from the dataset, aggregates float."""
+    spec = config.view(view)
+    types: dict[str, FeatureType] = {name: config.dataset.features[name].type for name in config.passthrough(spec)}
+    types.update({a.output_name: "float" for a in spec.entity_aggregates})
+    return types
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _column(values: Sequence[Any], declared: pa.DataType | None) -> pa.Array:
+    """A typed column, or JSON text when the values fit neither the declared nor one inferred type.
+
+    Ingestion checks features against the dataset schema, so the fallback is
+    for labels, which arrive unchecked: a batch holding ``1`` and ``"1"`` still
+    lands, whole, instead of stopping the writer.
+    """
+    try:
+        return pa.array(values, type=declared)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
+
+
+def _vector_table(rows: Sequence[Mapping[str, Any]], feature_types: Mapping[str, FeatureType]) -> pa.Table:
+    """One column per feature rather than a map or a JSON blob.
+
+    Engines then filter, aggregate and prune on features as on any column
+    (``SELECT avg(salary) …``), Parquet stores and compresses each by its type,
+    and a training set reads back the exact Python values it was given. Names
+    come from the view's declared types, plus any the rows hold beyond them
+    (typed by their values); files written before a feature was added simply
+    lack its column, which readers merge by name.
+    """
+    names = list(feature_types) + sorted({n for r in rows for n in r["features"]} - set(feature_types))
+    clash = RESERVED.intersection(names)
+    if clash:
+        raise ValueError(f"features {sorted(clash)} clash with columns of the offline store; rename them")
+    columns: dict[str, pa.Array] = {
+        "event_id": pa.array([r["event_id"] for r in rows], type=pa.string()),
+        "entity_id": pa.array([r["entity_id"] for r in rows], type=pa.string()),
+        "event_time": pa.array([r["event_time"] for r in rows], type=_TIMESTAMP),
+        "written_at": pa.array([r["written_at"] for r in rows], type=_TIMESTAMP),
+        "label": _column([r["label"] for r in rows], None),
+    }
+    for name in names:
+        declared = feature_types.get(name)
+        columns[name] = _column([r["features"].get(name) for r in rows], _ARROW_TYPES[declared] if declared else None)
+    return pa.table(columns)
+
+
+def _label_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    return pa.table(
+        {
+            "event_id": pa.array([r["event_id"] for r in rows], type=pa.string()),
+            "label": _column([r["label"] for r in rows], None),
+            "label_time": pa.array([r["label_time"] for r in rows], type=_TIMESTAMP),
+            "written_at": pa.array([r["written_at"] for r in rows], type=_TIMESTAMP),
+        }
+    )
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def _days(first: date, last: date) -> Iterator[date]:
+    day = first
+    while day <= last:
+        yield day
+        day += timedelta(days=1)
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    # The machine running a service may have no internet: never try to fetch an extension.
+    return duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+
+
+_TRAINING_SQL = """
+WITH vectors AS (
+    SELECT * FROM read_parquet($vectors, union_by_name = true, filename = true, hive_partitioning = false)
+    WHERE written_at <= $as_of AND event_time <= $as_of {since}
+    QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY written_at DESC, filename DESC) = 1
+), labels AS (
+    {labels}
+)
+SELECT v.* EXCLUDE (event_time, written_at, label, filename),
+       epoch_us(v.event_time) AS event_us,
+       coalesce(l.label, v.label) AS label
+FROM vectors v LEFT JOIN labels l ON l.event_id = v.event_id
+WHERE coalesce(l.label, v.label) IS NOT NULL
+ORDER BY v.event_time DESC, v.event_id DESC
+{limit}
+"""
+_LABELS_SQL = """
+    SELECT event_id, label FROM read_parquet($labels, union_by_name = true, filename = true, hive_partitioning = false)
+    WHERE label_time <= $as_of
+    QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY written_at DESC, label_time DESC, filename DESC) = 1
+"""
+_NO_LABELS_SQL = "SELECT NULL::VARCHAR AS event_id, NULL AS label WHERE false"
 
 
 class OfflineStore:
-    def __init__(self, store: ArtifactStore, view: str) -> None:
+    def __init__(self, store: ArtifactStore, view: str, feature_types: Mapping[str, FeatureType] | None = None) -> None:
         self.store = store
         self.view = view
+        self.feature_types: Mapping[str, FeatureType] = feature_types or {}
 
-    def _key(self, kind: str, written: datetime, partition: int, offset: int) -> str:
-        return f"datasets/{self.view}/{kind}/hour={_hour(written)}/part-{partition:04d}-{offset:012d}.jsonl"
+    def _prefix(self, kind: str) -> str:
+        return f"offline/{self.view}/{kind}/"
 
-    def append_vectors(self, vectors: Sequence[FeatureVector], partition: int, first_offset: int) -> str:
-        lines = (
-            json.dumps(
-                {
-                    "event_id": v.event_id,
-                    "entity_id": v.entity_id,
-                    "event_time": v.event_time.isoformat(),
-                    "written_at": v.occurred_at.isoformat(),
-                    "features": v.features,
-                    "label": v.label,
-                }
-            )
+    def _write(self, kind: str, rows: Sequence[Mapping[str, Any]], partition: int, offset: int) -> list[str]:
+        """One file per date the batch touches, each named by the batch's first Kafka position."""
+        by_date: dict[date, list[Mapping[str, Any]]] = {}
+        time_column = "event_time" if kind == "vectors" else "label_time"
+        for row in rows:
+            by_date.setdefault(row[time_column].date(), []).append(row)
+        uris = []
+        for day, chunk in sorted(by_date.items()):
+            table = _vector_table(chunk, self.feature_types) if kind == "vectors" else _label_table(chunk)
+            key = f"{self._prefix(kind)}date={day.isoformat()}/part-{partition:04d}-{offset:012d}.parquet"
+            uris.append(self.store.put(key, _parquet(table)))
+        return uris
+
+    def append_vectors(self, vectors: Sequence[FeatureVector], partition: int, first_offset: int) -> list[str]:
+        rows = [
+            {
+                "event_id": v.event_id,
+                "entity_id": v.entity_id,
+                "event_time": _utc(v.event_time),
+                "written_at": _utc(v.occurred_at),
+                "features": v.features,
+                "label": v.label,
+            }
             for v in vectors
-        )
-        written = vectors[0].occurred_at
-        return self.store.put(self._key("vectors", written, partition, first_offset), "\n".join(lines).encode())
+        ]
+        return self._write("vectors", rows, partition, first_offset)
 
-    def append_labels(self, labels: Sequence[LabelEvent], partition: int, first_offset: int) -> str:
+    def append_labels(self, labels: Sequence[LabelEvent], partition: int, first_offset: int) -> list[str]:
+        """A label without its own time is known from when it is written."""
         now = utcnow()
-        lines = (
-            json.dumps(
-                {
-                    "event_id": lab.event_id,
-                    "label": lab.label,
-                    "label_time": (lab.label_time or now).isoformat(),
-                }
-            )
+        rows = [
+            {"event_id": lab.event_id, "label": lab.label, "label_time": _utc(lab.label_time or now), "written_at": now}
             for lab in labels
-        )
-        return self.store.put(self._key("labels", now, partition, first_offset), "\n".join(lines).encode())
+        ]
+        return self._write("labels", rows, partition, first_offset)
 
-    def _segments(self, kind: str, since: datetime | None) -> Iterator[dict[str, object]]:
-        first_hour = _hour(since) if since else ""
-        for key in self.store.list(f"datasets/{self.view}/{kind}/"):
-            hour = key.rsplit("/hour=", 1)[-1][:10]
-            if hour >= first_hour:
-                for line in self.store.get(key).splitlines():
-                    if line.strip():
-                        yield json.loads(line)
+    def _keys(self, kind: str, first: date | None, last: date) -> list[str]:
+        """Keys of the files dated ``first`` … ``last``: only those partitions are listed, none other opened."""
+        root = self._prefix(kind)
+        prefixes = [root] if first is None else [f"{root}date={day}/" for day in _days(first, last)]
+        dated = ((key, _DATE.search(key)) for prefix in prefixes for key in self.store.list(prefix))
+        return [key for key, day in dated if day and day.group(1) <= last.isoformat()]
+
+    def _paths(self, keys: list[str], scratch: Path) -> list[str]:
+        """Local files are read in place; others are fetched into ``scratch`` (DuckDB has no S3 reader offline)."""
+        if isinstance(self.store, LocalArtifactStore):
+            return [str(self.store.root / key) for key in keys]
+
+        def fetch(key: str) -> str:
+            path = scratch / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.store.get(key))
+            return str(path)
+
+        with ThreadPoolExecutor(_DOWNLOADS) as pool:
+            return list(pool.map(fetch, keys))
 
     def training_set(
         self,
@@ -93,32 +252,87 @@ class OfflineStore:
     ) -> list[TrainingRow]:
         """Labelled rows with ``since <= event_time <= as_of``, oldest first, the newest ``max_rows``.
 
-        Segments are bucketed by write hour; an event is written at most
-        ``max_event_age`` after it happened, so only buckets from ``since -
-        max_event_age`` can hold rows of the window.
+        Vectors are read from the dates of ``since`` … ``as_of``. A label comes
+        after its event, so one for a row of the window is normally dated from
+        ``since`` on; labels are read from ``since - max_event_age`` so that one
+        a producer stamps with an earlier time (the outcome's rather than the
+        report's, or a lagging clock) is still found, as far back as an event
+        itself may lag.
         """
-        as_of = as_of or utcnow()
-        scan_from = since - max_event_age if since else None
-        labels: dict[str, object] = {}
-        for rec in self._segments("labels", scan_from):
-            if datetime.fromisoformat(str(rec["label_time"])) <= as_of:
-                labels[str(rec["event_id"])] = rec["label"]
-        rows: dict[str, TrainingRow] = {}
-        for rec in self._segments("vectors", scan_from):
-            event_time = datetime.fromisoformat(str(rec["event_time"]))
-            written = datetime.fromisoformat(str(rec["written_at"]))
-            if written > as_of or event_time > as_of or (since and event_time < since):
-                continue
-            event_id = str(rec["event_id"])
-            label = labels.get(event_id, rec["label"])
-            if not isinstance(label, bool | int | float | str):
-                continue
-            rows[event_id] = TrainingRow(
-                event_id=event_id,
-                entity_id=str(rec["entity_id"]),
-                event_time=event_time,
-                features=rec["features"],  # type: ignore[arg-type]
-                label=label,
+        as_of = _utc(as_of or utcnow())
+        since = _utc(since) if since else None
+        vector_keys = self._keys("vectors", since.date() if since else None, as_of.date())
+        if not vector_keys:
+            return []
+        label_keys = self._keys("labels", (since - max_event_age).date() if since else None, as_of.date())
+        with tempfile.TemporaryDirectory(prefix="driftloop-offline-") as scratch:
+            params: dict[str, Any] = {"vectors": self._paths(vector_keys, Path(scratch)), "as_of": as_of}
+            if label_keys:
+                params["labels"] = self._paths(label_keys, Path(scratch))
+            if since:
+                params["since"] = since
+            if max_rows:
+                params["max_rows"] = max_rows
+            sql = _TRAINING_SQL.format(
+                since="AND event_time >= $since" if since else "",
+                labels=_LABELS_SQL if label_keys else _NO_LABELS_SQL,
+                limit="LIMIT $max_rows" if max_rows else "",
             )
-        ordered = sorted(rows.values(), key=lambda r: (r.event_time, r.event_id))
-        return ordered[-max_rows:] if max_rows else ordered
+            with _connect() as db:
+                result = db.execute(sql, params)
+                names = [d[0] for d in result.description]
+                records = result.fetchall()
+        features = [n for n in names if n not in {"event_id", "entity_id", "event_us", "label"}]
+        rows = []
+        for record in reversed(records):
+            values = dict(zip(names, record, strict=True))
+            rows.append(
+                TrainingRow(
+                    event_id=values["event_id"],
+                    entity_id=values["entity_id"],
+                    event_time=datetime.fromtimestamp(0, UTC) + timedelta(microseconds=values["event_us"]),
+                    features={n: values[n] for n in features},
+                    label=values["label"],
+                )
+            )
+        return rows
+
+    def migrate_legacy(self) -> MigrationReport:
+        """Rewrite the JSON-lines segments of the old layout (``datasets/<view>/…/hour=…/part-P-O.jsonl``).
+
+        Each segment becomes the files its batch would have been written to,
+        under the same Kafka position, so running the migration again, or
+        alongside a writer replaying the same batches, overwrites rather than
+        duplicates. The old segments are left for the operator to remove.
+        """
+        segments = rows = 0
+        for kind in ("vectors", "labels"):
+            for key in self.store.list(f"datasets/{self.view}/{kind}/"):
+                name = _LEGACY_NAME.search(key)
+                if name is None:
+                    continue
+                records = [json.loads(line) for line in self.store.get(key).splitlines() if line.strip()]
+                if not records:
+                    continue
+                batch = [_legacy_row(kind, r) for r in records]
+                self._write(kind, batch, int(name.group(1)), int(name.group(2)))
+                segments += 1
+                rows += len(batch)
+        return MigrationReport(segments=segments, rows=rows)
+
+
+def _legacy_row(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    if kind == "vectors":
+        return {
+            **record,
+            "event_time": _utc(datetime.fromisoformat(record["event_time"])),
+            "written_at": _utc(datetime.fromisoformat(record["written_at"])),
+        }
+    # Old label segments kept no write time; a label was written when it became known.
+    known = _utc(datetime.fromisoformat(record["label_time"]))
+    return {"event_id": record["event_id"], "label": record["label"], "label_time": known, "written_at": known}
+
+
+def legacy_views(store: ArtifactStore) -> list[str]:
+    """Feature views that still hold segments of the JSON-lines layout."""
+    return sorted({key.split("/")[1] for key in store.list("datasets/") if key.endswith(".jsonl")})

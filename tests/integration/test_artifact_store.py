@@ -7,14 +7,11 @@ is checked against both.
 from __future__ import annotations
 
 import random
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from driftloop.artifacts import ArtifactNotFound, ArtifactStore, open_store
-from driftloop.contracts import FeatureVector, LabelEvent, utcnow
-from driftloop.offline import OfflineStore
 from driftloop.settings import DriftloopSettings
 
 MIB = 1024 * 1024
@@ -100,41 +97,6 @@ def test_a_5_mib_blob_round_trips(store: ArtifactStore, size: int) -> None:
     uri = store.put("models/big/model.joblib", data)
     assert store.get(uri) == data
     assert store.get("models/big/model.joblib") == data
-
-
-def test_training_sets_are_point_in_time_correct_and_deduplicated(store: ArtifactStore) -> None:
-    offline = OfflineStore(store, "v")
-    now = utcnow()
-    vectors = [
-        FeatureVector(
-            event_id=f"e{i}",
-            entity_id="c",
-            event_time=now - timedelta(minutes=10 - i),
-            feature_view="v",
-            features={"x": float(i)},
-            label=None if i % 2 else i % 3,
-            occurred_at=now - timedelta(minutes=9 - i),
-        )
-        for i in range(6)
-    ]
-    offline.append_vectors(vectors[:4], partition=0, first_offset=0)
-    offline.append_vectors(vectors[2:], partition=0, first_offset=2)  # a replayed, overlapping batch
-    offline.append_labels(
-        [
-            LabelEvent(event_id="e1", label=1, label_time=now - timedelta(minutes=3)),
-            LabelEvent(event_id="e3", label=0, label_time=now + timedelta(minutes=5)),
-        ],
-        0,
-        0,
-    )
-
-    rows = offline.training_set(as_of=now)
-    assert [(r.event_id, r.label) for r in rows] == [("e0", 0), ("e1", 1), ("e2", 2), ("e4", 1)]
-    later = offline.training_set(as_of=now + timedelta(minutes=6))
-    assert ("e3", 0) in [(r.event_id, r.label) for r in later], "a label known later joins later"
-    since = now - timedelta(minutes=8)
-    assert [r.event_id for r in offline.training_set(as_of=now, since=since)] == ["e2", "e4"]
-    assert [r.event_id for r in offline.training_set(as_of=now, max_rows=2)] == ["e2", "e4"]
 
 
 def test_keys_with_spaces_and_url_characters_round_trip_by_uri(store: ArtifactStore) -> None:

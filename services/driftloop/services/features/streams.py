@@ -13,7 +13,7 @@ from driftloop.config import DriftloopConfig
 from driftloop.contracts import EventValidated, FeatureVector, LabelEvent
 from driftloop.logging import get_logger
 from driftloop.metrics import MESSAGES_CONSUMED
-from driftloop.offline import OfflineStore
+from driftloop.offline import OfflineStore, view_feature_types
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
 from driftloop.streams import Emitter, parse, raw_topic, state_table, stream_app
@@ -32,7 +32,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
     emitter = Emitter(app, settings)
     entities = state_table(app, "entities")
     online = state_table(app, "online")
-    offline = {view.name: OfflineStore(store, view.name) for view in config.feature_views}
+    offline = {v.name: OfflineStore(store, v.name, view_feature_types(config, v.name)) for v in config.feature_views}
 
     async def on_validated(event: faust.EventT[Any]) -> None:
         validated = parse(EventValidated, event.value)
