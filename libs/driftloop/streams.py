@@ -80,9 +80,15 @@ def raw_topic(app: faust.App, settings: StreamSettings, name: str, *, internal: 
     )
 
 
-def state_table(app: faust.App, name: str) -> faust.types.TableT[Any, Any]:
-    """A changelog-backed table of JSON values keyed by string; missing keys read as None via ``get``."""
-    return app.Table(name, default=None, partitions=PARTITIONS, key_type=str, value_type=None)
+def state_table(app: faust.App, name: str, *, batched: bool = False) -> faust.types.TableT[Any, Any]:
+    """A changelog-backed table of JSON values keyed by string; missing keys read as None via ``get``.
+
+    ``batched`` tables are written after a batch (``take_events``), outside one
+    event's iteration, so the changelog partition comes from the key through
+    the default partitioner: the same partition the key's records are on, as
+    long as the source topic is keyed by the same string with that partitioner.
+    """
+    return app.Table(name, default=None, partitions=PARTITIONS, key_type=str, value_type=None, use_partitioner=batched)
 
 
 def parse(model: type[BaseModel], value: bytes) -> Any:

@@ -8,3 +8,6 @@ class FeaturesSettings(StreamSettings):
     #: Vectors per offline segment, and the longest a vector waits to be written.
     offline_batch: int = 500
     offline_flush_seconds: float = 1.0
+    #: Events folded per batch, and the longest the first one waits for the rest.
+    compute_batch: int = 500
+    compute_within: float = 0.05

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,38 +31,64 @@ class FeatureStreams:
 def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactStore) -> FeatureStreams:
     app = stream_app(settings, "features")
     emitter = Emitter(app, settings)
-    entities = state_table(app, "entities")
-    online = state_table(app, "online")
+    entities = state_table(app, "entities", batched=True)
+    online = state_table(app, "online", batched=True)
     offline = {v.name: OfflineStore(store, v.name, view_feature_types(config, v.name)) for v in config.feature_views}
 
-    async def on_validated(event: faust.EventT[Any]) -> None:
-        validated = parse(EventValidated, event.value)
-        state = EntityState.from_dict(entities.get(validated.entity_id))
-        if not state.observe(validated.event_id, validated.features):
-            MESSAGES_CONSUMED.labels("features", "events.validated", "duplicate").inc()
-            return
-        latest = dict(online.get(validated.entity_id) or {})
-        for view in config.feature_views:
-            out = FeatureVector(
-                event_id=validated.event_id,
-                correlation_id=validated.correlation_id,
-                causation_id=validated.event_id,
-                entity_id=validated.entity_id,
-                event_time=validated.event_time,
-                feature_view=view.name,
-                features=state.vector(view, config.passthrough(view), validated.features),
-                label=validated.label,
-            )
-            await emitter.emit(out, validated.entity_id)
-            latest[view.name] = out.model_dump(mode="json")
-        entities[validated.entity_id] = state.to_dict()
-        online[validated.entity_id] = latest
-        MESSAGES_CONSUMED.labels("features", "events.validated", "ok").inc()
+    async def on_batch(events: Sequence[faust.EventT[Any]]) -> None:
+        """Fold a batch into the entities' state: each entity's state is read and written once per batch.
+
+        Tables are written only after every vector of the batch was handed to
+        the producer, so a batch that fails half-way changed no state and is
+        redone event by event.
+        """
+        states: dict[str, EntityState] = {}
+        latest: dict[str, dict[str, Any]] = {}
+        duplicates = 0
+        for event in events:
+            try:
+                validated = parse(EventValidated, event.value)
+            except PoisonMessage as exc:
+                await emitter.deadletter(event, exc, "features.compute")
+                continue
+            entity = validated.entity_id
+            if entity not in states:
+                states[entity] = EntityState.from_dict(entities.get(entity))
+            state = states[entity]
+            if not state.observe(validated.event_id, validated.features):
+                duplicates += 1
+                continue
+            views = latest.setdefault(entity, dict(online.get(entity) or {}))
+            for view in config.feature_views:
+                out = FeatureVector(
+                    event_id=validated.event_id,
+                    correlation_id=validated.correlation_id,
+                    causation_id=validated.event_id,
+                    entity_id=entity,
+                    event_time=validated.event_time,
+                    feature_view=view.name,
+                    features=state.vector(view, config.passthrough(view), validated.features),
+                    label=validated.label,
+                )
+                await emitter.emit(out, entity)
+                views[view.name] = out.model_dump(mode="json")
+        for entity, state in states.items():
+            entities[entity] = state.to_dict()
+        for entity, views in latest.items():
+            online[entity] = views
+        MESSAGES_CONSUMED.labels("features", "events.validated", "duplicate").inc(duplicates)
+        MESSAGES_CONSUMED.labels("features", "events.validated", "ok").inc(len(events) - duplicates)
 
     @app.agent(raw_topic(app, settings, "events.validated"))
     async def compute(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            await emitter.guard(event, "features.compute", on_validated)
+        batches = cast("faust.Stream[Any]", stream).take_events(settings.compute_batch, within=settings.compute_within)
+        async for events in batches:
+            try:
+                await on_batch(events)
+            except Exception:
+                log.exception("feature batch failed; redoing it event by event", events=len(events))
+                for event in events:
+                    await emitter.guard(event, "features.compute", lambda e: on_batch([e]))
 
     @app.agent(raw_topic(app, settings, "features"))
     async def write_offline(stream: faust.StreamT[Any]) -> None:
