@@ -19,9 +19,9 @@ from rich.table import Table
 
 from driftloop.broker import EmbeddedBroker
 from driftloop.cli import ops
-from driftloop.cli.stack import SERVICES, Stack
+from driftloop.cli.stack import SERVICES, Stack, parse_replicas
 from driftloop.logging import configure_logging
-from driftloop.settings import SERVICE_PORTS, DriftloopSettings, ServiceSettings
+from driftloop.settings import DriftloopSettings, ServiceSettings
 
 app = typer.Typer(help="driftloop: drift detection, retraining and promotion over Kafka.", no_args_is_help=True)
 contracts_app = typer.Typer(help="The wire contracts: JSON Schemas and the AsyncAPI document.")
@@ -88,9 +88,22 @@ def status_table(stack: Stack, states: dict[str, str]) -> Table:
 
 
 @app.command()
-def up() -> None:
+def up(
+    replicas: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replicas",
+            help="Replicas per service: N for every service, SERVICE=N for one; repeatable, later values win. "
+            "Replica k listens on the service's port + 10*k.",
+        ),
+    ] = None,
+) -> None:
     """Start the embedded broker (unless DRIFTLOOP_KAFKA_BOOTSTRAP is set) and all six services."""
-    stack = Stack(DriftloopSettings())
+    try:
+        counts = parse_replicas(replicas or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--replicas") from exc
+    stack = Stack(DriftloopSettings(), replicas=counts)
     configure_logging("driftloop", stack.settings.log_level, "console")
     try:
         stack.start()
@@ -120,7 +133,8 @@ def demo(
 
     settings = DriftloopSettings()
     stack: Stack | None = None
-    if not _running(f"http://127.0.0.1:{SERVICE_PORTS['registry']}"):
+    urls = {name: f"http://127.0.0.1:{settings.service_port(name)}" for name in SERVICES}
+    if not _running(urls["registry"]):
         stack = Stack(settings)
         configure_logging("driftloop", "WARNING", "console")
     try:
@@ -131,7 +145,7 @@ def demo(
             settings = stack.settings
             console.print(status_table(stack, stack.poll()))
         options = DemoOptions(rate=rate, drift_at=drift_at, max_events=max_events)
-        result = asyncio.run(run_demo(settings, options))
+        result = asyncio.run(run_demo(settings, options, urls))
         console.print(summary(result))
     finally:
         if stack is not None:
