@@ -132,18 +132,18 @@ class RunStore:
             return None
 
     def renew(self, run_id: str, owner: str, lease_seconds: float, now: datetime | None = None) -> bool:
-        """Extend our claim on a run; False when it is no longer ours (our lease ran out and another took it)."""
+        """Extend our claim on a run; False when it is no longer ours (our lease ran out and another took it).
+
+        A run we have just closed is still ours: a renewal racing our own
+        finish must not read as a lost claim.
+        """
         now = now or utcnow()
         with self.session() as session:
             renewed = (
                 session.connection()
                 .execute(
                     update(TrainingRun)
-                    .where(
-                        col(TrainingRun.run_id) == run_id,
-                        col(TrainingRun.owner) == owner,
-                        col(TrainingRun.status).in_(OPEN_STATES),
-                    )
+                    .where(col(TrainingRun.run_id) == run_id, col(TrainingRun.owner) == owner)
                     .values(lease_until=now + timedelta(seconds=lease_seconds))
                 )
                 .rowcount
