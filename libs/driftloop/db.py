@@ -5,6 +5,12 @@ into ``outbox`` in the same transaction; the relay publishes it afterwards.
 So a crash can repeat an event (consumers dedupe by ``event_id``) but can
 never commit a change whose event is lost, nor announce a change that was
 rolled back.
+
+Replicas of a service share the database, so work that must have one writer
+is guarded by a ``Lease``: a row in ``leases`` taken and renewed by a
+conditional update, which both SQLite and PostgreSQL apply atomically. Lease
+times come from the replicas' clocks, so hosts that share a database need
+synchronised clocks (NTP); the renewal margin absorbs small skews.
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, Table, event, insert, inspect, or_, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from driftloop.bus.producer import Bus, cloudevent_headers
 from driftloop.contracts import Contract, topic_for, utcnow
@@ -50,12 +58,45 @@ def make_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine, models: list[type[SQLModel]]) -> None:
-    """Create missing tables; two services sharing one database may race here, so retry once."""
-    tables = [m.__table__ for m in (*models, OutboxRecord)]  # type: ignore[attr-defined]
+    """Create missing tables and columns; two services sharing one database may race here, so retry once."""
+    tables: list[Table] = [m.__table__ for m in (*models, OutboxRecord, LeaseRecord)]  # type: ignore[attr-defined]
     try:
         SQLModel.metadata.create_all(engine, tables=tables)
     except (OperationalError, ProgrammingError, IntegrityError):
         SQLModel.metadata.create_all(engine, tables=tables)
+    add_missing_columns(engine, tables)
+
+
+def add_missing_columns(engine: Engine, tables: list[Table]) -> list[str]:
+    """The additive migration: ``create_all`` never alters a table it finds, so a new column is added here.
+
+    Only nullable columns can be added this way (rows already there have no
+    value for them); anything else needs a real migration and fails loudly.
+    Returns ``table.column`` of each column added.
+    """
+    added: list[str] = []
+    quote = engine.dialect.identifier_preparer.quote
+    for table in tables:
+        if not inspect(engine).has_table(table.name):
+            continue
+        present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"{table.name}.{column.name} is new and NOT NULL: it needs a migration")
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as connection:
+                    connection.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}"))
+            except (OperationalError, ProgrammingError):
+                # Another replica starting at the same moment may have added it first.
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+                continue
+            log.info("column added", table=table.name, column=column.name)
+            added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def reachable(engine: Engine) -> bool:
@@ -95,14 +136,111 @@ def enqueue(session: Session, source: str, event_: Contract, key: str | None) ->
     )
 
 
-class OutboxRelay:
-    """Publishes unsent outbox rows of one source, in order, then marks them sent."""
+class LeaseRecord(SQLModel, table=True):
+    __tablename__ = "leases"
 
-    def __init__(self, engine: Engine, bus: Bus, source: str, poll_seconds: float = 1.0) -> None:
+    name: str = Field(primary_key=True)
+    holder: str
+    expires_at: datetime
+
+
+class Lease:
+    """A named lease in the database: at most one holder until ``expires_at``, renewable by that holder only.
+
+    Taking and renewing are one conditional ``UPDATE … WHERE holder = me OR
+    expires_at < now``: PostgreSQL re-checks the condition on the row it
+    locked, SQLite runs one writer at a time, so two contenders can never
+    both see their update apply. A holder that dies simply stops renewing,
+    and the lease passes on once it expires. Blocking calls: run them in a
+    thread from async code.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        holder: str,
+        seconds: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.holder = holder
+        self.seconds = seconds
+        self.clock = clock
+        #: Until when this holder owns the lease, as far as it knows; None when it does not.
+        self.expires_at: datetime | None = None
+
+    def acquire(self) -> bool:
+        """Take the lease if free or expired, or renew it if ours; True while we hold it."""
+        now = self.clock()
+        until = now + timedelta(seconds=self.seconds)
+        table = LeaseRecord.__table__  # type: ignore[attr-defined]
+        with self.engine.begin() as connection:
+            taken = connection.execute(
+                update(table)
+                .where(
+                    table.c.name == self.name,
+                    or_(table.c.holder == self.holder, table.c.expires_at < now),
+                )
+                .values(holder=self.holder, expires_at=until)
+            ).rowcount
+            exists = taken or connection.execute(select(table.c.name).where(table.c.name == self.name)).first()
+        if not taken and exists:
+            self.expires_at = None
+            return False
+        if not taken:
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(insert(table).values(name=self.name, holder=self.holder, expires_at=until))
+            except IntegrityError:
+                self.expires_at = None
+                return False
+        self.expires_at = until
+        return True
+
+    def held(self, margin: float = 0.0) -> bool:
+        """Whether we hold the lease for at least ``margin`` more seconds, by our own last renewal."""
+        return self.expires_at is not None and self.clock() + timedelta(seconds=margin) < self.expires_at
+
+    def release(self) -> None:
+        """Give the lease up now, so a standby need not wait for it to expire."""
+        if self.expires_at is None:
+            return
+        table = LeaseRecord.__table__  # type: ignore[attr-defined]
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(table)
+                .where(table.c.name == self.name, table.c.holder == self.holder)
+                .values(expires_at=self.clock())
+            )
+        self.expires_at = None
+
+
+class OutboxRelay:
+    """Publishes unsent outbox rows of one source, in id order, then marks them sent.
+
+    Every replica of a service runs a relay, but only the holder of the
+    source's lease publishes; the others stand by and take over once the
+    holder stops renewing. Two publishing at once would send duplicates, and
+    out of order.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        bus: Bus,
+        source: str,
+        poll_seconds: float = 1.0,
+        *,
+        holder: str | None = None,
+        lease_seconds: float = 15.0,
+    ) -> None:
         self.engine = engine
         self.bus = bus
         self.source = source
         self.poll_seconds = poll_seconds
+        self.lease = Lease(engine, f"outbox:{source}", holder or uuid.uuid4().hex, lease_seconds)
         self.wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -114,27 +252,44 @@ class OutboxRelay:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.flush()
+        await asyncio.to_thread(self.lease.release)
+
+    async def _holding(self) -> bool:
+        """Hold the lease with a third of it to spare, renewing when less is left, so no send outlives it."""
+        return self.lease.held(self.lease.seconds / 3) or await asyncio.to_thread(self.lease.acquire)
 
     async def flush(self) -> int:
-        """Publish everything pending now; return how many records went out."""
+        """Publish everything pending now if this relay holds the lease; return how many records went out."""
         sent = 0
         while True:
-            with Session(self.engine) as session:
-                rows = session.exec(
+            if not await self._holding():
+                return sent
+            rows = await asyncio.to_thread(self._pending)
+            if not rows:
+                return sent
+            for row in rows:
+                if not await self._holding():
+                    return sent
+                headers = [(k, v.encode()) for k, v in json.loads(row.headers)]
+                await self.bus.send(row.topic, row.value.encode(), row.key, headers)
+                await asyncio.to_thread(self._mark_sent, row)
+                sent += 1
+
+    def _pending(self) -> list[OutboxRecord]:
+        with Session(self.engine) as session:
+            return list(
+                session.exec(
                     select(OutboxRecord)
-                    .where(OutboxRecord.source == self.source, OutboxRecord.sent_at == None)  # noqa: E711
-                    .order_by(OutboxRecord.id)  # type: ignore[arg-type]
+                    .where(OutboxRecord.source == self.source, col(OutboxRecord.sent_at).is_(None))
+                    .order_by(col(OutboxRecord.id))
                     .limit(100)
                 ).all()
-                if not rows:
-                    return sent
-                for row in rows:
-                    headers = [(k, v.encode()) for k, v in json.loads(row.headers)]
-                    await self.bus.send(row.topic, row.value.encode(), row.key, headers)
-                    row.sent_at = utcnow()
-                    session.add(row)
-                    session.commit()
-                    sent += 1
+            )
+
+    def _mark_sent(self, row: OutboxRecord) -> None:
+        table = OutboxRecord.__table__  # type: ignore[attr-defined]
+        with self.engine.begin() as connection:
+            connection.execute(update(table).where(table.c.id == row.id).values(sent_at=utcnow()))
 
     async def _run(self) -> None:
         while True:

@@ -6,6 +6,7 @@ bootstrap and passed down, so nothing deeper reads the environment.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -21,9 +22,12 @@ SERVICE_PORTS: dict[str, int] = {
     "monitoring": 8006,
 }
 
+#: Replica ``k`` of a service listens this many ports times ``k`` above the service's port.
+REPLICA_PORT_STEP = 10
+
 
 class DriftloopSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", env_nested_delimiter="__", extra="ignore")
 
     config: Path = Field(default=Path("driftloop.yaml"), description="Path of driftloop.yaml.")
     home: Path = Field(default=Path(".driftloop"), description="Local state: SQLite DB, artifacts, logs.")
@@ -52,6 +56,12 @@ class DriftloopSettings(BaseSettings):
     kafka_batch_bytes: int = 256 * 1024
     #: Producer compression: "", "gzip", "lz4", "zstd" or "snappy" (the last three need their Python package).
     kafka_compression: str = ""
+    port_base: int = Field(default=0, description="Ports base+1 (ingestion) … base+6 (monitoring); 0 = 8001….")
+    ports: dict[str, int] = Field(
+        default_factory=dict, description="Per-service ports (DRIFTLOOP_PORTS__TRAINING=9003); beat port_base."
+    )
+    #: How long a single-writer lease (outbox relay, claimed training run) lasts unless its holder renews it.
+    lease_seconds: float = 15.0
 
     @property
     def bootstrap(self) -> str:
@@ -65,6 +75,14 @@ class DriftloopSettings(BaseSettings):
     def artifacts(self) -> str:
         return self.artifact_uri or f"file://{self.home / 'artifacts'}"
 
+    def service_port(self, service: str) -> int:
+        """Where a service listens unless told otherwise, so two stacks can share a host by port base alone."""
+        if service in self.ports:
+            return self.ports[service]
+        if self.port_base and service in SERVICE_PORTS:
+            return self.port_base + list(SERVICE_PORTS).index(service) + 1
+        return SERVICE_PORTS.get(service, 8000)
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
@@ -77,7 +95,14 @@ class ServiceSettings(DriftloopSettings):
 
     service: str = "driftloop"
     port: int = 0
+    #: Names this process among the replicas of its service (lease holder, run owner); unique per live process.
+    instance: str = ""
 
     @property
     def listen_port(self) -> int:
-        return self.port or SERVICE_PORTS.get(self.service, 8000)
+        return self.port or self.service_port(self.service)
+
+    @property
+    def instance_id(self) -> str:
+        """Host and port tell live replicas apart, and a restarted one gets its old identity back."""
+        return self.instance or f"{socket.gethostname()}:{self.listen_port}"

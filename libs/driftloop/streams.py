@@ -31,12 +31,14 @@ class StreamSettings(ServiceSettings):
 
 
 def stream_app(settings: StreamSettings, name: str) -> faust.App:
-    (settings.home / "streams").mkdir(parents=True, exist_ok=True)
+    # Replicas share the home folder; each keeps its RocksDB tables in a folder of its own.
+    datadir = settings.home / "streams" / name / settings.instance_id.replace(":", "_")
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.group(name),
         broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
         store=settings.stream_store,
-        datadir=str(settings.home / "streams" / name),
+        datadir=str(datadir),
         web_enabled=False,
         autodiscover=False,
         topic_partitions=3,

@@ -202,6 +202,11 @@ class ModelPromoted(_Typed):
     artifact_uri: str
     actor: str
     decision: GateDecision | None = None
+    revision: int | None = Field(
+        default=None,
+        description="The model's alias revision after this change; it only goes up, so a consumer can ignore "
+        "an older change that arrives late. Absent on events from before revisions existed.",
+    )
 
 
 class PromotionRejected(_Typed):
@@ -220,6 +225,11 @@ class ModelRolledBack(_Typed):
     artifact_uri: str
     actor: str
     reason: str
+    revision: int | None = Field(
+        default=None,
+        description="The model's alias revision after this change; it only goes up, so a consumer can ignore "
+        "an older change that arrives late. Absent on events from before revisions existed.",
+    )
 
 
 class _Rollout(_Typed):

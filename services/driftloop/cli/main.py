@@ -19,9 +19,9 @@ from rich.table import Table
 
 from driftloop.broker import local_broker
 from driftloop.cli import offline, ops
-from driftloop.cli.stack import SERVICES, Stack
+from driftloop.cli.stack import SERVICES, Stack, parse_replicas
 from driftloop.logging import configure_logging
-from driftloop.settings import SERVICE_PORTS, DriftloopSettings, ServiceSettings
+from driftloop.settings import DriftloopSettings, ServiceSettings
 
 app = typer.Typer(help="driftloop: drift detection, retraining and promotion over Kafka.", no_args_is_help=True)
 contracts_app = typer.Typer(help="The wire contracts: JSON Schemas and the AsyncAPI document.")
@@ -105,9 +105,23 @@ def status_table(stack: Stack, states: dict[str, str]) -> Table:
 
 
 @app.command()
-def up(kafka: KafkaOption = False) -> None:
+def up(
+    replicas: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replicas",
+            help="Replicas per service: N for every service, SERVICE=N for one; repeatable, later values win. "
+            "Replica k listens on the service's port + 10*k.",
+        ),
+    ] = None,
+    kafka: KafkaOption = False,
+) -> None:
     """Start a local broker (unless DRIFTLOOP_KAFKA_BOOTSTRAP is set) and all six services."""
-    stack = Stack(_settings(kafka))
+    try:
+        counts = parse_replicas(replicas or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--replicas") from exc
+    stack = Stack(_settings(kafka), replicas=counts)
     configure_logging("driftloop", stack.settings.log_level, "console")
     try:
         stack.start()
@@ -138,7 +152,8 @@ def demo(
 
     settings = _settings(kafka)
     stack: Stack | None = None
-    if not _running(f"http://127.0.0.1:{SERVICE_PORTS['registry']}"):
+    urls = {name: f"http://127.0.0.1:{settings.service_port(name)}" for name in SERVICES}
+    if not _running(urls["registry"]):
         stack = Stack(settings)
         configure_logging("driftloop", "WARNING", "console")
     try:
@@ -149,7 +164,7 @@ def demo(
             settings = stack.settings
             console.print(status_table(stack, stack.poll()))
         options = DemoOptions(rate=rate, drift_at=drift_at, max_events=max_events)
-        result = asyncio.run(run_demo(settings, options))
+        result = asyncio.run(run_demo(settings, options, urls))
         console.print(summary(result))
     finally:
         if stack is not None:

@@ -2,6 +2,12 @@
 
 ``driftloop up``, ``driftloop demo`` and the end-to-end tests all use this, so
 the stack a developer starts by hand is the one the tests exercise.
+
+A service may run as several replicas. Replica 0 is the child named after
+the service (``children["training"]``), replica ``k`` is ``training#k``; each
+listens on its own port (the service's port plus ``10 * k`` unless ``ports``
+names that child) under its own instance id, and all replicas of a service
+join the service's consumer group, so Kafka spreads the partitions over them.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +26,28 @@ import httpx
 
 from driftloop.broker import BrokerProcess, local_broker
 from driftloop.bus import ensure_topics
-from driftloop.settings import SERVICE_PORTS, DriftloopSettings
+from driftloop.settings import REPLICA_PORT_STEP, SERVICE_PORTS, DriftloopSettings
 
 SERVICES = tuple(SERVICE_PORTS)
+
+
+def child_name(service: str, replica: int) -> str:
+    """Replica 0 keeps the service's own name, so a one-replica stack reads as before."""
+    return service if replica == 0 else f"{service}#{replica}"
+
+
+def parse_replicas(values: list[str]) -> dict[str, int]:
+    """``["2", "training=1"]`` → replicas per service: a bare number sets every service, later values win."""
+    replicas = dict.fromkeys(SERVICES, 1)
+    for value in values:
+        service, _, count = value.rpartition("=")
+        if service and service not in SERVICES:
+            raise ValueError(f"unknown service {service!r} in {value!r}; choose from {', '.join(SERVICES)}")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{value!r}: the number of replicas must be a whole number of at least 1")
+        for name in [service] if service else SERVICES:
+            replicas[name] = int(count)
+    return replicas
 
 
 @dataclass
@@ -29,8 +55,18 @@ class Child:
     name: str
     port: int
     log_path: Path
+    service: str = ""
+    replica: int = 0
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
+
+    def __post_init__(self) -> None:
+        self.service = self.service or self.name
+
+    @property
+    def instance(self) -> str:
+        """The instance id the child runs under: unique among live replicas, the same after a restart."""
+        return f"{socket.gethostname()}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -48,10 +84,20 @@ class Child:
 @dataclass
 class Stack:
     settings: DriftloopSettings
-    ports: dict[str, int] = field(default_factory=lambda: dict(SERVICE_PORTS))
+    #: Ports by child name (``ingestion``, ``ingestion#1``); others come from the settings and the replica rule.
+    ports: dict[str, int] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     broker: BrokerProcess | None = None
     children: dict[str, Child] = field(default_factory=dict)
+    #: Replicas per service; a service not named here runs once.
+    replicas: dict[str, int] = field(default_factory=dict)
+
+    def port_of(self, service: str, replica: int) -> int:
+        name = child_name(service, replica)
+        if name in self.ports:
+            return self.ports[name]
+        base = self.ports.get(service) or self.settings.service_port(service)
+        return base + REPLICA_PORT_STEP * replica
 
     @property
     def log_dir(self) -> Path:
@@ -63,15 +109,21 @@ class Stack:
             self.broker = local_broker(self.settings, self.log_dir / "broker.log").start()
             self.settings = self.settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
         asyncio.run(ensure_topics(self.settings))
-        for name in services:
-            self.children[name] = Child(name, self.ports[name], self.log_dir / f"{name}.log")
-            self.spawn(name)
+        for service in services:
+            for replica in range(self.replicas.get(service, 1)):
+                name = child_name(service, replica)
+                log_name = service if replica == 0 else f"{service}.{replica}"
+                self.children[name] = Child(
+                    name, self.port_of(service, replica), self.log_dir / f"{log_name}.log", service, replica
+                )
+                self.spawn(name)
 
     def _child_env(self, child: Child) -> dict[str, str]:
         env = {**os.environ, **self.env}
         env.update(
             DRIFTLOOP_KAFKA_BOOTSTRAP=self.settings.bootstrap,
             DRIFTLOOP_PORT=str(child.port),
+            DRIFTLOOP_INSTANCE=child.instance,
             DRIFTLOOP_HOME=str(self.settings.home),
             DRIFTLOOP_CONFIG=str(self.settings.config),
             DRIFTLOOP_TOPIC_PREFIX=self.settings.topic_prefix,
@@ -89,7 +141,7 @@ class Stack:
         log = open(child.log_path, "ab")  # noqa: SIM115 - owned by the child process
         child.ready = False
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "driftloop.cli.main", "service", name],
+            [sys.executable, "-m", "driftloop.cli.main", "service", child.service],
             env=self._child_env(child),
             stdout=log,
             stderr=subprocess.STDOUT,

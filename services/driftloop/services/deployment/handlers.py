@@ -53,6 +53,16 @@ class Rollouts:
         if not isinstance(event, ModelPromoted | ModelRolledBack) or event.model_name not in self.models:
             return
         target = Target.of(event)
+        current = self.targets.get(target.model_name)
+        if not target.supersedes(current):
+            log.warning(
+                "stale alias change ignored",
+                model=target.model_name,
+                version=target.version,
+                revision=target.revision,
+                serving_revision=current.revision if current else None,
+            )
+            return
         self.targets[target.model_name] = target
         if live:
             await self.roll_out(target, event)

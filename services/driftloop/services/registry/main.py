@@ -31,7 +31,9 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
             engine = make_engine(settings.db_url)
             create_tables(engine)
             registry = Registry(engine)
-            relay = OutboxRelay(engine, runtime.bus, "registry")
+            relay = OutboxRelay(
+                engine, runtime.bus, "registry", holder=settings.instance_id, lease_seconds=settings.lease_seconds
+            )
             handler = RunHandler(registry, Evaluator(open_store(settings)), runtime.config.promotion, relay)
             consumer = ConsumerLoop(
                 settings, runtime.bus, service="registry", topics=["training.runs"], group="registry", handler=handler

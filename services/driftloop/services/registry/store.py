@@ -2,7 +2,9 @@
 
 Every alias change writes its audit row and its ``registry.events`` record (via
 the outbox) in the same transaction: there is no promotion without a trace,
-and no announced promotion that did not happen.
+and no announced promotion that did not happen. It also bumps the model's
+alias revision in that transaction, and the events carry it, so a consumer
+can order alias changes that reach it out of order.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Engine, UniqueConstraint
+from sqlalchemy import JSON, Column, Engine, UniqueConstraint, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from driftloop.contracts import (
@@ -57,6 +60,15 @@ class Alias(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class AliasRevision(SQLModel, table=True):
+    """A counter per model, bumped by every alias move: the order of alias changes, whoever made them."""
+
+    __tablename__ = "model_alias_revisions"
+
+    model_name: str = Field(primary_key=True)
+    revision: int = 0
+
+
 class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit_log"
 
@@ -72,7 +84,7 @@ class AuditEntry(SQLModel, table=True):
 
 
 def create_tables(engine: Engine) -> None:
-    db_create_tables(engine, [ModelVersion, Alias, AuditEntry])
+    db_create_tables(engine, [ModelVersion, Alias, AliasRevision, AuditEntry])
 
 
 class NotFound(LookupError):
@@ -174,6 +186,34 @@ class Registry:
         )
         return row
 
+    def alias_revision(self, model: str) -> int:
+        with self.session() as s:
+            row = s.get(AliasRevision, model)
+            return row.revision if row else 0
+
+    def _bump_revision(self, s: Session, model: str) -> int:
+        """Add one to the model's alias revision in the caller's transaction and return it.
+
+        The increment is a single ``UPDATE``, so on PostgreSQL it locks the
+        counter row until commit: concurrent alias moves of one model (two
+        registry replicas, or the gate and an operator) queue up behind it and
+        get distinct, increasing revisions. Called first in an alias move, so
+        what the move reads next is what the previous move committed.
+        """
+        counter = AliasRevision.__table__  # type: ignore[attr-defined]
+        bump = update(counter).where(counter.c.model_name == model).values(revision=counter.c.revision + 1)
+        if not s.connection().execute(bump).rowcount:
+            try:
+                with s.begin_nested():
+                    s.add(AliasRevision(model_name=model, revision=1))
+                return 1
+            except IntegrityError:
+                # Another transaction created the counter first; it is there to be bumped now.
+                s.connection().execute(bump)
+        row = s.get(AliasRevision, model, populate_existing=True)
+        assert row is not None
+        return row.revision
+
     def _set_alias(self, s: Session, model: str, alias: str, version: int) -> None:
         row = s.get(Alias, (model, alias)) or Alias(model_name=model, alias=alias, version=version)
         row.version, row.updated_at = version, utcnow()
@@ -191,6 +231,7 @@ class Registry:
         decision: GateDecision | None,
     ) -> ModelPromoted:
         """Move ``champion`` to ``row``: the one path for gate and operator promotions alike."""
+        revision = self._bump_revision(s, row.model_name)
         previous = self.champion(s, row.model_name)
         if previous is not None and previous.version == row.version:
             raise Conflict(f"{row.model_name} v{row.version} is already champion")
@@ -220,6 +261,7 @@ class Registry:
             artifact_uri=row.artifact_uri,
             actor=actor,
             decision=decision,
+            revision=revision,
         )
         enqueue(s, SOURCE, event, row.model_name)
         return event
@@ -254,6 +296,7 @@ class Registry:
         )
 
     def hold_for_approval(self, s: Session, row: ModelVersion, decision: GateDecision) -> None:
+        self._bump_revision(s, row.model_name)
         row.status = "challenger"
         s.add(row)
         self._set_alias(s, row.model_name, "challenger", row.version)
@@ -270,6 +313,7 @@ class Registry:
 
     def rollback(self, s: Session, model: str, *, actor: str, reason: str) -> ModelRolledBack:
         """Give ``champion`` back to the version it was taken from by the current champion's promotion."""
+        revision = self._bump_revision(s, model)
         current = self.champion(s, model)
         if current is None:
             raise NotFound(f"{model} has no champion")
@@ -308,6 +352,7 @@ class Registry:
             artifact_uri=target.artifact_uri,
             actor=actor,
             reason=reason,
+            revision=revision,
         )
         enqueue(s, SOURCE, event, model)
         return event

@@ -3,7 +3,9 @@
 The handler only records the run (durably, so the offset can be committed);
 the worker may then take minutes waiting for labelled data and fitting
 without holding up the consumer, and a restart resumes open runs from the
-database.
+database. With several replicas each worker claims a run before working it
+(``RunStore.claim_next``) and renews the claim while it works, so a run is
+worked by one replica at a time and passes to another if its replica dies.
 """
 
 from __future__ import annotations
@@ -124,22 +126,49 @@ class RunWorker:
         self.wakeup = asyncio.Event()
         self.current: str | None = None
 
+    @property
+    def owner(self) -> str:
+        return self.settings.instance_id
+
     async def run_forever(self) -> None:
         while True:
             self.wakeup.clear()
-            for run in self.runs.open_runs():
+            while run := await asyncio.to_thread(self.runs.claim_next, self.owner, self.settings.lease_seconds):
                 self.current = run.run_id
                 try:
-                    await self.execute(run)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.exception("training run failed", run_id=run.run_id)
-                    self._finish_failed(run, repr(exc))
+                    await self._work(run)
                 finally:
                     self.current = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), 2.0)
+
+    async def _work(self, run: TrainingRun) -> None:
+        """Execute a claimed run while renewing the claim; stop if the claim is lost."""
+        execution = asyncio.create_task(self.execute(run), name=f"run:{run.run_id}")
+        heartbeat = asyncio.create_task(self._heartbeat(run, execution), name=f"heartbeat:{run.run_id}")
+        try:
+            await execution
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            log.warning("training run abandoned: its claim passed to another replica", run_id=run.run_id)
+        except Exception as exc:
+            log.exception("training run failed", run_id=run.run_id)
+            await asyncio.to_thread(self._finish_failed, run, repr(exc))
+        finally:
+            heartbeat.cancel()
+            execution.cancel()
+            await asyncio.gather(heartbeat, execution, return_exceptions=True)
+
+    async def _heartbeat(self, run: TrainingRun, execution: asyncio.Task[None]) -> None:
+        """Renew the claim at a third of the lease; a claim found lost cancels the execution."""
+        seconds = self.settings.lease_seconds
+        while True:
+            await asyncio.sleep(seconds / 3)
+            if not await asyncio.to_thread(self.runs.renew, run.run_id, self.owner, seconds):
+                execution.cancel()
+                return
 
     async def _rows(self, run: TrainingRun) -> list[TrainingRow]:
         """Wait, up to the policy's limit, until the window holds enough labelled rows."""
@@ -157,7 +186,7 @@ class RunWorker:
             )
             if enough_rows(len(rows), policy) or time.monotonic() >= deadline:
                 return rows
-            self.runs.set_status(run.run_id, "waiting_for_data")
+            await asyncio.to_thread(self.runs.set_status, run.run_id, self.owner, "waiting_for_data")
             await asyncio.sleep(self.settings.data_poll_seconds)
 
     async def execute(self, run: TrainingRun) -> None:
@@ -167,7 +196,7 @@ class RunWorker:
             raise RuntimeError(
                 f"only {len(rows)} labelled rows since {run.since}; need {self.config.training.min_rows}"
             )
-        self.runs.set_status(run.run_id, "running")
+        await asyncio.to_thread(self.runs.set_status, run.run_id, self.owner, "running")
         spec = self.config.model(run.model_name)
         train, holdout = time_split(rows, self.config.training.holdout_fraction)
         result = await asyncio.to_thread(fit, spec, run.run_id, train, holdout)
@@ -201,25 +230,33 @@ class RunWorker:
             holdout_uri=holdout_uri,
             duration_seconds=round(time.monotonic() - started, 3),
         )
-        with self.runs.session() as session:
-            row = session.get(TrainingRun, run.run_id)
-            assert row is not None
-            row.status, row.finished_at = "completed", utcnow()
-            row.metrics, row.artifact_uri = result.metrics, artifact_uri
-            row.data_window = window.model_dump(mode="json")
-            session.add(row)
-            enqueue(session, "training", completed, spec.name)
-            session.commit()
+        if not await asyncio.to_thread(self._finish_completed, run, completed):
+            log.warning("training run result dropped: the run is no longer ours", run_id=run.run_id)
+            return
         self.relay.wakeup.set()
         log.info("training run completed", run_id=run.run_id, metrics=result.metrics, rows=len(rows))
 
+    def _finish_completed(self, run: TrainingRun, completed: TrainingRunCompleted) -> bool:
+        """Close the run and announce it in one transaction, only while we still own it: one result per run."""
+        with self.runs.session() as session:
+            closed = self.runs.finish(
+                session,
+                run.run_id,
+                self.owner,
+                status="completed",
+                metrics=completed.metrics,
+                artifact_uri=completed.artifact_uri,
+                data_window=completed.data_window.model_dump(mode="json"),
+            )
+            if closed:
+                enqueue(session, "training", completed, completed.model_name)
+                session.commit()
+        return closed
+
     def _finish_failed(self, run: TrainingRun, error: str) -> None:
         with self.runs.session() as session:
-            row = session.get(TrainingRun, run.run_id)
-            if row is None:
+            if not self.runs.finish(session, run.run_id, self.owner, status="failed", error=error):
                 return
-            row.status, row.finished_at, row.error = "failed", utcnow(), error
-            session.add(row)
             failed = TrainingRunFailed(
                 correlation_id=run.correlation_id,
                 causation_id=run.request_event_id,

@@ -32,7 +32,9 @@ def create_app(settings: TrainingSettings | None = None, config: DriftloopConfig
             engine = make_engine(settings.db_url)
             create_tables(engine)
             runs = RunStore(engine)
-            relay = OutboxRelay(engine, runtime.bus, "training")
+            relay = OutboxRelay(
+                engine, runtime.bus, "training", holder=settings.instance_id, lease_seconds=settings.lease_seconds
+            )
             worker = RunWorker(settings, runtime.config, runs, open_store(settings), relay)
             consumer = ConsumerLoop(
                 settings,
