@@ -93,12 +93,12 @@ async def test_two_ingestion_replicas_listen_on_their_own_ports_and_share_the_pa
     bus = Bus(stack.settings, "test")
     await bus.start()
     try:
-        for i in range(EVENTS):
-            event = DataEvent(
-                event_id=f"e{i}", entity_id=f"entity-{i}", event_time=utcnow(), features=dict(APPLICATION)
-            )
-            await bus.send("events.raw", event.model_dump_json().encode(), event.entity_id, [], wait=False)
-        await bus.flush()
+        async with bus.acknowledged():
+            for i in range(EVENTS):
+                event = DataEvent(
+                    event_id=f"e{i}", entity_id=f"entity-{i}", event_time=utcnow(), features=dict(APPLICATION)
+                )
+                await bus.send("events.raw", event.model_dump_json().encode(), event.entity_id, [], wait=False)
     finally:
         await bus.stop()
 
