@@ -8,14 +8,17 @@ records never reach the wire.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import faust
+from aiokafka.admin import NewTopic
 from pydantic import BaseModel, ValidationError
 
 from driftloop.bus import PoisonMessage, cloudevent_headers, deadletter_for
+from driftloop.bus.topics import create_missing
 from driftloop.contracts import TOPICS, Contract, DeadLetter, topic_for
 from driftloop.logging import get_logger
 from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
@@ -54,9 +57,20 @@ def stream_app(settings: StreamSettings, name: str) -> faust.App:
     )
 
 
+#: The internal topics each app reads, created before it subscribes (see ``started``).
+_OWN_TOPICS: weakref.WeakKeyDictionary[faust.App, list[NewTopic]] = weakref.WeakKeyDictionary()
+
+
 @asynccontextmanager
-async def started(app: faust.App) -> AsyncIterator[None]:
-    """Run a faust app for the length of a service's lifespan."""
+async def started(app: faust.App, settings: StreamSettings) -> AsyncIterator[None]:
+    """Run a faust app for the length of a service's lifespan.
+
+    Its internal topics are created first: faust creates them itself at start,
+    but on Apache Kafka a second replica starting at the same moment can
+    subscribe before the topic is known, and faust then drops it from the
+    subscription for good.
+    """
+    await create_missing(settings.bootstrap, _OWN_TOPICS.get(app, []))
     app.finalize()
     await app.start()
     try:
@@ -75,8 +89,11 @@ PARTITIONS = TOPICS["events.validated"].partitions
 
 
 def raw_topic(app: faust.App, settings: StreamSettings, name: str, *, internal: bool = False) -> faust.TopicT:
-    """A topic as faust sees it: bytes in, bytes out. ``internal`` ones are the service's own, created by faust."""
+    """A topic as faust sees it: bytes in, bytes out. ``internal`` ones are the service's own, created at start."""
     extra: dict[str, Any] = {"internal": True, "partitions": PARTITIONS} if internal else {}
+    if internal:
+        own = NewTopic(settings.topic(name), PARTITIONS, settings.stream_replication_factor)
+        _OWN_TOPICS.setdefault(app, []).append(own)
     return app.topic(
         settings.topic(name), key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw", **extra
     )

@@ -19,11 +19,9 @@ from driftloop.settings import DriftloopSettings
 
 async def ensure_topics(settings: DriftloopSettings, replication_factor: int = 1) -> list[str]:
     """Create missing catalog topics; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="driftloop-admin")
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [
+    return await create_missing(
+        settings.bootstrap,
+        [
             NewTopic(
                 settings.topic(spec.name),
                 num_partitions=spec.partitions,
@@ -31,8 +29,17 @@ async def ensure_topics(settings: DriftloopSettings, replication_factor: int = 1
                 topic_configs=spec.config,
             )
             for spec in TOPICS.values()
-            if settings.topic(spec.name) not in existing
-        ]
+        ],
+    )
+
+
+async def create_missing(bootstrap: str, topics: list[NewTopic]) -> list[str]:
+    """Create those of ``topics`` that do not exist yet and wait until they are known; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="driftloop-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in topics if topic.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
@@ -41,5 +48,5 @@ async def ensure_topics(settings: DriftloopSettings, replication_factor: int = 1
     if missing:
         # Apache Kafka answers the create before every listener knows the topic: wait until it does,
         # or the first produce fails with an unknown topic.
-        await topic_partitions(settings.bootstrap, [t.name for t in missing])
+        await topic_partitions(bootstrap, [t.name for t in missing])
     return [t.name for t in missing]

@@ -25,7 +25,7 @@ def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig
         async with open_runtime(settings, config) as runtime:
             streams = build(settings, runtime.config, open_store(settings))
             app.state.streams = streams
-            async with started(streams.app):
+            async with started(streams.app, settings):
                 yield
 
     async def readiness() -> dict[str, bool]:

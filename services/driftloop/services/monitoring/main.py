@@ -24,7 +24,7 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
         async with open_runtime(settings, config) as runtime:
             streams = build(settings, runtime.config)
             app.state.streams = streams
-            async with started(streams.app):
+            async with started(streams.app, settings):
                 yield
 
     async def readiness() -> dict[str, bool]:
