@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from pydantic import Field
 
@@ -11,3 +12,14 @@ class DeploymentSettings(ServiceSettings):
     service: str = "deployment"
     #: Names this replica in rollout events; defaults to host and port.
     instance: str = Field(default_factory=socket.gethostname)
+    #: ``wait``: a REST response leaves once the broker has every prediction it reports, and a failed
+    #: publish fails the request. ``async``: the predictions are handed to the producer and the
+    #: response leaves at once; a failed publish is logged and counted, and shutdown waits for the rest.
+    prediction_acks: Literal["wait", "async"] = "async"
+    #: Batches of at least this many rows are scored in a worker thread, so the event loop keeps
+    #: serving; smaller ones are scored in place, where the thread hop would cost more than it frees.
+    predict_thread_rows: int = Field(default=64, ge=1)
+    #: Above 1, concurrent REST requests are scored together in one model call of up to this many rows.
+    predict_batch_rows: int = Field(default=0, ge=0)
+    #: How long a micro-batch waits for more requests once it has one; 0 takes only what already queued.
+    predict_batch_wait_ms: float = Field(default=0.0, ge=0)
