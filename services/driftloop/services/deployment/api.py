@@ -67,10 +67,8 @@ def _served(table: ServingTable, name: str) -> Served:
 async def _predict(served: Served, serving: Serving, instances: list[Features]) -> PredictResponse:
     labels, probabilities = await serving.score(served, instances)
     ids = [new_event_id() for _ in instances]
-    # Every value here is ours and already typed (ids, the served version, the model's outputs as
-    # plain Python values), so validating each prediction again would only cost time per row.
     predictions = [
-        Prediction.model_construct(
+        Prediction(
             event_id=pid,
             source_event_id=pid,
             model_name=served.model_name,
