@@ -49,6 +49,7 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
                 settings.predict_batch_rows,
                 settings.predict_batch_wait_ms,
             )
+            serving.log.start()
             background = [follower]
             if isinstance(serving.score, MicroBatcher):
                 background.append(asyncio.create_task(serving.score.run(), name="micro-batcher"))
@@ -59,7 +60,7 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
             finally:
                 await consumer.stop()
                 # Predictions already answered go out before the producer stops.
-                await serving.log.drain()
+                await serving.log.stop()
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)

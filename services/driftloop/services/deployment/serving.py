@@ -11,6 +11,7 @@ in about the time it scores one.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,48 +32,106 @@ class PublishFailed(Exception):
     """The broker did not take every prediction of a request."""
 
 
-class PredictionLog:
-    """Publishes REST predictions to ``predictions``, acknowledged before the response or after it.
+@dataclass
+class _Publication:
+    predictions: Sequence[Prediction]
+    #: Resolved once the broker has them, for a caller that waits (``prediction_acks=wait``).
+    acknowledged: asyncio.Future[None] | None
 
-    With ``async`` the sends run in tasks kept here until the broker answers:
-    a failure is logged and counted in
-    ``driftloop_prediction_publish_failures_total``, and ``drain`` (called at
-    shutdown, before the producer stops) waits for whatever is still in flight.
+
+class PredictionLog:
+    """Publishes REST predictions to ``predictions`` from one sender task, up to ``chunk`` records at a time.
+
+    ``bus.publish`` returns once its record is acknowledged, so records go out
+    concurrently to share producer batches. But every send blocked on a full
+    batch wakes each time a batch drains: a backlog of thousands of
+    concurrent sends (eight connections of 100-row requests) spends the loop
+    waking itself, about ten times the cost per record of sending in chunks
+    of a few hundred, one chunk after the other.
+
+    With ``async`` acks ``record`` returns once the predictions are queued; a
+    failure is logged and counted in ``driftloop_prediction_publish_failures_total``.
+    With ``wait`` it returns once the broker has them, and raises
+    ``PublishFailed`` otherwise. The queue holds at most ``max_queued``
+    records: past that, ``record`` waits for room, so a broker that falls
+    behind slows responses instead of growing memory. ``stop`` sends what is
+    queued before it returns.
     """
 
-    def __init__(self, bus: Bus, acks: Literal["wait", "async"]) -> None:
+    def __init__(self, bus: Bus, acks: Literal["wait", "async"], chunk: int = 256, max_queued: int = 20_000) -> None:
         self.bus = bus
         self.acks = acks
-        self._sending: set[asyncio.Task[None]] = set()
+        self.chunk = chunk
+        self.max_queued = max_queued
+        self._queue: deque[_Publication] = deque()
+        self._queued = 0
+        self._work = asyncio.Event()
+        self._room = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sender: asyncio.Task[None] | None = None
 
-    async def record(self, predictions: Sequence[Prediction]) -> None:
-        if self.acks == "wait":
-            await self._send(predictions)
-            return
-        task = asyncio.create_task(self._send(predictions))
-        self._sending.add(task)
-        task.add_done_callback(self._sent)
+    def start(self) -> None:
+        self._sender = asyncio.create_task(self._run(), name="prediction-sender")
 
-    async def _send(self, predictions: Sequence[Prediction]) -> None:
-        results = await asyncio.gather(
-            *(self.bus.publish(p, p.source_event_id) for p in predictions), return_exceptions=True
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            PUBLISH_FAILURES.labels(predictions[0].model_name).inc(len(failures))
-            raise PublishFailed(f"{len(failures)} of {len(predictions)} predictions not published: {failures[0]!r}")
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("predictions not published", error=str(exc))
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._sending)
+    async def stop(self) -> None:
+        await self.drain()
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
 
     async def drain(self) -> None:
-        await asyncio.gather(*self._sending, return_exceptions=True)
+        """Wait until everything recorded so far has been sent (acknowledged or failed)."""
+        await self._idle.wait()
+
+    async def record(self, predictions: Sequence[Prediction]) -> None:
+        while self._queued >= self.max_queued:
+            self._room.clear()
+            await self._room.wait()
+        acknowledged = asyncio.get_running_loop().create_future() if self.acks == "wait" else None
+        self._queue.append(_Publication(predictions, acknowledged))
+        self._queued += len(predictions)
+        self._idle.clear()
+        self._work.set()
+        if acknowledged is not None:
+            await acknowledged
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._work.clear()
+                await self._work.wait()
+                continue
+            batch = [self._queue.popleft()]
+            size = len(batch[0].predictions)
+            while self._queue and size + len(self._queue[0].predictions) <= self.chunk:
+                size += len(self._queue[0].predictions)
+                batch.append(self._queue.popleft())
+            records = [p for publication in batch for p in publication.predictions]
+            results = await asyncio.gather(
+                *(self.bus.publish(p, p.source_event_id) for p in records), return_exceptions=True
+            )
+            self._queued -= len(records)
+            self._room.set()
+            start = 0
+            for publication in batch:
+                end = start + len(publication.predictions)
+                self._settle(publication, [r for r in results[start:end] if isinstance(r, BaseException)])
+                start = end
+
+    def _settle(self, publication: _Publication, failures: list[BaseException]) -> None:
+        done = publication.acknowledged
+        if failures:
+            total = len(publication.predictions)
+            PUBLISH_FAILURES.labels(publication.predictions[0].model_name).inc(len(failures))
+            error = PublishFailed(f"{len(failures)} of {total} predictions not published: {failures[0]!r}")
+            if done is None:
+                log.error("predictions not published", error=str(error))
+            elif not done.done():
+                done.set_exception(error)
+        elif done is not None and not done.done():
+            done.set_result(None)
 
 
 @dataclass
