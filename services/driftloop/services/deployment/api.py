@@ -18,17 +18,18 @@ from driftloop.services.deployment.settings import DeploymentSettings
 router = APIRouter(tags=["deployment"])
 
 
-def get_table(request: Request) -> ServingTable:
+# Dependencies are coroutines: FastAPI runs plain functions in its thread pool, a hop per request each.
+async def get_table(request: Request) -> ServingTable:
     table: ServingTable = request.app.state.table
     return table
 
 
-def get_serving(request: Request) -> Serving:
+async def get_serving(request: Request) -> Serving:
     serving: Serving = request.app.state.serving
     return serving
 
 
-def get_settings(request: Request) -> DeploymentSettings:
+async def get_settings(request: Request) -> DeploymentSettings:
     settings: DeploymentSettings = request.app.state.runtime.settings
     return settings
 
