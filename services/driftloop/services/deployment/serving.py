@@ -201,10 +201,9 @@ class MicroBatcher:
             rows = [row for request in requests for row in request.rows]
             try:
                 labels, probabilities = await self.score(requests[0].served, rows)
-            except Exception as exc:
-                for request in requests:
-                    if not request.result.done():
-                        request.result.set_exception(exc)
+            except Exception:
+                # One request the model rejects must not fail the others it was batched with.
+                await self._score_alone(requests)
                 continue
             start = 0
             for request in requests:
@@ -212,6 +211,17 @@ class MicroBatcher:
                 if not request.result.done():
                     request.result.set_result((labels[start:end], probabilities[start:end]))
                 start = end
+
+    async def _score_alone(self, requests: list[_Request]) -> None:
+        for request in requests:
+            try:
+                scores = await self.score(request.served, request.rows)
+            except Exception as exc:
+                if not request.result.done():
+                    request.result.set_exception(exc)
+            else:
+                if not request.result.done():
+                    request.result.set_result(scores)
 
 
 @dataclass
