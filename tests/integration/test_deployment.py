@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
+import httpx
+import numpy as np
 from prometheus_client import REGISTRY
 
 from driftloop.artifacts import open_store
@@ -158,23 +160,39 @@ async def test_micro_batched_requests_share_model_calls_and_each_gets_its_own_ro
 ) -> None:
     await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
     deployment = DeploymentSettings(**settings.model_dump(), predict_batch_rows=64, predict_batch_wait_ms=50)
-    calls = REGISTRY.get_sample_value("driftloop_predict_batch_rows_count") or 0.0
     requests = [[190_000.0 if (i + j) % 2 else 10_000.0 for j in range(1 + i % 3)] for i in range(16)]
+    # A row without its loan is NaN to the linear model, which rejects it: that request alone must fail.
+    without_loan = {k: v for k, v in APPLICATION.items() if k != "loan"}
+    url = f"/v1/models/{MODEL}/predict"
     async with running(create_app(deployment)) as client:
-        responses = await asyncio.gather(
-            *(
-                client.post(
-                    f"/v1/models/{MODEL}/predict", json={"instances": [{**APPLICATION, "loan": x} for x in loans]}
-                )
-                for loans in requests
-            )
+
+        async def post(loans: list[float]) -> httpx.Response:
+            return await client.post(url, json={"instances": [{**APPLICATION, "loan": x} for x in loans]})
+
+        calls = _calls()
+        responses = await asyncio.gather(*(post(loans) for loans in requests))
+        batched = _calls() - calls
+        *alongside, rejected = await asyncio.gather(
+            *(post(loans) for loans in requests),
+            client.post(url, json={"instances": [without_loan]}),
+            return_exceptions=True,
         )
-        model_calls = (REGISTRY.get_sample_value("driftloop_predict_batch_rows_count") or 0.0) - calls
-    assert [r.status_code for r in responses] == [200] * 16
-    assert [r.json()["predictions"] for r in responses] == [[int(x > 100_000) for x in loans] for loans in requests]
-    assert 1 <= model_calls < 16
-    records = await read_topic(settings, "predictions", sum(map(len, requests)))
-    assert sorted(r.key or "" for r in records) == sorted(i for r in responses for i in r.json()["prediction_ids"])
+    assert batched[0] < 16 and batched[1] >= 1, "fewer model calls than requests, some of more rows than any request"
+    for answers in (responses, alongside):
+        assert [r.json()["predictions"] for r in answers if isinstance(r, httpx.Response)] == [
+            [int(x > 100_000) for x in loans] for loans in requests
+        ]
+    assert isinstance(rejected, ValueError) and "NaN" in str(rejected)
+    records = await read_topic(settings, "predictions", 2 * sum(map(len, requests)))
+    answered = [r for r in [*responses, *alongside] if isinstance(r, httpx.Response)]
+    assert sorted(r.key or "" for r in records) == sorted(i for r in answered for i in r.json()["prediction_ids"])
+
+
+def _calls() -> np.ndarray:
+    """Model calls on the REST path so far, and those of more than 4 rows (more than any request here)."""
+    count = REGISTRY.get_sample_value("driftloop_predict_batch_rows_count") or 0.0
+    small = REGISTRY.get_sample_value("driftloop_predict_batch_rows_bucket", {"le": "4.0"}) or 0.0
+    return np.array([count, count - small])
 
 
 async def _predict_after_the_producer_stopped(
