@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import timedelta
+from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -125,3 +126,45 @@ async def test_unlabelled_predictions_expire_past_the_horizon_and_a_label_within
                 break
             await asyncio.sleep(0.2)
     assert (metrics["observations"], metrics["accuracy"]) == (1, 1.0), "only the label within the horizon joined"
+
+
+async def test_entries_recovered_from_the_changelog_after_a_restart_expire_too(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    horizon = timedelta(seconds=60)
+    start = utcnow() - timedelta(hours=2)
+    monitoring = MonitoringSettings(**settings.model_dump(), label_horizon=horizon)
+
+    async def predict(ids: range, offset: timedelta) -> None:
+        for i in ids:
+            prediction = Prediction(
+                source_event_id=f"ev{i}",
+                model_name=MODEL,
+                model_version=1,
+                channel="rest",
+                prediction=1,
+                event_time=start + offset + timedelta(seconds=i),
+            )
+            await bus.publish(prediction, prediction.source_event_id, wait=False)
+        await bus.flush()
+
+    async def pending_keys(app: Any, expected: set[str]) -> set[str]:
+        keys: set[str] = set()
+        for _ in range(150):
+            keys = set(app.state.streams.pending.keys())
+            if keys == expected:
+                break
+            await asyncio.sleep(0.2)
+        return keys
+
+    before = {f"ev{i}" for i in range(20)} | {f"{MODEL}:ev{i}" for i in range(20)}
+    await predict(range(20), timedelta(0))
+    first = create_app(monitoring)
+    async with running(first):
+        assert await pending_keys(first, before) == before
+    # An hour later in event time: everything from before the restart is past the horizon.
+    await predict(range(100, 130), timedelta(hours=1))
+    after = {f"ev{i}" for i in range(100, 130)} | {f"{MODEL}:ev{i}" for i in range(100, 130)}
+    second = create_app(monitoring)
+    async with running(second):
+        assert await pending_keys(second, after) == after
