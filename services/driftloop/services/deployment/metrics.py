@@ -12,3 +12,4 @@ BATCH_ROWS = Histogram(
     "Rows per model call on the REST path (several requests when micro-batching).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000),
 )
+QUEUED = Gauge("driftloop_predictions_queued", "REST predictions answered but not yet handed to the broker.")

@@ -21,7 +21,7 @@ from driftloop.contracts import Prediction
 from driftloop.contracts.events import Features, LabelValue
 from driftloop.logging import get_logger
 from driftloop.services.deployment.domain import Served
-from driftloop.services.deployment.metrics import BATCH_ROWS, PUBLISH_FAILURES
+from driftloop.services.deployment.metrics import BATCH_ROWS, PUBLISH_FAILURES, QUEUED
 
 log = get_logger(__name__)
 
@@ -91,6 +91,7 @@ class PredictionLog:
         acknowledged = asyncio.get_running_loop().create_future() if self.acks == "wait" else None
         self._queue.append(_Publication(predictions, acknowledged))
         self._queued += len(predictions)
+        QUEUED.set(self._queued)
         self._idle.clear()
         self._work.set()
         if acknowledged is not None:
@@ -113,6 +114,7 @@ class PredictionLog:
                 *(self.bus.publish(p, p.source_event_id) for p in records), return_exceptions=True
             )
             self._queued -= len(records)
+            QUEUED.set(self._queued)
             self._room.set()
             start = 0
             for publication in batch:
