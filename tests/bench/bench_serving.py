@@ -106,11 +106,11 @@ def bare_app(artifact_path: Path) -> FastAPI:
     return app
 
 
-async def drive(url: str, body: bytes, connections: int, seconds: float) -> tuple[int, int, list[float]]:
+async def drive(url: str, body: bytes, connections: int, seconds: float, warmup: float) -> tuple[int, int, list[float]]:
     """Closed-loop load: each connection sends its next request when the last one is answered."""
     latencies: list[float] = []
     errors = 0
-    warmup_until = time.perf_counter() + min(2.0, seconds / 3)
+    warmup_until = time.perf_counter() + warmup
     stop_at = warmup_until + seconds
     headers = {"content-type": "application/json"}
 
@@ -167,8 +167,44 @@ def server(command: list[str], env: dict[str, str], log: Path) -> Iterator[subpr
             process.wait()
 
 
-async def measure(target: str, url: str, body: bytes, rows: int, connections: int, seconds: float) -> Figures:
-    return figures(target, rows, await drive(url, body, connections, seconds), seconds)
+#: Length of one turn of the alternation between the bare app and the deployment service.
+SLICE = 1.0
+
+
+async def settled(base: str) -> None:
+    """Wait until the deployment has handed every answered prediction to the broker."""
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{base}/metrics") as response:
+                text = await response.text()
+            if "\ndriftloop_predictions_queued 0.0" in text:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def measure(
+    targets: list[tuple[str, str, str | None]], body: bytes, rows: int, connections: int, seconds: float
+) -> list[Figures]:
+    """Drive each (name, url, base) in turn, ``SLICE`` seconds at a time, until each had ``seconds`` of load.
+
+    The machine is shared: its load changes from one second to the next.
+    Alternating in short turns exposes both servers to the same changes, so
+    their ratio holds even when the absolute figures move. A deployment's
+    turn lasts until its queued predictions are published (the wait counts as
+    its time), so the next turn does not pay for its publishing.
+    """
+    totals = {name: (0, 0, list[float]()) for name, _, _ in targets}
+    elapsed = dict.fromkeys(totals, 0.0)
+    for _ in range(max(1, round(seconds / SLICE))):
+        for name, url, base in targets:
+            count, errors, latencies = await drive(url, body, connections, SLICE, warmup=0.2)
+            started = time.perf_counter()
+            if base is not None:
+                await settled(base)
+            elapsed[name] += SLICE + time.perf_counter() - started
+            total = totals[name]
+            totals[name] = (total[0] + count, total[1] + errors, total[2] + latencies)
+    return [figures(name, rows, totals[name], elapsed[name]) for name, _, _ in targets]
 
 
 def report(f: Figures) -> None:
@@ -209,7 +245,7 @@ async def main(
     await bus.stop()
 
     print(f"REST serving, {connections} connections, {seconds:.0f} s per figure, {os.cpu_count()} cores")
-    print("the bare app is measured right before each deployment variant, so both see the same machine load")
+    print(f"the bare app and each deployment variant take turns of {SLICE:.0f} s, so both see the same machine load")
     results: list[Figures] = []
     bare_port = free_port()
     bare = [sys.executable, "-m", "tests.bench.bench_serving", "--bare", str(work / "model.joblib")]
@@ -232,9 +268,9 @@ async def main(
                 await wait_ready(f"{base}/readyz", process)
                 for rows in row_counts:
                     body = json.dumps({"instances": applications(rows)}).encode()
-                    reference = await measure("bare FastAPI", f"{bare_base}/predict", body, rows, connections, seconds)
                     url = f"{base}/v1/models/{SPEC.name}/predict"
-                    result = await measure(name, url, body, rows, connections, seconds)
+                    targets = [("bare FastAPI", f"{bare_base}/predict", None), (name, url, base)]
+                    reference, result = await measure(targets, body, rows, connections, seconds)
                     result.ratio_to_bare = result.rps / reference.rps
                     report(reference)
                     report(result)
