@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
+
+import httpx
+import numpy as np
+from prometheus_client import REGISTRY
 
 from driftloop.artifacts import open_store
 from driftloop.bus import Bus
@@ -119,3 +124,98 @@ async def test_predicts_on_the_features_stream_with_the_model_version(settings: 
     assert sorted(p.source_event_id for p in predictions) == [f"ev{i}" for i in range(5)]
     assert {(p.model_version, p.prediction, p.label, p.channel) for p in predictions} == {(1, 1, 1, "stream")}
     assert all(r.key == Prediction.model_validate_json(r.value).source_event_id for r in records)
+
+
+def _failures() -> float:
+    return REGISTRY.get_sample_value("driftloop_prediction_publish_failures_total", {"model": MODEL}) or 0.0
+
+
+async def test_async_acks_answer_first_and_every_answered_prediction_reaches_the_topic_by_shutdown(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
+    deployment = DeploymentSettings(**settings.model_dump())
+    assert deployment.prediction_acks == "async", "the default"
+    loans = [50_000.0, 190_000.0, 150_000.0]
+    answered: dict[str, int] = {}
+    async with running(create_app(deployment)) as client:
+        for _ in range(20):
+            response = await client.post(
+                f"/v1/models/{MODEL}/predict", json={"instances": [{**APPLICATION, "loan": loan} for loan in loans]}
+            )
+            assert response.status_code == 200
+            body = response.json()
+            assert body["predictions"] == [0, 1, 1]
+            answered.update(zip(body["prediction_ids"], body["predictions"], strict=True))
+        # Leaving at once: shutdown must still publish what was answered.
+    records = await read_topic(settings, "predictions", len(answered))
+    published = {r.key: Prediction.model_validate_json(r.value) for r in records}
+    assert len(records) == len(answered) == 60
+    assert {k: p.prediction for k, p in published.items()} == answered
+    assert {(p.model_version, p.channel, p.source_event_id == k) for k, p in published.items()} == {(1, "rest", True)}
+
+
+async def test_micro_batched_requests_share_model_calls_and_each_gets_its_own_rows(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
+    deployment = DeploymentSettings(**settings.model_dump(), predict_batch_rows=64, predict_batch_wait_ms=50)
+    requests = [[190_000.0 if (i + j) % 2 else 10_000.0 for j in range(1 + i % 3)] for i in range(16)]
+    # A row without its loan is NaN to the linear model, which rejects it: that request alone must fail.
+    without_loan = {k: v for k, v in APPLICATION.items() if k != "loan"}
+    url = f"/v1/models/{MODEL}/predict"
+    async with running(create_app(deployment)) as client:
+
+        async def post(loans: list[float]) -> httpx.Response:
+            return await client.post(url, json={"instances": [{**APPLICATION, "loan": x} for x in loans]})
+
+        calls = _calls()
+        responses = await asyncio.gather(*(post(loans) for loans in requests))
+        batched = _calls() - calls
+        *alongside, rejected = await asyncio.gather(
+            *(post(loans) for loans in requests),
+            client.post(url, json={"instances": [without_loan]}),
+            return_exceptions=True,
+        )
+    assert batched[0] < 16 and batched[1] >= 1, "fewer model calls than requests, some of more rows than any request"
+    for answers in (responses, alongside):
+        assert [r.json()["predictions"] for r in answers if isinstance(r, httpx.Response)] == [
+            [int(x > 100_000) for x in loans] for loans in requests
+        ]
+    assert isinstance(rejected, ValueError) and "NaN" in str(rejected)
+    records = await read_topic(settings, "predictions", 2 * sum(map(len, requests)))
+    answered = [r for r in [*responses, *alongside] if isinstance(r, httpx.Response)]
+    assert sorted(r.key or "" for r in records) == sorted(i for r in answered for i in r.json()["prediction_ids"])
+
+
+def _calls() -> np.ndarray:
+    """Model calls on the REST path so far, and those of more than 4 rows (more than any request here)."""
+    count = REGISTRY.get_sample_value("driftloop_predict_batch_rows_count") or 0.0
+    small = REGISTRY.get_sample_value("driftloop_predict_batch_rows_bucket", {"le": "4.0"}) or 0.0
+    return np.array([count, count - small])
+
+
+async def _predict_after_the_producer_stopped(
+    settings: DriftloopSettings, acks: Literal["wait", "async"]
+) -> tuple[int, int]:
+    """Status of a request before and after the producer can no longer deliver."""
+    app = create_app(DeploymentSettings(**settings.model_dump(), prediction_acks=acks))
+    body = {"instances": [APPLICATION, APPLICATION]}
+    async with running(app) as client:
+        before = await client.post(f"/v1/models/{MODEL}/predict", json=body)
+        await app.state.serving.log.drain()
+        await app.state.runtime.bus.stop()
+        after = await client.post(f"/v1/models/{MODEL}/predict", json=body)
+        await app.state.serving.log.drain()
+    return before.status_code, after.status_code
+
+
+async def test_a_failed_publish_fails_the_request_with_wait_acks_and_is_counted_with_async(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
+    failures = _failures()
+    assert await _predict_after_the_producer_stopped(settings, "wait") == (200, 503)
+    assert _failures() == failures + 2
+    assert await _predict_after_the_producer_stopped(settings, "async") == (200, 200)
+    assert _failures() == failures + 4

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import timedelta
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.bus import Bus
 from driftloop.contracts import DriftDetected, LabelEvent, Prediction, utcnow
 from driftloop.services.monitoring.main import create_app
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.settings import DriftloopSettings
+from driftloop.streams import PARTITIONS
 from tests.support import read_topic, running
 
 MODEL = "loan-approval"
@@ -68,3 +72,99 @@ async def test_late_labels_join_duplicates_count_once_and_drift_is_detected_with
     assert drift.change_point_time is not None
     assert abs(drift.change_point_time - (start + timedelta(seconds=70))) < timedelta(seconds=15)
     assert state["drift_detected"] is True and state["events"][0]["event_id"] == drift.event_id
+
+
+async def test_unlabelled_predictions_expire_past_the_horizon_and_a_label_within_it_still_joins(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    """REST traffic without labels: the join state keeps one horizon of entries per partition, not all of them."""
+    horizon, count = 60, 600
+    start = utcnow() - timedelta(hours=2)
+    partitions = list(range(PARTITIONS))
+    partition_of = {f"rest{i}": DefaultPartitioner()(f"rest{i}".encode(), partitions, partitions) for i in range(count)}
+    for i in range(count):
+        prediction = Prediction(
+            source_event_id=f"rest{i}",
+            model_name=MODEL,
+            model_version=1,
+            channel="rest",
+            prediction=i % 2,
+            event_time=start + timedelta(seconds=i),
+        )
+        await bus.publish(prediction, prediction.source_event_id, wait=False)
+    await bus.flush()
+    # Each partition drops what is more than the horizon older than its own latest event; two entries per prediction.
+    latest = {p: max(i for i in range(count) if partition_of[f"rest{i}"] == p) for p in partitions}
+    alive = [i for i in range(count) if i >= latest[partition_of[f"rest{i}"]] - horizon]
+    expected = {f"rest{i}" for i in alive} | {f"{MODEL}:rest{i}" for i in alive}
+
+    app = create_app(MonitoringSettings(**settings.model_dump(), label_horizon=timedelta(seconds=horizon)))
+    async with running(app) as client:
+        pending = app.state.streams.pending
+        keys: set[str] = set()
+        for _ in range(200):
+            keys = set(pending.keys())
+            if keys == expected:
+                break
+            await asyncio.sleep(0.2)
+        assert keys == expected
+        assert len(keys) <= 2 * (horizon + 1) * PARTITIONS < 2 * count
+
+        # Two events of one partition, so their labels and outcomes are handled in order: first one whose
+        # prediction expired long ago, labelled so that joining it would count a wrong prediction; then a
+        # recent one, labelled right. A first outcome that is correct shows the expired one never joined.
+        last = count - 1
+        gone = next(i for i in range(count) if partition_of[f"rest{i}"] == partition_of[f"rest{last}"])
+        label_time = start + timedelta(seconds=last)
+        for i, label in ((gone, 1 - gone % 2), (last, last % 2)):
+            await bus.publish(LabelEvent(event_id=f"rest{i}", label=label, label_time=label_time), f"rest{i}")
+        metrics = {}
+        for _ in range(100):
+            response = await client.get(f"/v1/models/{MODEL}/metrics")
+            if response.status_code == 200:
+                metrics = response.json()
+                break
+            await asyncio.sleep(0.2)
+    assert (metrics["observations"], metrics["accuracy"]) == (1, 1.0), "only the label within the horizon joined"
+
+
+async def test_entries_recovered_from_the_changelog_after_a_restart_expire_too(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    horizon = timedelta(seconds=60)
+    start = utcnow() - timedelta(hours=2)
+    monitoring = MonitoringSettings(**settings.model_dump(), label_horizon=horizon)
+
+    async def predict(ids: range, offset: timedelta) -> None:
+        for i in ids:
+            prediction = Prediction(
+                source_event_id=f"ev{i}",
+                model_name=MODEL,
+                model_version=1,
+                channel="rest",
+                prediction=1,
+                event_time=start + offset + timedelta(seconds=i),
+            )
+            await bus.publish(prediction, prediction.source_event_id, wait=False)
+        await bus.flush()
+
+    async def pending_keys(app: Any, expected: set[str]) -> set[str]:
+        keys: set[str] = set()
+        for _ in range(150):
+            keys = set(app.state.streams.pending.keys())
+            if keys == expected:
+                break
+            await asyncio.sleep(0.2)
+        return keys
+
+    before = {f"ev{i}" for i in range(20)} | {f"{MODEL}:ev{i}" for i in range(20)}
+    await predict(range(20), timedelta(0))
+    first = create_app(monitoring)
+    async with running(first):
+        assert await pending_keys(first, before) == before
+    # An hour later in event time: everything from before the restart is past the horizon.
+    await predict(range(100, 130), timedelta(hours=1))
+    after = {f"ev{i}" for i in range(100, 130)} | {f"{MODEL}:ev{i}" for i in range(100, 130)}
+    second = create_app(monitoring)
+    async with running(second):
+        assert await pending_keys(second, after) == after

@@ -142,16 +142,30 @@ class Bus:
         pending = _pending.get()
         if not wait and pending is None:
             raise RuntimeError("send(wait=False) outside `async with bus.acknowledged()`: nobody would await it")
-        assert self._producer is not None, "Bus.start() first"
-        future = await self._producer.send(
-            self.settings.topic(topic), value, key=key.encode() if key is not None else None, headers=headers
-        )
-        MESSAGES_PRODUCED.labels(self.service, topic).inc()
+        future = await self._hand_over(topic, value, key, headers)
         if wait:
             await future
         else:
             assert pending is not None
             pending.append(future)
+
+    async def enqueue(self, event: Contract, key: str | None) -> asyncio.Future[object]:
+        """Hand ``event`` to the producer and return the future of its acknowledgement, which the caller owns.
+
+        For a caller that settles many records itself (deployment's prediction
+        log): no coroutine or task per record, and each record's outcome apart.
+        """
+        topic = topic_for(type(event))
+        headers = cloudevent_headers(event, f"driftloop/{self.service}", key)
+        return await self._hand_over(topic, event.model_dump_json().encode(), key, headers)
+
+    async def _hand_over(self, topic: str, value: bytes, key: str | None, headers: Headers) -> asyncio.Future[object]:
+        assert self._producer is not None, "Bus.start() first"
+        future: asyncio.Future[object] = await self._producer.send(
+            self.settings.topic(topic), value, key=key.encode() if key is not None else None, headers=headers
+        )
+        MESSAGES_PRODUCED.labels(self.service, topic).inc()
+        return future
 
     @asynccontextmanager
     async def acknowledged(self) -> AsyncIterator[None]:

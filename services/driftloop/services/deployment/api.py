@@ -8,33 +8,34 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
-from driftloop.bus import Bus
 from driftloop.contracts import Prediction, new_event_id
 from driftloop.contracts.events import Features, LabelValue
 from driftloop.services.deployment.domain import Served, ServingTable
 from driftloop.services.deployment.metrics import PREDICTIONS
+from driftloop.services.deployment.serving import PublishFailed, Serving
 from driftloop.services.deployment.settings import DeploymentSettings
 
 router = APIRouter(tags=["deployment"])
 
 
-def get_table(request: Request) -> ServingTable:
+# Dependencies are coroutines: FastAPI runs plain functions in its thread pool, a hop per request each.
+async def get_table(request: Request) -> ServingTable:
     table: ServingTable = request.app.state.table
     return table
 
 
-def get_bus(request: Request) -> Bus:
-    bus: Bus = request.app.state.runtime.bus
-    return bus
+async def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
 
 
-def get_settings(request: Request) -> DeploymentSettings:
+async def get_settings(request: Request) -> DeploymentSettings:
     settings: DeploymentSettings = request.app.state.runtime.settings
     return settings
 
 
 TableDep = Annotated[ServingTable, Depends(get_table)]
-BusDep = Annotated[Bus, Depends(get_bus)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 class PredictRequest(BaseModel):
@@ -64,26 +65,26 @@ def _served(table: ServingTable, name: str) -> Served:
     return served
 
 
-async def _predict(served: Served, bus: Bus, instances: list[Features]) -> PredictResponse:
-    labels, probabilities = served.artifact.predict(instances)
+async def _predict(served: Served, serving: Serving, instances: list[Features]) -> PredictResponse:
+    labels, probabilities = await serving.score(served, instances)
     ids = [new_event_id() for _ in instances]
-    await bus.publish_many(
-        [
-            (
-                Prediction(
-                    event_id=pid,
-                    source_event_id=pid,
-                    model_name=served.model_name,
-                    model_version=served.version,
-                    channel="rest",
-                    prediction=label,
-                    probability=p,
-                ),
-                pid,
-            )
-            for pid, label, p in zip(ids, labels, probabilities, strict=True)
-        ]
-    )
+    predictions = [
+        Prediction(
+            event_id=pid,
+            source_event_id=pid,
+            model_name=served.model_name,
+            model_version=served.version,
+            channel="rest",
+            prediction=label,
+            probability=p,
+        )
+        for pid, label, p in zip(ids, labels, probabilities, strict=True)
+    ]
+    try:
+        await serving.log.record(predictions)
+    except PublishFailed as exc:
+        PREDICTIONS.labels(served.model_name, "rest", "unpublished").inc(len(ids))
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"predictions not recorded: {exc}") from exc
     PREDICTIONS.labels(served.model_name, "rest", "ok").inc(len(ids))
     return PredictResponse(
         model_version=served.version, predictions=labels, probabilities=probabilities, prediction_ids=ids
@@ -91,9 +92,12 @@ async def _predict(served: Served, bus: Bus, instances: list[Features]) -> Predi
 
 
 @router.post("/v1/models/{name}/predict")
-async def predict(name: str, body: PredictRequest, table: TableDep, bus: BusDep) -> PredictResponse:
-    """Score instances with the champion; each prediction is published, so labels can join it later by id."""
-    return await _predict(_served(table, name), bus, body.instances)
+async def predict(name: str, body: PredictRequest, table: TableDep, serving: ServingDep) -> PredictResponse:
+    """Score instances with the champion; each prediction is published, so labels can join it later by id.
+
+    With ``prediction_acks=wait`` a 503 means the broker did not take them.
+    """
+    return await _predict(_served(table, name), serving, body.instances)
 
 
 class InferTensor(BaseModel):
@@ -116,7 +120,7 @@ class InferResponse(BaseModel):
 
 
 @router.post("/v2/models/{name}/infer")
-async def infer(name: str, body: InferRequest, table: TableDep, bus: BusDep) -> InferResponse:
+async def infer(name: str, body: InferRequest, table: TableDep, serving: ServingDep) -> InferResponse:
     """Open Inference Protocol v2: one 1-D input tensor per feature, named after the feature."""
     served = _served(table, name)
     sizes = {t.name: len(t.data) for t in body.inputs}
@@ -127,7 +131,7 @@ async def infer(name: str, body: InferRequest, table: TableDep, bus: BusDep) -> 
         )
     n = next(iter(sizes.values()))
     instances: list[Features] = [{t.name: t.data[i] for t in body.inputs} for i in range(n)]
-    result = await _predict(served, bus, instances)
+    result = await _predict(served, serving, instances)
     return InferResponse(
         model_name=name,
         model_version=str(result.model_version),
@@ -166,5 +170,5 @@ async def deployment(
         version=served.version,
         artifact_uri=served.artifact_uri,
         loaded_at=served.loaded_at,
-        instance=settings.instance,
+        instance=settings.instance_id,
     )

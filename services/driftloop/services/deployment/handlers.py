@@ -93,7 +93,7 @@ class Rollouts:
             "version": target.version,
             "previous_version": previous.version if previous else None,
             "strategy": "direct",
-            "instance": self.settings.instance,
+            "instance": self.settings.instance_id,
         }
         await self.bus.publish(RolloutStarted(**common), target.model_name)
         try:

@@ -15,6 +15,7 @@ from driftloop.runtime import open_runtime
 from driftloop.services.deployment.api import router
 from driftloop.services.deployment.domain import ServingTable
 from driftloop.services.deployment.handlers import Predictor, Rollouts
+from driftloop.services.deployment.serving import MicroBatcher, Serving
 from driftloop.services.deployment.settings import DeploymentSettings
 
 log = get_logger(__name__)
@@ -77,14 +78,28 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
                 group="deployment",
                 batch_handler=Predictor(runtime.config, runtime.bus, table),
             )
-            app.state.runtime, app.state.table = runtime, table
+            serving = Serving.configure(
+                runtime.bus,
+                settings.prediction_acks,
+                settings.predict_thread_rows,
+                settings.predict_batch_rows,
+                settings.predict_batch_wait_ms,
+            )
+            serving.log.start()
+            background = [follower]
+            if isinstance(serving.score, MicroBatcher):
+                background.append(asyncio.create_task(serving.score.run(), name="micro-batcher"))
+            app.state.runtime, app.state.table, app.state.serving = runtime, table, serving
             await consumer.start()
             try:
                 yield
             finally:
                 await consumer.stop()
-                follower.cancel()
-                await asyncio.gather(follower, return_exceptions=True)
+                # Predictions already answered go out before the producer stops.
+                await serving.log.stop()
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
 
     async def readiness() -> dict[str, bool | str]:
         return {

@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -128,3 +129,57 @@ class ModelMonitor:
             detected_at=event_time,
         )
         return self.drift
+
+
+def expired(index: list[tuple[float, str]], watermark: float) -> list[str]:
+    """Pop from the heap ``index`` of (event time, key) every key stamped before ``watermark``, oldest first.
+
+    >>> index = [(10.0, "a"), (30.0, "c"), (20.0, "b")]
+    >>> heapq.heapify(index)
+    >>> expired(index, 25.0), index
+    (['a', 'b'], [(30.0, 'c')])
+    """
+    keys = []
+    while index and index[0][0] < watermark:
+        keys.append(heapq.heappop(index)[1])
+    return keys
+
+
+@dataclass
+class JoinExpiry:
+    """Which join entries of one partition a label can no longer reach.
+
+    A prediction waits for its label at most ``horizon`` of event time: once
+    the partition has seen an event ``horizon`` later than it, the entry is
+    dropped, whether it still waits (no label will come: a REST call without
+    one, a producer that never sends it), holds a label that no prediction
+    claimed, or only marks the event as scored. Event time rather than the
+    clock, so a replay or a backlog expires exactly what live traffic would;
+    the state then holds at most the entries of one horizon per partition.
+
+    >>> expiry = JoinExpiry(horizon=60.0)
+    >>> expiry.track("m:e1", 0.0); expiry.track("m:e2", 30.0); expiry.track("m:e1", 50.0)
+    >>> expiry.advance(61.0), expiry.advance(10.0), expiry.advance(95.0), len(expiry)
+    (['m:e1'], [], ['m:e2'], 0)
+    """
+
+    horizon: float
+    latest: float | None = None
+    _index: list[tuple[float, str]] = field(default_factory=list)
+    _tracked: set[str] = field(default_factory=set)
+
+    def track(self, key: str, at: float) -> None:
+        """Stamp ``key`` with the event time it was first written at; rewrites keep the first stamp."""
+        if key not in self._tracked:
+            self._tracked.add(key)
+            heapq.heappush(self._index, (at, key))
+
+    def advance(self, at: float) -> list[str]:
+        """Move the partition's stream time to ``at`` (it never goes back) and return the keys that expired."""
+        self.latest = at if self.latest is None else max(self.latest, at)
+        keys = expired(self._index, self.latest - self.horizon)
+        self._tracked.difference_update(keys)
+        return keys
+
+    def __len__(self) -> int:
+        return len(self._tracked)

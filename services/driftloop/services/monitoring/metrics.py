@@ -5,3 +5,5 @@ from prometheus_client import Counter, Gauge
 OUTCOMES = Counter("driftloop_outcomes_total", "Labelled predictions scored.", ["model", "correct"])
 ROLLING_ACCURACY = Gauge("driftloop_rolling_accuracy", "Accuracy over the recent window.", ["model"])
 DRIFTS = Counter("driftloop_drift_detected_total", "Drift events published.", ["model", "kind"])
+PENDING_JOINS = Gauge("driftloop_pending_joins", "Join entries (predictions, labels, scored marks) held here.")
+EXPIRED_JOINS = Counter("driftloop_pending_joins_expired_total", "Join entries dropped past the label horizon.")

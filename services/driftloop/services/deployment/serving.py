@@ -1,0 +1,249 @@
+"""The REST scoring path: where a batch is scored, how concurrent requests share a model call, how predictions leave.
+
+A request's time goes to three places: the model call, the event loop's own
+work (parsing, building the predictions), and waiting for the broker. The
+model call is made once per batch (``Scorer``); the broker wait is taken off
+the response unless ``prediction_acks=wait`` asks for it; and concurrent
+requests may share one model call, since a tree ensemble scores eight rows
+in about the time it scores one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from driftloop.bus import Bus
+from driftloop.contracts import Prediction
+from driftloop.contracts.events import Features, LabelValue
+from driftloop.logging import get_logger
+from driftloop.services.deployment.domain import Served
+from driftloop.services.deployment.metrics import BATCH_ROWS, PUBLISH_FAILURES, QUEUED
+
+log = get_logger(__name__)
+
+Scores = tuple[list[LabelValue], list[float | None]]
+
+
+class PublishFailed(Exception):
+    """The broker did not take every prediction of a request."""
+
+
+@dataclass
+class _Publication:
+    predictions: Sequence[Prediction]
+    #: Resolved once the broker has them, for a caller that waits (``prediction_acks=wait``).
+    acknowledged: asyncio.Future[None] | None
+
+
+class PredictionLog:
+    """Publishes REST predictions to ``predictions`` from one sender task, up to ``chunk`` records at a time.
+
+    Records are handed to the producer one after the other and their
+    acknowledgements gathered per chunk, so they share producer batches
+    without a coroutine per record: a backlog of thousands of concurrent
+    sends (eight connections of 100-row requests) spent the loop waking
+    itself, about ten times the cost per record of sending in chunks.
+
+    With ``async`` acks ``record`` returns once the predictions are queued; a
+    failure is logged and counted in ``driftloop_prediction_publish_failures_total``.
+    With ``wait`` it returns once the broker has them, and raises
+    ``PublishFailed`` otherwise. The queue holds at most ``max_queued``
+    records: past that, ``record`` waits for room, so a broker that falls
+    behind slows responses instead of growing memory. ``stop`` sends what is
+    queued before it returns.
+    """
+
+    def __init__(self, bus: Bus, acks: Literal["wait", "async"], chunk: int = 256, max_queued: int = 20_000) -> None:
+        self.bus = bus
+        self.acks = acks
+        self.chunk = chunk
+        self.max_queued = max_queued
+        self._queue: deque[_Publication] = deque()
+        self._queued = 0
+        self._work = asyncio.Event()
+        self._room = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sender: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sender = asyncio.create_task(self._run(), name="prediction-sender")
+
+    async def stop(self) -> None:
+        await self.drain()
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until everything recorded so far has been sent (acknowledged or failed)."""
+        await self._idle.wait()
+
+    async def record(self, predictions: Sequence[Prediction]) -> None:
+        while self._queued >= self.max_queued:
+            self._room.clear()
+            await self._room.wait()
+        acknowledged = asyncio.get_running_loop().create_future() if self.acks == "wait" else None
+        self._queue.append(_Publication(predictions, acknowledged))
+        self._queued += len(predictions)
+        QUEUED.set(self._queued)
+        self._idle.clear()
+        self._work.set()
+        if acknowledged is not None:
+            await acknowledged
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._work.clear()
+                await self._work.wait()
+                continue
+            batch = [self._queue.popleft()]
+            size = len(batch[0].predictions)
+            while self._queue and size + len(self._queue[0].predictions) <= self.chunk:
+                size += len(self._queue[0].predictions)
+                batch.append(self._queue.popleft())
+            records = [p for publication in batch for p in publication.predictions]
+            futures: list[asyncio.Future[object]] = []
+            for prediction in records:
+                try:
+                    futures.append(await self.bus.enqueue(prediction, prediction.source_event_id))
+                except Exception as exc:
+                    failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+                    failed.set_exception(exc)
+                    futures.append(failed)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            self._queued -= len(records)
+            QUEUED.set(self._queued)
+            self._room.set()
+            start = 0
+            for publication in batch:
+                end = start + len(publication.predictions)
+                self._settle(publication, [r for r in results[start:end] if isinstance(r, BaseException)])
+                start = end
+
+    def _settle(self, publication: _Publication, failures: list[BaseException]) -> None:
+        done = publication.acknowledged
+        if failures:
+            total = len(publication.predictions)
+            PUBLISH_FAILURES.labels(publication.predictions[0].model_name).inc(len(failures))
+            error = PublishFailed(f"{len(failures)} of {total} predictions not published: {failures[0]!r}")
+            if done is None:
+                log.error("predictions not published", error=str(error))
+            elif not done.done():
+                done.set_exception(error)
+        elif done is not None and not done.done():
+            done.set_result(None)
+
+
+@dataclass
+class Scoring:
+    """Scores in place below ``thread_rows`` rows and in a worker thread from there on."""
+
+    thread_rows: int
+
+    async def __call__(self, served: Served, rows: Sequence[Features]) -> Scores:
+        BATCH_ROWS.observe(len(rows))
+        if len(rows) >= self.thread_rows:
+            return await asyncio.to_thread(served.artifact.predict, rows)
+        return served.artifact.predict(rows)
+
+
+@dataclass
+class _Request:
+    served: Served
+    rows: Sequence[Features]
+    result: asyncio.Future[Scores]
+
+
+@dataclass
+class MicroBatcher:
+    """Scores the requests that queued while the previous model call ran, together, up to ``max_rows`` rows.
+
+    Requests for different versions (a hot swap in between) are scored by
+    their own version: a batch is split by the ``Served`` each request
+    resolved, so no response reports a version that did not score it.
+    """
+
+    score: Scoring
+    max_rows: int
+    max_wait: float
+    _queue: asyncio.Queue[_Request] = field(default_factory=asyncio.Queue)
+
+    async def __call__(self, served: Served, rows: Sequence[Features]) -> Scores:
+        result: asyncio.Future[Scores] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(served, rows, result))
+        return await result
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            size, deadline = len(batch[0].rows), loop.time() + self.max_wait
+            while size < self.max_rows:
+                if self._queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        request = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                else:
+                    request = self._queue.get_nowait()
+                batch.append(request)
+                size += len(request.rows)
+            await self._score(batch)
+
+    async def _score(self, batch: list[_Request]) -> None:
+        by_version: dict[int, list[_Request]] = {}
+        for request in batch:
+            by_version.setdefault(id(request.served), []).append(request)
+        for requests in by_version.values():
+            rows = [row for request in requests for row in request.rows]
+            try:
+                labels, probabilities = await self.score(requests[0].served, rows)
+            except Exception:
+                # One request the model rejects must not fail the others it was batched with.
+                await self._score_alone(requests)
+                continue
+            start = 0
+            for request in requests:
+                end = start + len(request.rows)
+                if not request.result.done():
+                    request.result.set_result((labels[start:end], probabilities[start:end]))
+                start = end
+
+    async def _score_alone(self, requests: list[_Request]) -> None:
+        for request in requests:
+            try:
+                scores = await self.score(request.served, request.rows)
+            except Exception as exc:
+                if not request.result.done():
+                    request.result.set_exception(exc)
+            else:
+                if not request.result.done():
+                    request.result.set_result(scores)
+
+
+@dataclass
+class Serving:
+    """What a REST prediction goes through, as the settings chose it."""
+
+    score: Scoring | MicroBatcher
+    log: PredictionLog
+
+    @classmethod
+    def configure(
+        cls, bus: Bus, acks: Literal["wait", "async"], thread_rows: int, batch_rows: int, batch_wait_ms: float
+    ) -> Serving:
+        scoring = Scoring(thread_rows)
+        score: Scoring | MicroBatcher = scoring
+        if batch_rows > 1:
+            score = MicroBatcher(scoring, batch_rows, batch_wait_ms / 1000)
+        return cls(score, PredictionLog(bus, acks))
