@@ -49,8 +49,12 @@ format: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/driftloop contracts export
 
+# BROKER=kafka measures on a local Apache Kafka instead of the embedded broker.
+BROKER ?= tansu
 bench: $(STAMP)
+	$(BIN)/python -m tests.bench --broker $(BROKER)
 	$(BIN)/python -m tests.bench.bench_pipeline
+	$(BIN)/python -m tests.bench.bench_offline
 
 clean:
 	rm -rf .driftloop

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from driftloop.broker import EmbeddedBroker, LocalKafka, free_port
+from tests.bench import bench_serving
 from tests.bench.bench_loop import bench_ingestion, first_champion, offered_load, start_stack
 
 console = Console()
@@ -29,18 +30,31 @@ def fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.0f}{unit}" if value >= 100 else f"{value:.2f}{unit}"
 
 
-async def loop_runs(bootstrap: str, home: Path, rates: list[float], seconds: float) -> list[dict[str, Any]]:
-    stack = await asyncio.to_thread(start_stack, bootstrap, home)
+async def loop_runs(
+    bootstrap: str, home: Path, rates: list[float], seconds: float, replicas: int = 1
+) -> list[dict[str, Any]]:
+    stack = await asyncio.to_thread(start_stack, bootstrap, home, replicas)
     try:
         await first_champion(stack)
         results = []
         for rate in rates:
-            console.print(f"loop: offering {rate:,.0f} events/s for {seconds:.0f}s …")
+            console.print(
+                f"loop, {replicas} replica(s) per service: offering {rate:,.0f} events/s for {seconds:.0f}s …"
+            )
             result = await offered_load(stack, rate, seconds)
             results.append(result.__dict__)
         return results
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+async def serving(bootstrap: str, home: Path, seconds: float) -> dict[str, Any]:
+    """REST predict against a bare FastAPI app scoring the same artifact (tests.bench.bench_serving)."""
+    out = home / "serving.json"
+    variants = ["deployment (defaults)", "deployment, no micro-batching"]
+    await bench_serving.main(bootstrap, home / "serving", out, seconds, 8, variants, [1, 100])
+    figures: dict[str, Any] = json.loads(out.read_text())
+    return figures
 
 
 async def run(bootstrap: str, home: Path, quick: bool) -> dict[str, Any]:
@@ -49,7 +63,10 @@ async def run(bootstrap: str, home: Path, quick: bool) -> dict[str, Any]:
     ingestion = (await bench_ingestion(bootstrap, home, n)).as_dict()
     seconds = 20.0 if quick else 60.0
     loop = await loop_runs(bootstrap, home, [2000.0, 5000.0], seconds)
-    return {"ingestion": ingestion, "loop": loop}
+    replicas = await loop_runs(bootstrap, home, [2000.0], seconds, replicas=2)
+    console.print("REST serving against a bare FastAPI app …")
+    rest = await serving(bootstrap, home, 4.0 if quick else 8.0)
+    return {"ingestion": ingestion, "loop": loop, "replicas": [loop[0], *replicas], "serving": rest}
 
 
 def report(result: dict[str, Any]) -> None:
@@ -77,6 +94,21 @@ def report(result: dict[str, Any]) -> None:
             f"{fmt(run['latency_p50_ms'])} / {fmt(run['latency_p99_ms'])}",
             "",
             "",
+        )
+    one, two = result["replicas"]
+    table.add_row(
+        f"loop at {two['offered_rate']:,.0f}/s offered: outcomes/s with 2 replicas per service",
+        fmt(two["sustained_rate"]),
+        f"{fmt(one['sustained_rate'])} (1 replica)",
+        fmt(two["sustained_rate"] / one["sustained_rate"] if one["sustained_rate"] else None, "x"),
+    )
+    served = result["serving"]["results"]
+    for bare, ours in zip(served[::2], served[1::2], strict=True):
+        table.add_row(
+            f"REST predict, {ours['rows']} row(s), 8 connections: req/s, p99 ms ({ours['target']})",
+            f"{fmt(ours['rps'])}, {fmt(ours['p99_ms'])}",
+            f"{fmt(bare['rps'])}, {fmt(bare['p99_ms'])} (bare FastAPI)",
+            fmt(ours["ratio_to_bare"], "x"),
         )
     console.print(table)
 

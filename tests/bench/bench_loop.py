@@ -29,7 +29,7 @@ from river.datasets import synth
 
 from driftloop.broker import free_port
 from driftloop.bus import ensure_topics, topic_partitions
-from driftloop.cli.stack import SERVICES, Stack
+from driftloop.cli.stack import SERVICES, Stack, child_name
 from driftloop.contracts import utcnow
 from driftloop.services.ingestion.main import create_app
 from driftloop.services.ingestion.settings import IngestionSettings
@@ -199,9 +199,15 @@ class LoopResult:
     lag_samples: list[int] = field(default_factory=list)
 
 
-def start_stack(bootstrap: str, home: Path) -> Stack:
+def start_stack(bootstrap: str, home: Path, replicas: int = 1) -> Stack:
+    """All six services as processes, ``replicas`` of each, on free ports."""
     settings = bench_settings(bootstrap, home)
-    stack = Stack(settings, ports={name: free_port() for name in SERVICES}, env={"DRIFTLOOP_LOG_LEVEL": "WARNING"})
+    stack = Stack(
+        settings,
+        ports={child_name(service, r): free_port() for service in SERVICES for r in range(replicas)},
+        env={"DRIFTLOOP_LOG_LEVEL": "WARNING"},
+        replicas=dict.fromkeys(SERVICES, replicas),
+    )
     stack.start()
     stack.wait_ready(180)
     return stack
@@ -233,10 +239,10 @@ async def first_champion(stack: Stack, warmup: int = 1500) -> None:
     raise TimeoutError("no champion was deployed")
 
 
-async def offered_load(stack: Stack, rate: float, seconds: float, drain: float = 120.0) -> LoopResult:
+async def offered_load(stack: Stack, rate: float, seconds: float, drain: float = 60.0) -> LoopResult:
     """Events and their labels at ``rate`` per second for ``seconds``; outcomes are read as they come."""
     settings = stack.settings
-    result = LoopResult(offered_rate=rate, seconds=seconds, replicas=1)
+    result = LoopResult(offered_rate=rate, seconds=seconds, replicas=max(stack.replicas.values(), default=1))
     tag = f"load{uuid.uuid4().hex[:6]}"
     sent_at: dict[str, float] = {}
     latencies: list[float] = []

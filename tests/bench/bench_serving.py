@@ -217,7 +217,7 @@ def report(f: Figures) -> None:
 
 
 async def main(
-    broker: EmbeddedBroker,
+    bootstrap: str,
     work: Path,
     out: Path,
     seconds: float,
@@ -226,7 +226,7 @@ async def main(
     row_counts: list[int],
 ) -> None:
     settings = DriftloopSettings(
-        kafka_bootstrap=broker.bootstrap,
+        kafka_bootstrap=bootstrap,
         topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
         home=work / "home",
         config=REPO / "driftloop.yaml",
@@ -255,7 +255,7 @@ async def main(
         for name in variants:
             port = free_port()
             env = {
-                "DRIFTLOOP_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
                 "DRIFTLOOP_TOPIC_PREFIX": settings.topic_prefix,
                 "DRIFTLOOP_HOME": str(settings.home),
                 "DRIFTLOOP_CONFIG": str(settings.config),
@@ -314,4 +314,6 @@ if __name__ == "__main__":
     else:
         work = Path(tempfile.mkdtemp(prefix="driftloop-bench-serving-"))
         with EmbeddedBroker(free_port(), log_path=work / "broker.log") as broker:
-            asyncio.run(main(broker, work, args.out, args.seconds, args.connections, args.variants, args.rows))
+            asyncio.run(
+                main(broker.bootstrap, work, args.out, args.seconds, args.connections, args.variants, args.rows)
+            )
