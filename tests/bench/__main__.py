@@ -51,22 +51,23 @@ async def loop_runs(
 async def serving(bootstrap: str, home: Path, seconds: float) -> dict[str, Any]:
     """REST predict against a bare FastAPI app scoring the same artifact (tests.bench.bench_serving)."""
     out = home / "serving.json"
+    (home / "serving").mkdir(parents=True, exist_ok=True)
     variants = ["deployment (defaults)", "deployment, no micro-batching"]
     await bench_serving.main(bootstrap, home / "serving", out, seconds, 8, variants, [1, 100])
     figures: dict[str, Any] = json.loads(out.read_text())
     return figures
 
 
-async def run(bootstrap: str, home: Path, quick: bool) -> dict[str, Any]:
+async def run(bootstrap: str, home: Path, quick: bool, result: dict[str, Any]) -> None:
+    """Fill ``result`` part by part, so a part that fails leaves the others' figures."""
     n = 20_000 if quick else 100_000
     console.print(f"ingestion against a raw pass-through, {n:,} events each …")
-    ingestion = (await bench_ingestion(bootstrap, home, n)).as_dict()
+    result["ingestion"] = (await bench_ingestion(bootstrap, home, n)).as_dict()
     seconds = 20.0 if quick else 60.0
-    loop = await loop_runs(bootstrap, home, [2000.0, 5000.0], seconds)
-    replicas = await loop_runs(bootstrap, home, [2000.0], seconds, replicas=2)
+    result["loop"] = await loop_runs(bootstrap, home, [2000.0, 5000.0], seconds)
+    result["replicas"] = [result["loop"][0], *await loop_runs(bootstrap, home, [2000.0], seconds, replicas=2)]
     console.print("REST serving against a bare FastAPI app …")
-    rest = await serving(bootstrap, home, 4.0 if quick else 8.0)
-    return {"ingestion": ingestion, "loop": loop, "replicas": [loop[0], *replicas], "serving": rest}
+    result["serving"] = await serving(bootstrap, home, 4.0 if quick else 8.0)
 
 
 def report(result: dict[str, Any]) -> None:
@@ -129,17 +130,19 @@ def main() -> None:
             if args.broker == "kafka"
             else EmbeddedBroker(free_port(), log_path=home / "broker.log")
         )
-        with broker:
-            result = asyncio.run(run(broker.bootstrap, home, args.quick))
-    result.update(
-        broker=args.broker,
-        quick=args.quick,
-        machine={"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+        result: dict[str, Any] = {
+            "broker": args.broker,
+            "quick": args.quick,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        }
+        try:
+            with broker:
+                asyncio.run(run(broker.bootstrap, home, args.quick, result))
+        finally:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2))
+            console.print(f"written to {out}")
     report(result)
-    console.print(f"written to {out}")
 
 
 if __name__ == "__main__":
