@@ -82,17 +82,17 @@ async def test_unlabelled_predictions_expire_past_the_horizon_and_a_label_within
     start = utcnow() - timedelta(hours=2)
     partitions = list(range(PARTITIONS))
     partition_of = {f"rest{i}": DefaultPartitioner()(f"rest{i}".encode(), partitions, partitions) for i in range(count)}
-    for i in range(count):
-        prediction = Prediction(
-            source_event_id=f"rest{i}",
-            model_name=MODEL,
-            model_version=1,
-            channel="rest",
-            prediction=i % 2,
-            event_time=start + timedelta(seconds=i),
-        )
-        await bus.publish(prediction, prediction.source_event_id, wait=False)
-    await bus.flush()
+    async with bus.acknowledged():
+        for i in range(count):
+            prediction = Prediction(
+                source_event_id=f"rest{i}",
+                model_name=MODEL,
+                model_version=1,
+                channel="rest",
+                prediction=i % 2,
+                event_time=start + timedelta(seconds=i),
+            )
+            await bus.publish(prediction, prediction.source_event_id, wait=False)
     # Each partition drops what is more than the horizon older than its own latest event; two entries per prediction.
     latest = {p: max(i for i in range(count) if partition_of[f"rest{i}"] == p) for p in partitions}
     alive = [i for i in range(count) if i >= latest[partition_of[f"rest{i}"]] - horizon]
@@ -136,17 +136,17 @@ async def test_entries_recovered_from_the_changelog_after_a_restart_expire_too(
     monitoring = MonitoringSettings(**settings.model_dump(), label_horizon=horizon)
 
     async def predict(ids: range, offset: timedelta) -> None:
-        for i in ids:
-            prediction = Prediction(
-                source_event_id=f"ev{i}",
-                model_name=MODEL,
-                model_version=1,
-                channel="rest",
-                prediction=1,
-                event_time=start + offset + timedelta(seconds=i),
-            )
-            await bus.publish(prediction, prediction.source_event_id, wait=False)
-        await bus.flush()
+        async with bus.acknowledged():
+            for i in ids:
+                prediction = Prediction(
+                    source_event_id=f"ev{i}",
+                    model_name=MODEL,
+                    model_version=1,
+                    channel="rest",
+                    prediction=1,
+                    event_time=start + offset + timedelta(seconds=i),
+                )
+                await bus.publish(prediction, prediction.source_event_id, wait=False)
 
     async def pending_keys(app: Any, expected: set[str]) -> set[str]:
         keys: set[str] = set()
