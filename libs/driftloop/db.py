@@ -242,15 +242,26 @@ class OutboxRelay:
         self.poll_seconds = poll_seconds
         self.lease = Lease(engine, f"outbox:{source}", holder or uuid.uuid4().hex, lease_seconds)
         self.wakeup = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox:{self.source}")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Let the send in progress be marked sent before the last flush, so stopping sends nothing twice.
+
+        A relay cancelled between a send and its mark would find the row still
+        unsent in that last flush and publish it again.
+        """
+        self._stopping = True
+        self.wakeup.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
         await self.flush()
         await asyncio.to_thread(self.lease.release)
 
@@ -292,7 +303,7 @@ class OutboxRelay:
             connection.execute(update(table).where(table.c.id == row.id).values(sent_at=utcnow()))
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.flush()
             except asyncio.CancelledError:
