@@ -33,19 +33,19 @@ def fmt(value: float | None, unit: str = "") -> str:
 async def loop_runs(
     bootstrap: str, home: Path, rates: list[float], seconds: float, replicas: int = 1
 ) -> list[dict[str, Any]]:
-    stack = await asyncio.to_thread(start_stack, bootstrap, home, replicas)
-    try:
-        await first_champion(stack)
-        results = []
-        for rate in rates:
+    """One fresh stack per rate, so no run inherits the backlog of the one before."""
+    results = []
+    for rate in rates:
+        stack = await asyncio.to_thread(start_stack, bootstrap, home, replicas)
+        try:
+            await first_champion(stack)
             console.print(
                 f"loop, {replicas} replica(s) per service: offering {rate:,.0f} events/s for {seconds:.0f}s …"
             )
-            result = await offered_load(stack, rate, seconds)
-            results.append(result.__dict__)
-        return results
-    finally:
-        await asyncio.to_thread(stack.stop)
+            results.append((await offered_load(stack, rate, seconds)).__dict__)
+        finally:
+            await asyncio.to_thread(stack.stop)
+    return results
 
 
 async def serving(bootstrap: str, home: Path, seconds: float) -> dict[str, Any]:
