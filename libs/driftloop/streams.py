@@ -9,9 +9,9 @@ records never reach the wire.
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from aiokafka.admin import NewTopic
@@ -25,6 +25,7 @@ from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
 from driftloop.settings import ServiceSettings
 
 log = get_logger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 class StreamSettings(ServiceSettings):
@@ -110,7 +111,7 @@ def state_table(app: faust.App, name: str, *, batched: bool = False) -> faust.ty
     return app.Table(name, default=None, partitions=PARTITIONS, key_type=str, value_type=None, use_partitioner=batched)
 
 
-def parse(model: type[BaseModel], value: bytes) -> Any:
+def parse(model: type[M], value: bytes) -> M:
     try:
         return model.model_validate_json(value)
     except ValidationError as exc:
@@ -156,6 +157,16 @@ class Emitter:
         except Exception as exc:
             log.exception("stream handler failed", stage=stage)
             await self.deadletter(event, PoisonMessage(f"handler failed: {exc!r}"), stage)
+
+    async def parse_each(self, events: Sequence[faust.EventT[Any]], model: type[M], stage: str) -> list[M]:
+        """The events' payloads as ``model``, in order; the ones that do not fit are dead-lettered."""
+        parsed: list[M] = []
+        for event in events:
+            try:
+                parsed.append(parse(model, event.value))
+            except PoisonMessage as exc:
+                await self.deadletter(event, exc, stage)
+        return parsed
 
     async def deadletter(self, event: faust.EventT[Any], exc: PoisonMessage, stage: str) -> None:
         message = event.message

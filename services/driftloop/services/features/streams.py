@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -9,7 +10,6 @@ from typing import Any, cast
 import faust
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.bus import PoisonMessage
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import EventValidated, FeatureVector, LabelEvent
 from driftloop.logging import get_logger
@@ -17,7 +17,7 @@ from driftloop.metrics import MESSAGES_CONSUMED
 from driftloop.offline import OfflineStore, view_feature_types
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
-from driftloop.streams import Emitter, parse, raw_topic, state_table, stream_app
+from driftloop.streams import Emitter, raw_topic, state_table, stream_app
 
 log = get_logger(__name__)
 
@@ -45,12 +45,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
         states: dict[str, EntityState] = {}
         latest: dict[str, dict[str, Any]] = {}
         duplicates = 0
-        for event in events:
-            try:
-                validated = parse(EventValidated, event.value)
-            except PoisonMessage as exc:
-                await emitter.deadletter(event, exc, "features.compute")
-                continue
+        for validated in await emitter.parse_each(events, EventValidated, "features.compute"):
             entity = validated.entity_id
             if entity not in states:
                 states[entity] = EntityState.from_dict(entities.get(entity))
@@ -97,17 +92,13 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
         )
         async for events in batches:
             vectors: dict[str, list[FeatureVector]] = {}
-            for event in events:
-                try:
-                    vector = parse(FeatureVector, event.value)
-                except PoisonMessage as exc:
-                    await emitter.deadletter(event, exc, "features.offline")
-                    continue
+            for vector in await emitter.parse_each(events, FeatureVector, "features.offline"):
                 vectors.setdefault(vector.feature_view, []).append(vector)
             first = events[0].message
             for view, rows in vectors.items():
                 if view in offline:
-                    offline[view].append_vectors(rows, first.partition, first.offset)
+                    # Parquet encoding and the object store's round trip stay off the event loop.
+                    await asyncio.to_thread(offline[view].append_vectors, rows, first.partition, first.offset)
             MESSAGES_CONSUMED.labels("features", "features", "ok").inc(len(events))
 
     @app.agent(raw_topic(app, settings, "labels"))
@@ -116,16 +107,11 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
             settings.offline_batch, within=settings.offline_flush_seconds
         )
         async for events in batches:
-            labels: list[LabelEvent] = []
-            for event in events:
-                try:
-                    labels.append(parse(LabelEvent, event.value))
-                except PoisonMessage as exc:
-                    await emitter.deadletter(event, exc, "features.labels")
+            labels = await emitter.parse_each(events, LabelEvent, "features.labels")
             first = events[0].message
             if labels:
                 for store_ in offline.values():
-                    store_.append_labels(labels, first.partition, first.offset)
+                    await asyncio.to_thread(store_.append_labels, labels, first.partition, first.offset)
             MESSAGES_CONSUMED.labels("features", "labels", "ok").inc(len(events))
 
     return FeatureStreams(app=app, online=online)
