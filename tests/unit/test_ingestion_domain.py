@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from driftloop.config import load_config
 from driftloop.contracts import utcnow
-from driftloop.services.ingestion.domain import Invalid, split_body, validate_event, validate_label
+from driftloop.services.ingestion.domain import split_body, validate_event
+from driftloop.validation import Invalid, validate_label
 from tests.support import APPLICATION
 
 SCHEMA = load_config(Path(__file__).resolve().parents[2] / "driftloop.yaml").dataset

@@ -9,8 +9,9 @@ from pydantic import BaseModel
 
 from driftloop.contracts import utcnow
 from driftloop.runtime import Runtime
-from driftloop.services.ingestion.domain import Invalid, split_body, validate_event, validate_label
+from driftloop.services.ingestion.domain import split_body, validate_event
 from driftloop.services.ingestion.settings import IngestionSettings
+from driftloop.validation import Invalid, validate_label
 
 router = APIRouter(prefix="/v1", tags=["ingestion"])
 

@@ -13,31 +13,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from driftloop.config import DatasetSchema, FeatureSpec, LabelSpec
-from driftloop.contracts import DataEvent, EventValidated, FieldError, LabelEvent
-from driftloop.contracts.events import FeatureValue
-
-
-class Invalid(Exception):
-    """The event breaks the contract or the schema; ``errors`` name each field and why."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
-        self.errors = errors
-
-
-_TYPE_CHECKS = {
-    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "bool": lambda v: isinstance(v, bool),
-}
-
-
-def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
-    return [
-        FieldError(field=prefix + (".".join(str(p) for p in e["loc"]) or "$"), message=e["msg"]) for e in exc.errors()
-    ]
+from driftloop.config import DatasetSchema
+from driftloop.contracts import DataEvent, EventValidated, FieldError
+from driftloop.validation import Invalid, check_value, pydantic_errors
 
 
 def parse_json(raw: bytes | str) -> Any:
@@ -45,19 +23,6 @@ def parse_json(raw: bytes | str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise Invalid([FieldError(field="$", message=f"malformed JSON: {exc}")]) from exc
-
-
-def _check_value(name: str, value: FeatureValue, spec: FeatureSpec | LabelSpec) -> str | None:
-    if not _TYPE_CHECKS[spec.type](value):
-        return f"expected {spec.type}, got {type(value).__name__} {value!r}"
-    if spec.allowed is not None and value not in spec.allowed:
-        return f"{value!r} is not one of {spec.allowed}"
-    if isinstance(spec, FeatureSpec) and isinstance(value, int | float):
-        if spec.min is not None and value < spec.min:
-            return f"{value} is below the minimum {spec.min}"
-        if spec.max is not None and value > spec.max:
-            return f"{value} is above the maximum {spec.max}"
-    return None
 
 
 def check_schema(event: DataEvent, schema: DatasetSchema, now: datetime) -> list[FieldError]:
@@ -68,7 +33,7 @@ def check_schema(event: DataEvent, schema: DatasetSchema, now: datetime) -> list
             if spec.required:
                 errors.append(FieldError(field=f"features.{name}", message="required feature is missing"))
             continue
-        if problem := _check_value(name, value, spec):
+        if problem := check_value(value, spec):
             errors.append(FieldError(field=f"features.{name}", message=problem))
     if not schema.allow_unknown_features:
         errors += [
@@ -76,7 +41,7 @@ def check_schema(event: DataEvent, schema: DatasetSchema, now: datetime) -> list
             for name in event.features
             if name not in schema.features
         ]
-    if event.label is not None and (problem := _check_value("label", event.label, schema.label)):
+    if event.label is not None and (problem := check_value(event.label, schema.label)):
         errors.append(FieldError(field="label", message=problem))
     event_time = event.event_time if event.event_time.tzinfo else event.event_time.replace(tzinfo=UTC)
     if now - event_time > schema.max_event_age:
@@ -91,22 +56,12 @@ def validate_event(payload: Any, schema: DatasetSchema, now: datetime) -> DataEv
     try:
         event = DataEvent.model_validate(payload)
     except ValidationError as exc:
-        raise Invalid(_pydantic_errors(exc)) from exc
+        raise Invalid(pydantic_errors(exc)) from exc
     if errors := check_schema(event, schema, now):
         raise Invalid(errors)
     if event.event_time.tzinfo is None:
         event = event.model_copy(update={"event_time": event.event_time.replace(tzinfo=UTC)})
     return event
-
-
-def validate_label(payload: Any, spec: LabelSpec) -> LabelEvent:
-    try:
-        label = LabelEvent.model_validate(payload)
-    except ValidationError as exc:
-        raise Invalid(_pydantic_errors(exc)) from exc
-    if problem := _check_value("label", label.label, spec):
-        raise Invalid([FieldError(field="label", message=problem)])
-    return label
 
 
 def validated(event: DataEvent) -> EventValidated:

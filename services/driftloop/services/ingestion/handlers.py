@@ -7,7 +7,8 @@ import orjson
 from driftloop.bus import Bus, PoisonMessage, Record
 from driftloop.config import DatasetSchema
 from driftloop.contracts import utcnow
-from driftloop.services.ingestion.domain import Invalid, parse_json, validate_event, validated
+from driftloop.services.ingestion.domain import parse_json, validate_event, validated
+from driftloop.validation import Invalid
 
 
 def producer_event_id(record: Record) -> str | None:
