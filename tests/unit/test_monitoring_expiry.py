@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driftloop.services.monitoring.domain import JoinExpiry
+from driftloop.services.monitoring.join import JoinExpiry
 
 
 def test_unlabelled_traffic_keeps_one_horizon_of_entries() -> None:

@@ -1,15 +1,19 @@
-"""What monitoring knows about a model: its rolling accuracy and its drift state."""
+"""What monitoring knows about a model: its rolling accuracy and its drift state, per version.
+
+Answers come from the ``tracks`` table, so a replica answers for the models
+whose outcome partition it holds; the others answer 404 for them.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel
 
 from driftloop.contracts import DriftDetected
-from driftloop.services.monitoring.domain import ModelMonitor
+from driftloop.services.monitoring.domain import ModelMonitor, ModelTrack
 from driftloop.services.monitoring.streams import MonitorStreams
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
@@ -23,13 +27,19 @@ def get_streams(request: Request) -> MonitorStreams:
 StreamsDep = Annotated[MonitorStreams, Depends(get_streams)]
 
 
-class ModelMetrics(BaseModel):
-    model_name: str
+class VersionMetrics(BaseModel):
     model_version: int
     observations: int
     accuracy: float | None
     rolling_accuracy: float | None
     rolling_window: int
+
+
+class ModelMetrics(VersionMetrics):
+    """The current version's figures at the top level, every kept version's in ``versions``."""
+
+    model_name: str
+    versions: list[VersionMetrics]
 
 
 class DriftState(BaseModel):
@@ -44,18 +54,15 @@ class DriftState(BaseModel):
     events: list[DriftDetected]
 
 
-def _monitor(streams: MonitorStreams, name: str) -> ModelMonitor:
-    monitor = streams.monitors.get(name)
-    if monitor is None:
+def _track(streams: MonitorStreams, name: str) -> tuple[ModelTrack, ModelMonitor]:
+    track = streams.track(name)
+    if track is None or track.current is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no labelled predictions of {name!r} seen yet")
-    return monitor
+    return track, track.current
 
 
-@router.get("/models/{name}/metrics")
-async def metrics(name: str, streams: StreamsDep) -> ModelMetrics:
-    monitor = _monitor(streams, name)
-    return ModelMetrics(
-        model_name=name,
+def _figures(monitor: ModelMonitor) -> VersionMetrics:
+    return VersionMetrics(
         model_version=monitor.version,
         observations=monitor.observations,
         accuracy=monitor.accuracy,
@@ -64,18 +71,32 @@ async def metrics(name: str, streams: StreamsDep) -> ModelMetrics:
     )
 
 
+def _when(seconds: float | None) -> datetime | None:
+    return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
+
+
+@router.get("/models/{name}/metrics")
+async def metrics(name: str, streams: StreamsDep) -> ModelMetrics:
+    track, current = _track(streams, name)
+    return ModelMetrics(
+        model_name=name,
+        **_figures(current).model_dump(),
+        versions=[_figures(m) for _, m in sorted(track.monitors.items())],
+    )
+
+
 @router.get("/models/{name}/drift")
 async def drift(name: str, streams: StreamsDep) -> DriftState:
-    monitor = _monitor(streams, name)
-    evidence = monitor.drift
+    track, current = _track(streams, name)
+    evidence = current.drift
     return DriftState(
         model_name=name,
-        model_version=monitor.version,
-        detector=f"adwin(delta={monitor.delta})",
+        model_version=current.version,
+        detector=f"adwin(delta={current.delta})",
         drift_detected=evidence is not None,
-        detected_at=evidence.detected_at if evidence else None,
-        change_point_time=evidence.change_point_time if evidence else None,
+        detected_at=_when(evidence.detected_at if evidence else None),
+        change_point_time=_when(evidence.change_point_time if evidence else None),
         accuracy_before=evidence.accuracy_before if evidence else None,
         accuracy_after=evidence.accuracy_after if evidence else None,
-        events=streams.drifts.get(name, []),
+        events=[DriftDetected.model_validate(d) for d in track.drifts],
     )

@@ -1,31 +1,36 @@
 """Concept-drift detection on a served model's error stream, in River's style: ``update`` then look.
 
->>> from datetime import datetime, timedelta, UTC
 >>> import random
 >>> rng = random.Random(0)
 >>> monitor = ModelMonitor("m", version=1, delta=0.002, grace=200, window=300)
->>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
 >>> found = []
 >>> for i in range(3000):
 ...     correct = rng.random() > (0.02 if i < 1500 else 0.5)
-...     drift = monitor.update(correct, t0 + timedelta(seconds=i))
-...     if drift:
+...     if monitor.update(correct, float(i)):
 ...         found.append(i)
 >>> len(found) == 1 and 1500 < found[0] < 1700
 True
 >>> monitor.drift is not None and monitor.drift.accuracy_before > 0.95 > 0.9 > monitor.drift.accuracy_after
 True
+
+The state is plain JSON, so it can live in a changelog-backed table, and a
+monitor read back from it carries on where it was:
+
+>>> again = ModelMonitor.from_dict(monitor.to_dict(), delta=0.002, grace=200, window=300)
+>>> (again.observations, again.rolling_accuracy, again.drift) == (3000, monitor.rolling_accuracy, monitor.drift)
+True
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from river.drift import ADWIN
+
+from driftloop.services.monitoring.join import Outcome
 
 
 def change_point(outcomes: list[bool]) -> int:
@@ -66,8 +71,13 @@ class DriftEvidence:
     window: int
     accuracy_before: float
     accuracy_after: float
-    change_point_time: datetime
-    detected_at: datetime
+    #: Event times, in seconds since the epoch.
+    change_point_time: float
+    detected_at: float
+
+
+#: Outcomes kept for the change-point estimate and for rebuilding the detector from the stored state.
+HISTORY = 2000
 
 
 @dataclass
@@ -76,7 +86,13 @@ class ModelMonitor:
 
     A new version starts a new monitor: its errors are a new stream, and it
     gets ``grace`` observations before drift may be declared on it. Drift is
-    declared once per version: the next signal comes from the next version.
+    declared once per version, and only when the error rose: a model that got
+    better has nothing to be retrained for.
+
+    River's ADWIN cannot be written out, so the stored state keeps the last
+    ``HISTORY`` outcomes and a monitor read back rebuilds its detector from
+    them: after a restart it has forgotten what lay further back, which only
+    makes it a little slower to see a change that began before the restart.
     """
 
     model_name: str
@@ -87,99 +103,162 @@ class ModelMonitor:
     observations: int = 0
     correct_total: int = 0
     drift: DriftEvidence | None = None
-    detector: ADWIN = field(init=False)
-    recent: deque[tuple[bool, datetime]] = field(init=False)
-    rolling: deque[bool] = field(init=False)
+    recent: deque[tuple[bool, float]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     rolling_correct: int = 0
+    detector: ADWIN = field(init=False)
 
     def __post_init__(self) -> None:
         self.detector = ADWIN(delta=self.delta)
-        self.recent = deque(maxlen=max(self.window, 2000))
-        self.rolling = deque(maxlen=self.window)
+        self.recent = deque(self.recent, maxlen=max(self.window, HISTORY))
+
+    @property
+    def rolling_size(self) -> int:
+        return min(len(self.recent), self.window)
 
     @property
     def rolling_accuracy(self) -> float | None:
-        return self.rolling_correct / len(self.rolling) if self.rolling else None
+        return self.rolling_correct / self.rolling_size if self.recent else None
 
     @property
     def accuracy(self) -> float | None:
         return self.correct_total / self.observations if self.observations else None
 
-    def update(self, correct: bool, event_time: datetime) -> DriftEvidence | None:
-        """Fold one labelled prediction in; return evidence the first time drift is detected."""
+    def update(self, correct: bool, event_time: float) -> DriftEvidence | None:
+        """Fold one labelled prediction in; return evidence the first time a rise of the error is detected."""
         self.observations += 1
         self.correct_total += int(correct)
+        if len(self.recent) >= self.window:
+            self.rolling_correct -= int(self.recent[-self.window][0])
         self.recent.append((correct, event_time))
-        if len(self.rolling) == self.rolling.maxlen:
-            self.rolling_correct -= int(self.rolling[0])
-        self.rolling.append(correct)
         self.rolling_correct += int(correct)
         self.detector.update(0 if correct else 1)
         if not self.detector.drift_detected or self.observations < self.grace or self.drift is not None:
             return None
-        history = list(self.recent)
+        # Labels arrive late and out of order: the change happened in event time, so it is looked for there.
+        history = sorted(self.recent, key=lambda outcome: outcome[1])
         split = change_point([c for c, _ in history])
         before, after = history[:split] or history[:1], history[split:]
+        accuracy_before = sum(c for c, _ in before) / len(before)
+        accuracy_after = sum(c for c, _ in after) / len(after)
+        if accuracy_after >= accuracy_before:
+            return None
         self.drift = DriftEvidence(
             observations=self.observations,
             window=len(after),
-            accuracy_before=sum(c for c, _ in before) / len(before),
-            accuracy_after=sum(c for c, _ in after) / len(after),
+            accuracy_before=accuracy_before,
+            accuracy_after=accuracy_after,
             change_point_time=after[0][1],
             detected_at=event_time,
         )
         return self.drift
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "observations": self.observations,
+            "correct": self.correct_total,
+            "outcomes": "".join("1" if c else "0" for c, _ in self.recent),
+            "times": [t for _, t in self.recent],
+            "drift": asdict(self.drift) if self.drift else None,
+        }
 
-def expired(index: list[tuple[float, str]], watermark: float) -> list[str]:
-    """Pop from the heap ``index`` of (event time, key) every key stamped before ``watermark``, oldest first.
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, model_name: str = "", **policy: Any) -> ModelMonitor:
+        recent = deque(zip((c == "1" for c in data["outcomes"]), data["times"], strict=True))
+        monitor = cls(
+            model_name,
+            int(data["version"]),
+            observations=data["observations"],
+            correct_total=data["correct"],
+            drift=DriftEvidence(**data["drift"]) if data["drift"] else None,
+            recent=recent,
+            **policy,
+        )
+        for correct, _ in monitor.recent:
+            monitor.detector.update(0 if correct else 1)
+        monitor.rolling_correct = sum(c for c, _ in list(monitor.recent)[-monitor.window :])
+        return monitor
 
-    >>> index = [(10.0, "a"), (30.0, "c"), (20.0, "b")]
-    >>> heapq.heapify(index)
-    >>> expired(index, 25.0), index
-    (['a', 'b'], [(30.0, 'c')])
-    """
-    keys = []
-    while index and index[0][0] < watermark:
-        keys.append(heapq.heappop(index)[1])
-    return keys
+
+#: Monitors of superseded versions kept beside the current one (their late outcomes still land there).
+KEPT_VERSIONS = 3
 
 
 @dataclass
-class JoinExpiry:
-    """Which join entries of one partition a label can no longer reach.
+class Detected:
+    version: int
+    evidence: DriftEvidence
 
-    A prediction waits for its label at most ``horizon`` of event time: once
-    the partition has seen an event ``horizon`` later than it, the entry is
-    dropped, whether it still waits (no label will come: a REST call without
-    one, a producer that never sends it), holds a label that no prediction
-    claimed, or only marks the event as scored. Event time rather than the
-    clock, so a replay or a backlog expires exactly what live traffic would;
-    the state then holds at most the entries of one horizon per partition.
 
-    >>> expiry = JoinExpiry(horizon=60.0)
-    >>> expiry.track("m:e1", 0.0); expiry.track("m:e2", 30.0); expiry.track("m:e1", 50.0)
-    >>> expiry.advance(61.0), expiry.advance(10.0), expiry.advance(95.0), len(expiry)
-    (['m:e1'], [], ['m:e2'], 0)
+@dataclass
+class ModelTrack:
+    """Everything monitoring knows of one model: a monitor per version, which version is current, and
+    how far each join partition's outcomes have been applied.
+
+    Outcomes of a superseded version go to that version's monitor and never
+    to the current one, so late outcomes of v1 cannot disturb v2's grace
+    period, and only the current version can raise drift. The newest version
+    seen is the current one.
+
+    ``applied`` makes a replay harmless: each outcome names the join record
+    that completed it, by partition and offset, and one join partition's
+    outcomes arrive in offset order; so an outcome at or below the partition's
+    mark was applied before and is dropped. The marks are stored with the
+    monitors, in one table entry, so both reach the changelog together.
     """
 
-    horizon: float
-    latest: float | None = None
-    _index: list[tuple[float, str]] = field(default_factory=list)
-    _tracked: set[str] = field(default_factory=set)
+    model_name: str
+    delta: float
+    grace: int
+    window: int
+    monitors: dict[int, ModelMonitor] = field(default_factory=dict)
+    applied: dict[int, tuple[int, int]] = field(default_factory=dict)
+    drifts: list[dict[str, Any]] = field(default_factory=list)
 
-    def track(self, key: str, at: float) -> None:
-        """Stamp ``key`` with the event time it was first written at; rewrites keep the first stamp."""
-        if key not in self._tracked:
-            self._tracked.add(key)
-            heapq.heappush(self._index, (at, key))
+    @property
+    def current(self) -> ModelMonitor | None:
+        return self.monitors[max(self.monitors)] if self.monitors else None
 
-    def advance(self, at: float) -> list[str]:
-        """Move the partition's stream time to ``at`` (it never goes back) and return the keys that expired."""
-        self.latest = at if self.latest is None else max(self.latest, at)
-        keys = expired(self._index, self.latest - self.horizon)
-        self._tracked.difference_update(keys)
-        return keys
+    def fresh(self, outcome: Outcome) -> bool:
+        """Not applied before: past its join partition's mark."""
+        partition, offset, index = outcome.source
+        return (offset, index) > self.applied.get(partition, (-1, -1))
 
-    def __len__(self) -> int:
-        return len(self._tracked)
+    def apply(self, outcome: Outcome) -> Detected | None:
+        """Fold in an outcome that is ``fresh``; return the drift it reveals on the current version, if any."""
+        partition, offset, index = outcome.source
+        self.applied[partition] = (offset, index)
+        monitor = self.monitors.get(outcome.version)
+        if monitor is None:
+            monitor = ModelMonitor(self.model_name, outcome.version, self.delta, self.grace, self.window)
+            self.monitors[outcome.version] = monitor
+            for old in sorted(self.monitors)[:-KEPT_VERSIONS]:
+                del self.monitors[old]
+        if outcome.version not in self.monitors:
+            return None
+        evidence = monitor.update(outcome.correct, outcome.event_time)
+        current = self.current
+        if evidence is None or current is None or current.version != outcome.version:
+            return None
+        return Detected(outcome.version, evidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "monitors": {str(v): m.to_dict() for v, m in self.monitors.items()},
+            "applied": {str(p): list(mark) for p, mark in self.applied.items()},
+            "drifts": self.drifts,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any] | None, model_name: str, delta: float, grace: int, window: int
+    ) -> ModelTrack:
+        track = cls(model_name, delta, grace, window)
+        if data:
+            policy = {"delta": delta, "grace": grace, "window": window}
+            track.monitors = {
+                int(v): ModelMonitor.from_dict(m, model_name=model_name, **policy) for v, m in data["monitors"].items()
+            }
+            track.applied = {int(p): (mark[0], mark[1]) for p, mark in data["applied"].items()}
+            track.drifts = list(data["drifts"])
+        return track

@@ -1,87 +1,151 @@
-"""The faust agents: join predictions with labels by event id, then track each model's monitor.
+"""The faust agents: predictions and labels meet by event id, outcomes update each model's monitors.
 
-Predictions (key ``source_event_id``) and labels (key ``event_id``) are
-co-partitioned, so the join table lives where both arrive. Outcomes are then
-re-keyed by model name onto an internal topic, so one model's monitor is
-updated by one worker.
+Three stages, each working a batch at a time:
 
-Join entries expire ``label_horizon`` of event time after they were first
-written (``JoinExpiry``, per partition): each entry carries its stamp and
-partition, so the expiry index is rebuilt from the table after a recovery,
-and an expired entry is deleted from the table, which writes a tombstone to
-its changelog.
+1. *route*: predictions and labels are checked (labels against the dataset's
+   label spec, as ingestion checks them over HTTP; bad ones are dead-lettered)
+   and re-keyed by event id onto one internal topic. A producer may key its
+   labels any way it likes; after this hop an event's records share one
+   partition, in one order that a replay repeats.
+2. *join*: one entry per event id in the ``pending`` table (``join.py``);
+   the outcomes a record completes are sent, keyed by model, and acknowledged
+   before the entries are written. Entries expire ``label_horizon`` of event
+   time after they were first written.
+3. *track*: each model's monitors (``domain.ModelTrack``) are one entry of
+   the ``tracks`` table, read and written once per batch. The entry also
+   holds how far each join partition's outcomes were applied, so a replayed
+   outcome counts once.
+
+All state is JSON in changelog-backed tables: a crash, a restart or a
+rebalance resumes from the changelog. The in-process copies of the tracks are
+a cache, checked against the table's stamp before use.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import pickle
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import faust
-from aiokafka.partitioner import DefaultPartitioner
+import orjson
 
+from driftloop.bus import PoisonMessage
 from driftloop.config import DriftloopConfig
-from driftloop.contracts import DriftDetected, LabelEvent, Prediction
-from driftloop.contracts.events import LabelValue
+from driftloop.contracts import DriftDetected, Prediction
 from driftloop.logging import get_logger
-from driftloop.services.monitoring.domain import JoinExpiry, ModelMonitor
+from driftloop.services.monitoring.domain import Detected, ModelTrack
+from driftloop.services.monitoring.join import (
+    JoinEntry,
+    JoinExpiry,
+    JoinRecord,
+    LabelRecord,
+    Outcome,
+    PredictionRecord,
+    join,
+    record_from_dict,
+)
 from driftloop.services.monitoring.metrics import DRIFTS, EXPIRED_JOINS, OUTCOMES, PENDING_JOINS, ROLLING_ACCURACY
 from driftloop.services.monitoring.settings import MonitoringSettings
-from driftloop.streams import PARTITIONS, Emitter, parse, raw_topic, state_table, stream_app
+from driftloop.streams import Emitter, parse, raw_topic, state_table, stream_app
+from driftloop.validation import Invalid, validate_label
 
 log = get_logger(__name__)
+
+#: Drift events are named by what they report, so one found again after a replay has the same event id.
+_DRIFT_NAMESPACE = uuid.UUID("6f1d3c1e-3b0a-4c7e-9a53-2f0a5c7d9e11")
+#: Drift events kept per model for the API.
+_KEPT_DRIFTS = 20
 
 
 @dataclass
 class MonitorStreams:
     app: faust.App
     pending: faust.types.TableT[Any, Any]
-    monitors: dict[str, ModelMonitor] = field(default_factory=dict)
-    drifts: dict[str, list[DriftDetected]] = field(default_factory=dict)
+    tracks: faust.types.TableT[Any, Any]
+    #: A model's track as the table holds it, or None before its first outcome.
+    track: Callable[[str], ModelTrack | None]
 
 
-def _encode(monitor: ModelMonitor) -> str:
-    return base64.b64encode(pickle.dumps(monitor)).decode()
-
-
-def _decode(blob: str) -> ModelMonitor:
-    monitor: ModelMonitor = pickle.loads(base64.b64decode(blob))
-    return monitor
+def _time(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStreams:
     app = stream_app(settings, "monitoring")
     emitter = Emitter(app, settings)
-    pending = state_table(app, "pending")
-    streams = MonitorStreams(app=app, pending=pending)
-    stored = state_table(app, "monitors")
+    pending = state_table(app, "pending", batched=True)
+    tracks = state_table(app, "tracks", batched=True)
+    joins = raw_topic(app, settings, "driftloop-monitoring-join", internal=True)
     outcomes = raw_topic(app, settings, "driftloop-monitoring-outcomes", internal=True)
-    relabelled = raw_topic(app, settings, "driftloop-monitoring-labels-by-event", internal=True)
-    partitioner = DefaultPartitioner()
     policy = config.drift
-    since_checkpoint: dict[str, int] = {}
     horizon = settings.label_horizon.total_seconds()
     expiries: dict[int, JoinExpiry] = {}
+    cache: dict[str, tuple[str, ModelTrack]] = {}
 
-    def put(key: str, value: dict[str, Any], at: float, partition: int) -> None:
-        """Write a join entry stamped with the event time it was first written at."""
-        first = (pending.get(key) or {}).get("at", at)
-        pending[key] = {**value, "at": first, "p": partition}
-        expiries.setdefault(partition, JoinExpiry(horizon)).track(key, first)
+    def load(model: str) -> ModelTrack | None:
+        stored = tracks.get(model)
+        if stored is None:
+            return None
+        cached = cache.get(model)
+        if cached is not None and cached[0] == stored["stamp"]:
+            return cached[1]
+        track = ModelTrack.from_dict(stored, model, policy.delta, policy.grace_observations, policy.accuracy_window)
+        cache[model] = (stored["stamp"], track)
+        return track
 
-    def expire(partition: int, at: float) -> None:
-        """Advance the partition's stream time; runs while handling an event of that partition, so the
-        tombstones go to the changelog partition the entries were written to."""
-        keys = expiries.setdefault(partition, JoinExpiry(horizon)).advance(at)
-        for key in keys:
-            if key in pending:
-                del pending[key]
-        EXPIRED_JOINS.inc(len(keys))
-        PENDING_JOINS.set(len(pending))
+    streams = MonitorStreams(app=app, pending=pending, tracks=tracks, track=load)
+
+    # Stage 1: route.
+
+    def prediction_record(event: faust.EventT[Any]) -> JoinRecord | None:
+        prediction = parse(Prediction, event.value)
+        if prediction.role != "champion":
+            return None
+        return PredictionRecord(
+            event_id=prediction.source_event_id,
+            model=prediction.model_name,
+            version=prediction.model_version,
+            prediction=prediction.prediction,
+            label=prediction.label,
+            event_time=_time(prediction.event_time or prediction.occurred_at),
+        )
+
+    def label_record(event: faust.EventT[Any]) -> JoinRecord:
+        """A label without ``label_time`` is stamped with its record's timestamp, when it was produced."""
+        try:
+            label = validate_label(orjson.loads(event.value), config.dataset.label)
+        except orjson.JSONDecodeError as exc:
+            raise PoisonMessage(f"malformed JSON: {exc}") from exc
+        except Invalid as exc:
+            raise PoisonMessage(str(exc), exc.errors) from exc
+        at = _time(label.label_time) if label.label_time else event.message.timestamp
+        return LabelRecord(label.event_id, label.label, at)
+
+    async def route(events: Sequence[faust.EventT[Any]], read: Callable[..., JoinRecord | None], stage: str) -> None:
+        for event in events:
+            try:
+                record = read(event)
+            except PoisonMessage as exc:
+                await emitter.deadletter(event, exc, stage)
+                continue
+            if record is not None:
+                await joins.send(key=record.event_id.encode(), value=orjson.dumps(record.to_dict()))
+
+    @app.agent(raw_topic(app, settings, "predictions"))
+    async def route_predictions(stream: faust.StreamT[Any]) -> None:
+        async for events in _batches(stream, settings):
+            await route(events, prediction_record, "monitoring.predictions")
+
+    @app.agent(raw_topic(app, settings, "labels"))
+    async def route_labels(stream: faust.StreamT[Any]) -> None:
+        async for events in _batches(stream, settings):
+            await route(events, label_record, "monitoring.labels")
+
+    # Stage 2: join.
 
     @pending.on_recover
     async def reindex() -> None:
@@ -90,137 +154,116 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
             if isinstance(value, dict) and "at" in value:
                 expiries.setdefault(value["p"], JoinExpiry(horizon)).track(key, value["at"])
 
-    async def score(prediction: dict[str, Any], label: LabelValue) -> None:
-        outcome = {**prediction, "correct": prediction["prediction"] == label}
-        await outcomes.send(key=prediction["model_name"].encode(), value=json.dumps(outcome).encode())
+    async def on_join_batch(events: Sequence[faust.EventT[Any]]) -> None:
+        entries: dict[str, JoinEntry] = {}
+        completed: list[Outcome] = []
+        latest: dict[int, float] = {}
+        for event in events:
+            message = event.message
+            try:
+                record = record_from_dict(orjson.loads(event.value))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                await emitter.deadletter(event, PoisonMessage(f"not a join record: {exc!r}"), "monitoring.join")
+                continue
+            key = record.event_id
+            entry = entries.get(key)
+            if entry is None and (stored := pending.get(key)) is not None:
+                entry = JoinEntry.from_dict(stored)
+            entry, found = join(entry, record, message.partition)
+            entries[key] = entry
+            completed += [replace(o, source=(message.partition, message.offset, i)) for i, o in enumerate(found)]
+            at = record.event_time if isinstance(record, PredictionRecord) else record.label_time
+            latest[message.partition] = max(at, latest.get(message.partition, at))
+        # Acknowledged before the entries say "scored": a crash in between repeats the outcomes, which the
+        # tracker recognises by their source; the other order could lose them.
+        sent = [
+            await outcomes.send(key=o.model.encode(), value=orjson.dumps(o.to_dict()), force=True) for o in completed
+        ]
+        await asyncio.gather(*sent)
+        for key, entry in entries.items():
+            pending[key] = entry.to_dict()
+            expiries.setdefault(entry.partition, JoinExpiry(horizon)).track(key, entry.at)
+        for partition, at in latest.items():
+            gone = expiries.setdefault(partition, JoinExpiry(horizon)).advance(at)
+            for key in gone:
+                if key in pending:
+                    del pending[key]
+            EXPIRED_JOINS.inc(len(gone))
+        PENDING_JOINS.set(sum(len(e) for e in expiries.values()))
 
-    async def on_prediction(event: faust.EventT[Any]) -> None:
-        prediction = parse(Prediction, event.value)
-        if prediction.role != "champion":
-            return
-        event_time = prediction.event_time or prediction.occurred_at
-        at, partition = event_time.timestamp(), event.message.partition
-        await join_prediction(prediction, event_time, at, partition)
-        expire(partition, at)
+    @app.agent(joins)
+    async def join_records(stream: faust.StreamT[Any]) -> None:
+        async for events in _batches(stream, settings):
+            await on_join_batch(events)
 
-    async def join_prediction(prediction: Prediction, event_time: datetime, at: float, partition: int) -> None:
-        key = f"{prediction.model_name}:{prediction.source_event_id}"
-        if (pending.get(key) or {}).get("scored"):
-            return
-        compact = {
-            "model_name": prediction.model_name,
-            "model_version": prediction.model_version,
-            "prediction": prediction.prediction,
-            "event_time": event_time.isoformat(),
-            "source_event_id": prediction.source_event_id,
-        }
-        event_entry = pending.get(prediction.source_event_id) or {}
-        label = prediction.label if prediction.label is not None else event_entry.get("label")
-        if label is None:
-            put(key, {"prediction": compact}, at, partition)
-            waiting = [*event_entry.get("waiting", []), key]
-            put(prediction.source_event_id, {**event_entry, "waiting": waiting}, at, partition)
-            return
-        await score(compact, label)
-        put(key, {"scored": True}, at, partition)
+    # Stage 3: track.
 
-    async def join_label(label: LabelEvent, message: faust.types.Message) -> None:
-        """A label without ``label_time`` is stamped with its record's timestamp, when it was produced."""
-        at, partition = label.label_time.timestamp() if label.label_time else message.timestamp, message.partition
-        entry = pending.get(label.event_id) or {}
-        waiting = entry.get("waiting", [])
-        for key in waiting:
-            held = pending.get(key) or {}
-            if "prediction" in held:
-                await score(held["prediction"], label.label)
-                put(key, {"scored": True}, at, partition)
-        put(label.event_id, {"label": label.label, "waiting": []}, at, partition)
-        expire(partition, at)
+    def drift_event(model: str, detected: Detected) -> DriftDetected:
+        evidence = detected.evidence
+        event_id = uuid.uuid5(_DRIFT_NAMESPACE, f"{model}:{detected.version}:{evidence.observations}").hex
+        return DriftDetected(
+            event_id=event_id,
+            correlation_id=event_id,
+            model_name=model,
+            model_version=detected.version,
+            kind="concept",
+            detector=f"adwin(delta={policy.delta})",
+            observations=evidence.observations,
+            window=evidence.window,
+            accuracy_before=evidence.accuracy_before,
+            accuracy_after=evidence.accuracy_after,
+            change_point_time=datetime.fromtimestamp(evidence.change_point_time, UTC),
+            evidence={"error_rate": 1 - evidence.accuracy_after, "width": float(evidence.window)},
+        )
 
-    @app.agent(raw_topic(app, settings, "predictions"))
-    async def join_predictions(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            await emitter.guard(event, "monitoring.predictions", on_prediction)
-
-    async def route_label(event: faust.EventT[Any]) -> None:
-        """Join a label where its prediction is, re-keying it first if the producer put it elsewhere.
-
-        Predictions are keyed by event id with the Java/aiokafka partitioner;
-        a label keyed differently, or by a client with another partitioner,
-        lands on another partition than its prediction and takes one detour.
-        """
-        label = parse(LabelEvent, event.value)
-        key = label.event_id.encode()
-        if event.message.partition == partition_of(key):
-            await join_label(label, event.message)
-        else:
-            await relabelled.send(key=key, value=event.value)
-
-    def partition_of(key: bytes) -> int:
-        """Where a producer using the default partitioner puts ``key`` (topics have the catalog's partitions)."""
-        partitions = list(range(PARTITIONS))
-        return int(partitioner(key, partitions, partitions))
-
-    @app.agent(raw_topic(app, settings, "labels"))
-    async def join_labels(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            await emitter.guard(event, "monitoring.labels", route_label)
-
-    @app.agent(relabelled)
-    async def join_relabelled(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            await emitter.guard(event, "monitoring.labels", lambda e: join_label(parse(LabelEvent, e.value), e.message))
-
-    def monitor_for(model: str, version: int) -> ModelMonitor:
-        monitor = streams.monitors.get(model)
-        if monitor is None and (blob := stored.get(model)):
-            monitor = _decode(blob)
-        if monitor is None or monitor.version != version:
-            monitor = ModelMonitor(model, version, policy.delta, policy.grace_observations, policy.accuracy_window)
-        streams.monitors[model] = monitor
-        return monitor
-
-    async def on_outcome(event: faust.EventT[Any]) -> None:
-        outcome = json.loads(event.value)
-        model, version = outcome["model_name"], int(outcome["model_version"])
-        monitor = monitor_for(model, version)
-        evidence = monitor.update(bool(outcome["correct"]), datetime.fromisoformat(outcome["event_time"]))
-        OUTCOMES.labels(model, str(outcome["correct"]).lower()).inc()
-        if monitor.rolling_accuracy is not None:
-            ROLLING_ACCURACY.labels(model).set(monitor.rolling_accuracy)
-        since_checkpoint[model] = since_checkpoint.get(model, 0) + 1
-        if evidence is not None:
-            drift = DriftDetected(
-                causation_id=outcome["source_event_id"],
-                model_name=model,
-                model_version=version,
-                kind="concept",
-                detector=f"adwin(delta={policy.delta})",
-                observations=evidence.observations,
-                window=evidence.window,
-                accuracy_before=evidence.accuracy_before,
-                accuracy_after=evidence.accuracy_after,
-                change_point_time=evidence.change_point_time,
-                evidence={"error_rate": 1 - evidence.accuracy_after, "width": float(evidence.window)},
-            )
-            await emitter.emit(drift, model)
-            streams.drifts.setdefault(model, []).append(drift)
-            DRIFTS.labels(model, "concept").inc()
+    async def on_outcomes(events: Sequence[faust.EventT[Any]]) -> None:
+        touched: dict[str, ModelTrack] = {}
+        drifts: list[DriftDetected] = []
+        for event in events:
+            try:
+                outcome = Outcome.from_dict(orjson.loads(event.value))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                await emitter.deadletter(event, PoisonMessage(f"not an outcome: {exc!r}"), "monitoring.outcomes")
+                continue
+            model = outcome.model
+            if model not in touched:
+                touched[model] = load(model) or ModelTrack(
+                    model, policy.delta, policy.grace_observations, policy.accuracy_window
+                )
+            track = touched[model]
+            if not track.fresh(outcome):
+                continue
+            detected = track.apply(outcome)
+            OUTCOMES.labels(model, str(outcome.correct).lower()).inc()
+            if detected is not None:
+                drift = drift_event(model, detected)
+                drifts.append(drift)
+                track.drifts = [*track.drifts, drift.model_dump(mode="json")][-_KEPT_DRIFTS:]
+        for drift in drifts:
+            await emitter.emit(drift, drift.model_name)
+            DRIFTS.labels(drift.model_name, "concept").inc()
             log.warning(
                 "drift detected",
-                model=model,
-                version=version,
-                before=evidence.accuracy_before,
-                after=evidence.accuracy_after,
-                observations=evidence.observations,
+                model=drift.model_name,
+                version=drift.model_version,
+                before=drift.accuracy_before,
+                after=drift.accuracy_after,
+                observations=drift.observations,
             )
-        if evidence is not None or since_checkpoint[model] >= settings.checkpoint_every:
-            stored[model] = _encode(monitor)
-            since_checkpoint[model] = 0
+        for model, track in touched.items():
+            stamp = uuid.uuid4().hex
+            tracks[model] = {**track.to_dict(), "stamp": stamp}
+            cache[model] = (stamp, track)
+            if (current := track.current) is not None and current.rolling_accuracy is not None:
+                ROLLING_ACCURACY.labels(model).set(current.rolling_accuracy)
 
     @app.agent(outcomes)
-    async def track(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            await emitter.guard(event, "monitoring.outcomes", on_outcome)
+    async def track_outcomes(stream: faust.StreamT[Any]) -> None:
+        async for events in _batches(stream, settings):
+            await on_outcomes(events)
 
     return streams
+
+
+def _batches(stream: faust.StreamT[Any], settings: MonitoringSettings) -> Any:
+    return cast("faust.Stream[Any]", stream).take_events(settings.batch, within=settings.batch_within)

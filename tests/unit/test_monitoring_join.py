@@ -1,0 +1,114 @@
+"""The prediction-label join: each (model, version) scores an event once, whatever order and duplicates arrive in."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from driftloop.services.monitoring.join import (
+    JoinEntry,
+    JoinRecord,
+    LabelRecord,
+    Outcome,
+    PredictionRecord,
+    join,
+    record_from_dict,
+)
+
+
+def run(records: list[JoinRecord]) -> tuple[dict[str, JoinEntry], list[Outcome]]:
+    """The join over a stream, with entries written out and read back as the table would hold them."""
+    table: dict[str, dict[str, object]] = {}
+    outcomes: list[Outcome] = []
+    for record in records:
+        stored = table.get(record.event_id)
+        entry, found = join(JoinEntry.from_dict(stored) if stored else None, record, 0)
+        table[record.event_id] = entry.to_dict()
+        outcomes += found
+    return {k: JoinEntry.from_dict(v) for k, v in table.items()}, outcomes
+
+
+def test_a_label_scores_every_model_waiting_for_it_and_none_is_dropped() -> None:
+    """Two models predict one event before its label: both are scored (a label used to overwrite the list)."""
+    entries, outcomes = run(
+        [
+            PredictionRecord("e1", "churn", 3, 1, None, 10.0),
+            PredictionRecord("e1", "fraud", 7, 0, None, 10.0),
+            LabelRecord("e1", 1, 20.0),
+        ]
+    )
+    assert [(o.model, o.version, o.correct) for o in outcomes] == [("churn", 3, True), ("fraud", 7, False)]
+    assert entries["e1"].waiting == {} and sorted(entries["e1"].done) == ["churn:3", "fraud:7"]
+
+
+def test_a_prediction_after_its_label_is_scored_at_once_and_a_late_second_label_changes_nothing() -> None:
+    _, outcomes = run(
+        [
+            LabelRecord("e1", 0, 5.0),
+            PredictionRecord("e1", "m", 1, 0, None, 4.0),
+            LabelRecord("e1", 1, 6.0),
+            PredictionRecord("e1", "m", 2, 1, None, 4.0),
+        ]
+    )
+    assert [(o.version, o.correct, o.event_time) for o in outcomes] == [(1, True, 4.0), (2, False, 4.0)]
+
+
+def test_each_version_of_a_model_is_its_own_prediction() -> None:
+    _, outcomes = run(
+        [
+            PredictionRecord("e1", "m", 1, 1, None, 1.0),
+            PredictionRecord("e1", "m", 2, 0, None, 1.0),
+            LabelRecord("e1", 0, 2.0),
+        ]
+    )
+    assert [(o.version, o.correct) for o in outcomes] == [(1, False), (2, True)]
+
+
+def test_records_survive_their_wire_form() -> None:
+    for record in (PredictionRecord("e", "m:x", 2, "yes", "no", 1.5), LabelRecord("e", True, 3.0)):
+        assert record_from_dict(record.to_dict()) == record
+    outcome = Outcome("m", 2, True, 1.0, "e", (1, 42, 3))
+    assert Outcome.from_dict(outcome.to_dict()) == outcome
+
+
+records = st.lists(
+    st.one_of(
+        st.builds(
+            PredictionRecord,
+            event_id=st.sampled_from(["e1", "e2", "e3"]),
+            model=st.sampled_from(["a", "b"]),
+            version=st.integers(1, 2),
+            prediction=st.integers(0, 1),
+            label=st.one_of(st.none(), st.integers(0, 1)),
+            event_time=st.floats(0, 100),
+        ),
+        st.builds(
+            LabelRecord,
+            event_id=st.sampled_from(["e1", "e2", "e3"]),
+            label=st.integers(0, 1),
+            label_time=st.floats(0, 100),
+        ),
+    ),
+    max_size=40,
+)
+
+
+@given(records, st.randoms(use_true_random=False))
+def test_duplicates_never_score_twice_and_every_labelled_prediction_is_scored(
+    stream: list[JoinRecord], rng: random.Random
+) -> None:
+    doubled = stream + [rng.choice(stream) for _ in range(len(stream) // 2)] if stream else stream
+    _, outcomes = run(doubled)
+    scored = [(o.event_id, o.model, o.version) for o in outcomes]
+    assert len(scored) == len(set(scored)), "a (model, version) scores an event at most once"
+    labelled = {r.event_id for r in doubled if r.label is not None}
+    predicted = {(r.event_id, r.model, r.version) for r in doubled if isinstance(r, PredictionRecord)}
+    predicted = {p for p in predicted if p[0] in labelled}
+    assert set(scored) == predicted, "a prediction whose event got a label is scored"
+
+
+def test_a_prediction_carrying_the_label_scores_the_other_models_waiting() -> None:
+    _, outcomes = run([PredictionRecord("e1", "a", 1, 1, None, 1.0), PredictionRecord("e1", "b", 1, 0, 0, 1.0)])
+    assert [(o.model, o.correct) for o in outcomes] == [("a", False), ("b", True)]
