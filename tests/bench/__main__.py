@@ -19,9 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from driftloop.broker import EmbeddedBroker, LocalKafka, free_port
 from tests.bench import bench_serving
-from tests.bench.bench_loop import bench_ingestion, first_champion, offered_load, start_stack
+from tests.bench.bench_loop import bench_broker, bench_ingestion, first_champion, offered_load, start_stack
 
 console = Console()
 
@@ -125,11 +124,7 @@ def main() -> None:
     out: Path = args.out or Path(".driftloop") / "bench" / f"{args.broker}.json"
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-") as tmp:
         home = Path(tmp)
-        broker = (
-            LocalKafka(free_port(), home / "kafka", log_path=home / "broker.log")
-            if args.broker == "kafka"
-            else EmbeddedBroker(free_port(), log_path=home / "broker.log")
-        )
+        broker = bench_broker(args.broker, home)
         result: dict[str, Any] = {
             "broker": args.broker,
             "quick": args.quick,

@@ -27,7 +27,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from river.datasets import synth
 
-from driftloop.broker import free_port
+from driftloop.broker import BrokerProcess, EmbeddedBroker, LocalKafka, free_port
 from driftloop.bus import ensure_topics, topic_partitions
 from driftloop.cli.stack import SERVICES, Stack, child_name
 from driftloop.contracts import utcnow
@@ -39,6 +39,13 @@ from tests.support import running
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "loan-approval"
 OUTCOMES = "driftloop-monitoring-outcomes"
+
+
+def bench_broker(kind: str, home: Path) -> BrokerProcess:
+    """The broker a bench runs on: the embedded one, or a local Apache Kafka like the Kafka test tier's."""
+    if kind == "kafka":
+        return LocalKafka(free_port(), home / "kafka", log_path=home / "broker.log")
+    return EmbeddedBroker(free_port(), log_path=home / "broker.log")
 
 
 def bench_settings(bootstrap: str, home: Path) -> DriftloopSettings:
@@ -259,7 +266,7 @@ async def offered_load(stack: Stack, rate: float, seconds: float, drain: float =
             for messages in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
                 for m in messages:
                     outcome = orjson.loads(m.value or b"{}")
-                    started = sent_at.get(outcome.get("source_event_id", ""))
+                    started = sent_at.get(outcome.get("e", ""))
                     if started is not None:
                         result.outcomes += 1
                         latencies.append(m.timestamp / 1000 - started)
