@@ -189,7 +189,7 @@ def contracts_export(out: Annotated[Path, typer.Option(help="Folder to write int
 def contracts_check(
     committed: Annotated[Path, typer.Option(help="Folder with the committed contracts.")] = Path("contracts"),
 ) -> None:
-    """Fail when the models are not backward compatible with the committed schemas."""
+    """Fail unless the models and the committed schemas read each other's records (backward and forward)."""
     from driftloop.contracts.compat import check_directory
 
     problems = check_directory(committed)
