@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -47,6 +48,8 @@ class Record:
     key: str | None
     value: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    #: The broker's timestamp of the record (its producer's create time, or the broker's append time).
+    timestamp: datetime | None = None
 
     def parse(self, model: type[M]) -> M:
         """Validate the value against its contract; a mismatch is poison, not a retry."""
@@ -102,7 +105,19 @@ def _record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
         key=msg.key.decode("utf-8", errors="replace") if msg.key is not None else None,
         value=msg.value or b"",
         headers={k: v.decode("utf-8", errors="replace") for k, v in msg.headers},
+        timestamp=record_time(msg.timestamp),
     )
+
+
+def record_time(timestamp_ms: int | None) -> datetime | None:
+    """A Kafka record timestamp as a datetime; records of old message formats carry none (-1).
+
+    >>> record_time(1_700_000_000_000).isoformat(), record_time(-1)
+    ('2023-11-14T22:13:20+00:00', None)
+    """
+    if timestamp_ms is None or timestamp_ms < 0:
+        return None
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
 
 
 class ConsumerLoop:
