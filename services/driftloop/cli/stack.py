@@ -67,6 +67,8 @@ class Child:
     replica: int = 0
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
+    #: Ready at least once since it was spawned: not ready again means stuck, not starting.
+    was_ready: bool = False
     supervision: Supervision | None = None
 
     def __post_init__(self) -> None:
@@ -92,7 +94,9 @@ class Child:
             if self.supervision is not None and self.supervision.restart_at is not None:
                 return self.supervision.describe(now, policy)
             return f"exited ({self.process.returncode})"
-        return "ready" if self.ready else "starting"
+        if self.ready:
+            return "ready"
+        return "not ready" if self.was_ready else "starting"
 
 
 @dataclass
@@ -154,7 +158,7 @@ class Stack:
     def spawn(self, name: str) -> None:
         child = self.children[name]
         log = open(child.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        child.ready = False
+        child.ready = child.was_ready = False
         child.process = subprocess.Popen(
             [sys.executable, "-m", "driftloop.cli.main", "service", child.service],
             env=self._child_env(child),
@@ -195,6 +199,7 @@ class Stack:
                     child.ready = client.get(f"{child.url}/readyz").status_code == 200
                 except httpx.HTTPError:
                     child.ready = False
+                child.was_ready = child.was_ready or child.ready
         now = time.monotonic()
         return {name: child.state(self.restart_policy, now) for name, child in self.children.items()}
 
