@@ -60,6 +60,8 @@ class DriftloopSettings(BaseSettings):
     ports: dict[str, int] = Field(
         default_factory=dict, description="Per-service ports (DRIFTLOOP_PORTS__TRAINING=9003); beat port_base."
     )
+    #: A consumer with records waiting whose position has not moved for this long is not ready (stalled).
+    consumer_stall_seconds: float = 60.0
     #: How long a single-writer lease (outbox relay, claimed training run) lasts unless its holder renews it.
     lease_seconds: float = 15.0
 

@@ -8,8 +8,9 @@ records never reach the wire.
 
 from __future__ import annotations
 
+import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from aiokafka.admin import NewTopic
 from pydantic import BaseModel, ValidationError
 
 from driftloop.bus import PoisonMessage, cloudevent_headers, deadletter_for
+from driftloop.bus.progress import ProgressWatch
 from driftloop.bus.topics import create_missing
 from driftloop.contracts import TOPICS, Contract, DeadLetter, topic_for
 from driftloop.logging import get_logger
@@ -80,9 +82,41 @@ async def started(app: faust.App, settings: StreamSettings) -> AsyncIterator[Non
         await app.stop()
 
 
-def ready(app: faust.App | None) -> bool:
-    """Started and not in the middle of a rebalance, when its tables may still be recovering."""
-    return app is not None and bool(app.started) and not app.rebalancing
+class StreamHealth:
+    """Readiness of a faust app: in its group, not rebalancing, and its agents keeping up.
+
+    faust has no notion of a stalled partition, so the committed offset and
+    the end offset of every assigned partition are sampled at each check (the
+    supervisor checks every half second) and held to the rule of
+    ``driftloop.bus.progress``: records waiting and no commit for the window
+    means stalled. A partition this process has not committed yet is not
+    judged; faust commits a partition's records as its agents take them.
+    """
+
+    def __init__(self, stall_seconds: float) -> None:
+        self.watch: ProgressWatch[Any] = ProgressWatch(stall_seconds)
+        self._generation = -1
+
+    def __call__(self, app: faust.App | None) -> bool | str:
+        if app is None or not app.started:
+            return "not started"
+        if app.rebalancing or app.rebalancing_count == 0:
+            # Tables may still be recovering from their changelogs.
+            return "joining its group"
+        now = time.monotonic()
+        if app.rebalancing_count != self._generation:
+            self._generation = app.rebalancing_count
+            self.watch.assigned(app.consumer.assignment(), now)
+        # faust's own record of what it committed; it has no public accessor (faust-streaming 0.15).
+        commits: Mapping[Any, int | None] = getattr(app.consumer, "_committed_offset", {})
+        for tp in app.consumer.assignment():
+            committed = commits.get(tp)
+            if committed is not None:
+                self.watch.observe(tp, position=committed, end=app.consumer.highwater(tp), now=now)
+        if stalled := self.watch.stalled(now):
+            where = ", ".join(f"{tp.topic}[{tp.partition}] lag {lag}" for tp, lag in stalled.items())
+            return f"no progress for {self.watch.stall_seconds:.0f}s: {where}"
+        return True
 
 
 #: Stream state is co-partitioned with the data topics it is keyed like.

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
+
+from aiokafka import AIOKafkaProducer
 
 from driftloop.bus import Bus
 from driftloop.contracts import DeadLetter, EventValidated, LabelEvent, utcnow
@@ -109,3 +112,41 @@ async def test_a_resent_event_is_validated_once(settings: DriftloopSettings, bus
         await asyncio.sleep(1.0)
         validated = await read_topic(settings, "events.validated", 3, timeout=2)
     assert [EventValidated.model_validate_json(r.value).event_id for r in validated] == ["dup", "after"]
+
+
+async def test_freshness_is_judged_by_the_record_timestamp_not_by_when_it_is_consumed(
+    settings: DriftloopSettings,
+) -> None:
+    """Records written a month ago, when their events were fresh, are read now: a replay or a long outage.
+
+    Judged by the consumer's clock, every one of them would be dead-lettered as stale.
+    """
+    month_ago = utcnow() - timedelta(days=30)
+    sent = [
+        ("replayed-1", month_ago - timedelta(minutes=5), month_ago),
+        ("replayed-2", month_ago - timedelta(hours=2), month_ago),
+        ("stale-on-arrival", month_ago - timedelta(days=2), month_ago),
+        ("fresh", utcnow(), None),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    try:
+        for event_id, event_time, written in sent:
+            value = json.dumps({**_event(event_id), "event_time": event_time.isoformat()}).encode()
+            timestamp_ms = int(written.timestamp() * 1000) if written else None
+            await producer.send_and_wait(
+                settings.topic("events.raw"), value, key=b"applicant-1", timestamp_ms=timestamp_ms
+            )
+    finally:
+        await producer.stop()
+    async with running(create_app(_ingestion(settings))):
+        validated = await read_topic(settings, "events.validated", 3)
+        letters = await read_topic(settings, "events.deadletter", 1)
+    assert sorted(EventValidated.model_validate_json(r.value).event_id for r in validated) == [
+        "fresh",
+        "replayed-1",
+        "replayed-2",
+    ]
+    (letter,) = [DeadLetter.model_validate_json(r.value) for r in letters]
+    assert letter.offset == 2 and [e.field for e in letter.errors] == ["event_time"]
+    assert "older than the freshness limit" in letter.reason

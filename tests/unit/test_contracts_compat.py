@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
-from driftloop.contracts.compat import Incompatibility, check_directory, compare_schemas
+from driftloop.cli.main import app
+from driftloop.contracts import DataEvent, ModelPromoted
+from driftloop.contracts.compat import Incompatibility, check_directory, compare_schemas, reading
 from driftloop.contracts.export import schema_documents
 
 COMMITTED = Path(__file__).parents[2] / "contracts"
@@ -20,7 +23,6 @@ Schema = dict[str, Any]
 
 BASE: Schema = {
     "type": "object",
-    "additionalProperties": False,
     "properties": {
         "id": {"type": "string"},
         "count": {"type": "integer"},
@@ -34,12 +36,18 @@ BASE: Schema = {
     "$defs": {
         "Window": {
             "type": "object",
-            "additionalProperties": False,
             "properties": {"rows": {"type": "integer"}, "start": {"type": "string"}},
             "required": ["rows"],
         }
     },
 }
+"""A payload as the models describe one now: unknown fields are ignored, so no ``additionalProperties``."""
+
+
+def _closed(schema: Schema) -> None:
+    """A payload that forbids unknown fields, as every payload did before."""
+    schema["additionalProperties"] = False
+    schema["$defs"]["Window"]["additionalProperties"] = False
 
 
 def _add_required_owner(schema: Schema) -> None:
@@ -54,6 +62,10 @@ def _require_note(schema: Schema) -> None:
 def _remove_count(schema: Schema) -> None:
     del schema["properties"]["count"]
     schema["required"].remove("count")
+
+
+def _remove_note(schema: Schema) -> None:
+    del schema["properties"]["note"]
 
 
 def _count_to_string(schema: Schema) -> None:
@@ -118,57 +130,84 @@ def _unchanged(schema: Schema) -> None:
     """An identical schema."""
 
 
-BREAKING: list[tuple[Callable[[Schema], None], str, str]] = [
-    (_add_required_owner, "owner", "new required property"),
-    (_require_note, "note", "optional property became required"),
-    (_remove_count, "count", "property removed"),
-    (_count_to_string, "count", "type changed"),
-    (_remove_nested_start, "window.start", "property removed"),
-    (_nested_rows_to_string, "window.rows", "type changed"),
-    (_drop_enum_value, "kind", "values no longer allowed"),
-    (_tags_to_integers, "tags[]", "type changed"),
-    (_scores_to_strings, "scores.*", "type changed"),
-    (_note_not_nullable, "note", "type changed: null"),
+Edit = Callable[[Schema], None]
+
+#: Each change, and every (path, direction, reason) it breaks: backward = the new model reads old records,
+#: forward = consumers still on the committed schema read the new model's records.
+BREAKING: list[tuple[Edit, list[tuple[str, str, str]]]] = [
+    (_add_required_owner, [("owner", "backward", "new required property")]),
+    (_require_note, [("note", "backward", "optional property became required")]),
+    (_note_not_nullable, [("note", "backward", "type changed: null not accepted")]),
+    (_drop_enum_value, [("kind", "backward", "values not accepted")]),
+    (_remove_count, [("count", "forward", "property removed")]),
+    (_remove_note, [("note", "forward", "property removed")]),
+    (_remove_nested_start, [("window.start", "forward", "property removed")]),
+    (_count_no_longer_required, [("count", "forward", "required property became optional")]),
+    (_count_nullable, [("count", "forward", "type changed: null not accepted")]),
+    (_count_to_number, [("count", "forward", "type changed: number not accepted")]),
+    (_add_enum_value, [("kind", "forward", "values not accepted")]),
+    (_count_to_string, [("count", "backward", "type changed"), ("count", "forward", "type changed")]),
+    (_nested_rows_to_string, [("window.rows", "backward", "type changed"), ("window.rows", "forward", "type changed")]),
+    (_tags_to_integers, [("tags[]", "backward", "type changed"), ("tags[]", "forward", "type changed")]),
+    (_scores_to_strings, [("scores.*", "backward", "type changed"), ("scores.*", "forward", "type changed")]),
 ]
 
-COMPATIBLE: list[Callable[[Schema], None]] = [
-    _add_optional_owner,
-    _count_nullable,
-    _count_to_number,
-    _add_enum_value,
-    _count_no_longer_required,
-    _rename_nested_model,
-    _inline_nested_model,
-    _unchanged,
-]
+COMPATIBLE: list[Edit] = [_add_optional_owner, _rename_nested_model, _inline_nested_model, _unchanged]
 
 
-def _edited(edit: Callable[[Schema], None]) -> Schema:
+def _edited(*edits: Edit) -> Schema:
     schema = copy.deepcopy(BASE)
-    edit(schema)
+    for edit in edits:
+        edit(schema)
     return schema
 
 
-@pytest.mark.parametrize(("edit", "path", "reason"), BREAKING, ids=[case[0].__name__ for case in BREAKING])
-def test_breaking_changes_are_flagged(edit: Callable[[Schema], None], path: str, reason: str) -> None:
+@pytest.mark.parametrize(("edit", "expected"), BREAKING, ids=[case[0].__name__ for case in BREAKING])
+def test_breaking_changes_are_flagged_in_the_direction_they_break(
+    edit: Edit, expected: list[tuple[str, str, str]]
+) -> None:
     problems = compare_schemas("thing.v1.json", BASE, _edited(edit))
-    assert [(p.path, p.reason.startswith(reason)) for p in problems] == [(path, True)], problems
+    assert [(p.path, p.direction) for p in problems] == [(path, direction) for path, direction, _ in expected]
+    assert all(p.reason.startswith(reason) for p, (_, _, reason) in zip(problems, expected, strict=True)), problems
 
 
 @pytest.mark.parametrize("edit", COMPATIBLE, ids=[edit.__name__ for edit in COMPATIBLE])
-def test_compatible_changes_pass(edit: Callable[[Schema], None]) -> None:
+def test_compatible_changes_pass_both_ways(edit: Edit) -> None:
     assert compare_schemas("thing.v1.json", BASE, _edited(edit)) == []
 
 
-def test_narrowing_is_the_reverse_of_widening() -> None:
-    widened = _edited(_count_nullable)
-    assert compare_schemas("thing.v1.json", widened, BASE) != []
+def test_a_new_optional_property_breaks_readers_that_forbid_unknown_fields() -> None:
+    """What happened to ``ModelPromoted``: deployments on the closed schema skipped records with a new field."""
+    problems = compare_schemas("thing.v1.json", _edited(_closed), _edited(_closed, _add_optional_owner))
+    assert [(p.path, p.direction) for p in problems] == [("owner", "forward")]
+    assert "reject as unknown" in problems[0].reason
+
+
+def test_a_property_dropped_by_a_reader_that_forbids_unknown_fields_breaks_backward() -> None:
+    problems = reading("thing.v1.json", writer=BASE, reader=_edited(_closed, _remove_note), direction="backward")
+    assert [(p.path, p.reason) for p in problems] == [
+        ("note", "property removed, and the current model rejects unknown fields")
+    ]
+
+
+def test_opening_a_closed_payload_is_compatible() -> None:
+    """The move to ignoring unknown fields itself: old and new readers both read both writers' records."""
+    assert compare_schemas("thing.v1.json", _edited(_closed), BASE) == []
+
+
+def test_a_dict_field_that_stops_taking_free_keys_breaks_backward() -> None:
+    closed_scores = _edited()
+    closed_scores["properties"]["scores"]["additionalProperties"] = False
+    problems = compare_schemas("thing.v1.json", BASE, closed_scores)
+    assert [(p.path, p.direction, p.reason) for p in problems] == [
+        ("scores", "backward", "additional properties not accepted")
+    ]
 
 
 def test_incompatibility_reads_as_a_sentence() -> None:
-    problem = Incompatibility("io.driftloop.label.v1.json", "label", "property removed")
-    assert str(problem) == "io.driftloop.label.v1.json: label: property removed"
-    assert str(Incompatibility("x.json", "", "schema removed")) == "x.json: <payload>: schema removed"
+    problem = Incompatibility("io.driftloop.label.v1.json", "label", "property removed", "forward")
+    assert str(problem) == "io.driftloop.label.v1.json: label: property removed (forward)"
+    assert str(Incompatibility("x.json", "", "schema removed")) == "x.json: <payload>: schema removed (backward)"
 
 
 def test_every_current_schema_is_compatible_with_itself() -> None:
@@ -192,7 +231,12 @@ def test_a_property_the_models_dropped_is_reported(tmp_path: Path) -> None:
     schema["properties"]["legacy_field"] = {"type": "string"}
     path.write_text(json.dumps(schema))
     assert check_directory(committed) == [
-        Incompatibility("io.driftloop.drift.detected.v1.json", "legacy_field", "property removed")
+        Incompatibility(
+            "io.driftloop.drift.detected.v1.json",
+            "legacy_field",
+            "property removed: consumers of the committed schema still expect it",
+            "forward",
+        )
     ]
 
 
@@ -209,3 +253,53 @@ def test_a_payload_type_added_since_the_commit_is_compatible(tmp_path: Path) -> 
     committed = _committed_copy(tmp_path)
     (committed / "schemas" / "io.driftloop.label.v1.json").unlink()
     assert check_directory(committed) == []
+
+
+def _committed(name: str) -> Schema:
+    document: Schema = json.loads((COMMITTED / "schemas" / name).read_text(encoding="utf-8"))
+    return document
+
+
+PROMOTED = f"{ModelPromoted.EVENT_TYPE}.json"
+
+
+def test_a_new_optional_field_on_model_promoted_passes_against_the_committed_schema() -> None:
+    class NextModelPromoted(ModelPromoted):
+        canary_percent: int | None = None
+
+    assert compare_schemas(PROMOTED, _committed(PROMOTED), NextModelPromoted.model_json_schema()) == []
+
+
+def test_a_new_required_field_on_model_promoted_fails_backward() -> None:
+    class NextModelPromoted(ModelPromoted):
+        canary_percent: int
+
+    problems = compare_schemas(PROMOTED, _committed(PROMOTED), NextModelPromoted.model_json_schema())
+    assert [(p.path, p.direction, p.reason) for p in problems] == [
+        ("canary_percent", "backward", "new required property")
+    ]
+
+
+def test_a_new_field_on_the_producer_contract_fails_forward() -> None:
+    """Producer payloads forbid unknown fields, so an ingestion on the committed schema would dead-letter it."""
+    name = f"{DataEvent.EVENT_TYPE}.json"
+
+    class NextDataEvent(DataEvent):
+        source: str | None = None
+
+    problems = compare_schemas(name, _committed(name), NextDataEvent.model_json_schema())
+    assert [(p.path, p.direction) for p in problems] == [("source", "forward")]
+
+
+def test_contracts_check_exits_non_zero_and_names_the_direction(tmp_path: Path) -> None:
+    committed = _committed_copy(tmp_path)
+    path = committed / "schemas" / PROMOTED
+    schema = json.loads(path.read_text())
+    schema["properties"]["version"] = {"type": "string"}
+    path.write_text(json.dumps(schema))
+    failed = CliRunner().invoke(app, ["contracts", "check", "--committed", str(committed)])
+    assert failed.exit_code == 1
+    assert "version: type changed" in failed.output
+    assert "(backward)" in failed.output and "(forward)" in failed.output
+    passed = CliRunner().invoke(app, ["contracts", "check", "--committed", str(COMMITTED)])
+    assert (passed.exit_code, "compatible" in passed.output) == (0, True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from driftloop.config import load_config
 from driftloop.contracts import utcnow
-from driftloop.services.ingestion.domain import split_body, validate_event
+from driftloop.services.ingestion.domain import judged_at, split_body, validate_event
 from driftloop.validation import Invalid, validate_label
 from tests.support import APPLICATION
 
@@ -33,6 +33,38 @@ def fields(payload: object) -> list[str]:
     with pytest.raises(Invalid) as info:
         validate_event(payload, SCHEMA, NOW)
     return [e.field for e in info.value.errors]
+
+
+MONTH_AGO = NOW - timedelta(days=30)
+
+
+@pytest.mark.parametrize(
+    ("arrived", "judged"),
+    [
+        (MONTH_AGO, MONTH_AGO),
+        (None, NOW),
+        (NOW + timedelta(days=3), NOW),
+    ],
+    ids=["record-time", "no-record-time", "record-time-ahead-of-our-clock"],
+)
+def test_freshness_is_judged_when_the_event_arrived_never_later_than_now(
+    arrived: datetime | None, judged: datetime
+) -> None:
+    assert judged_at(arrived, NOW) == judged
+
+
+def test_an_event_read_a_month_after_it_arrived_fresh_is_still_valid() -> None:
+    """A replay, or a consumer back from a long outage: the verdict is the one the event had on arrival."""
+    late = event(event_time=(MONTH_AGO - timedelta(hours=1)).isoformat())
+    assert validate_event(late, SCHEMA, judged_at(MONTH_AGO, NOW)).event_id == "e"
+    with pytest.raises(Invalid, match="older than the freshness limit"):
+        validate_event(late, SCHEMA, judged_at(None, NOW))
+
+
+def test_an_event_too_old_when_it_arrived_stays_invalid_on_replay() -> None:
+    stale = event(event_time=(MONTH_AGO - timedelta(days=2)).isoformat())
+    with pytest.raises(Invalid, match="older than the freshness limit"):
+        validate_event(stale, SCHEMA, judged_at(MONTH_AGO, NOW))
 
 
 def test_a_valid_event_passes_and_keeps_its_id() -> None:

@@ -6,7 +6,7 @@ hand-written.
 """
 
 from driftloop.contracts.catalog import TOPICS, TopicSpec, payload_types, topic_for
-from driftloop.contracts.envelope import Contract, Envelope, new_event_id, utcnow
+from driftloop.contracts.envelope import Contract, Envelope, ProducerContract, new_event_id, utcnow
 from driftloop.contracts.events import (
     DataEvent,
     DeadLetter,
@@ -46,6 +46,7 @@ __all__ = [
     "ModelRolledBack",
     "ModelVersionRegistered",
     "Prediction",
+    "ProducerContract",
     "PromotionRejected",
     "RetrainRequested",
     "RolloutAborted",

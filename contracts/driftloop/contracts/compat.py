@@ -1,16 +1,30 @@
-"""Backward-compatibility check of the current payload schemas against the committed ones.
+"""Full-compatibility check of the current payload schemas against the committed ones.
 
-Consumers upgrade after producers, and topics are replayed from the start, so a
-consumer built from the current models must still read every record written with
-an older schema (Confluent's BACKWARD rule). Payloads forbid unknown fields, so a
-removed property breaks old records just as a narrowed type or a new required
-property does. A change that breaks this belongs in a new, versioned event type.
+Records outlive the code that wrote them and consumers are not upgraded in
+step with producers, so every change must keep both directions working:
 
-Only what decides whether old data still validates is compared: property sets,
-``required``, JSON types (integer counts as a number), ``enum``/``const`` values and
-additional properties, following ``$ref`` into the document's own ``$defs`` so
-nested models are held to the same rules. Annotations and constraints such as
-``minLength`` are not compared.
+- **backward**: a consumer built from the current models reads every record
+  written with the committed schema (topics are replayed from the start);
+- **forward**: a consumer still built from the committed schema reads every
+  record the current models write (producers are often upgraded first).
+
+Each direction is the same question, whether a *reader* schema accepts what a
+*writer* schema produces, asked with the roles swapped. Records are written by
+serialising a model, so a writer's record holds only its declared properties
+(plus the free keys of dict-typed fields such as ``features``), while a
+reader that does not forbid extra properties ignores the ones it does not
+know. Under that rule adding an optional property is compatible both ways;
+adding a required one breaks backward; removing one breaks forward, because
+consumers of the committed schema still expect it (a required one fails to
+parse, an optional one reads as its default and changes meaning); and a type,
+``enum`` or ``const`` must neither narrow (backward) nor widen (forward). A
+change that breaks this belongs in a new, versioned event type.
+
+Only what decides whether a record still validates is compared: property
+sets, ``required``, JSON types (an integer is a number), ``enum``/``const``
+values and additional properties, following ``$ref`` into the document's own
+``$defs`` so nested models are held to the same rules. Annotations and
+constraints such as ``minLength`` are not compared.
 """
 
 from __future__ import annotations
@@ -18,13 +32,30 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from driftloop.contracts.export import schema_documents
 
 Schema = dict[str, Any]
+Direction = Literal["backward", "forward"]
 
 _ANY = "any"
+
+#: Why a difference between writer and reader breaks reading, worded for the direction it was found in.
+_REASONS: dict[str, dict[Direction, str]] = {
+    "writer_only": {
+        "backward": "property removed, and the current model rejects unknown fields",
+        "forward": "new property, which consumers of the committed schema reject as unknown",
+    },
+    "reader_only": {
+        "backward": "new required property",
+        "forward": "property removed: consumers of the committed schema still expect it",
+    },
+    "became_required": {
+        "backward": "optional property became required",
+        "forward": "required property became optional: consumers of the committed schema require it",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -32,13 +63,14 @@ class Incompatibility:
     schema: str
     path: str
     reason: str
+    direction: Direction = "backward"
 
     def __str__(self) -> str:
-        return f"{self.schema}: {self.path or '<payload>'}: {self.reason}"
+        return f"{self.schema}: {self.path or '<payload>'}: {self.reason} ({self.direction})"
 
 
 def check_directory(committed_dir: Path) -> list[Incompatibility]:
-    """Compare every committed ``schemas/*.json`` with what the models produce now."""
+    """Compare every committed ``schemas/*.json`` with what the models produce now, both ways."""
     current = schema_documents()
     problems: list[Incompatibility] = []
     for path in sorted((committed_dir / "schemas").glob("*.json")):
@@ -51,91 +83,114 @@ def check_directory(committed_dir: Path) -> list[Incompatibility]:
 
 
 def compare_schemas(name: str, old: Schema, new: Schema) -> list[Incompatibility]:
-    """Everything that makes a record valid under ``old`` invalid under ``new``."""
-    return _Comparison(name, old, new).node("", old, new)
+    """Everything that stops ``new`` reading records of ``old`` (backward) or the reverse (forward)."""
+    return reading(name, writer=old, reader=new, direction="backward") + reading(
+        name, writer=new, reader=old, direction="forward"
+    )
+
+
+def reading(name: str, *, writer: Schema, reader: Schema, direction: Direction) -> list[Incompatibility]:
+    """Everything that makes a record written under ``writer`` unreadable under ``reader``."""
+    return _Comparison(name, writer, reader, direction).node("", writer, reader)
 
 
 class _Comparison:
     """Holds both root documents, because a ``$ref`` is resolved against the document it appears in."""
 
-    def __init__(self, name: str, old_root: Schema, new_root: Schema) -> None:
-        self.name, self.old_root, self.new_root = name, old_root, new_root
+    def __init__(self, name: str, writer_root: Schema, reader_root: Schema, direction: Direction) -> None:
+        self.name, self.writer_root, self.reader_root = name, writer_root, reader_root
+        self.direction = direction
         #: Pairs of object schemas under comparison; recursive models would otherwise never finish.
         self.visiting: set[tuple[int, int]] = set()
 
     def problem(self, path: str, reason: str) -> list[Incompatibility]:
-        return [Incompatibility(self.name, path, reason)]
+        return [Incompatibility(self.name, path, reason, self.direction)]
 
-    def node(self, path: str, old: Schema, new: Schema) -> list[Incompatibility]:
-        """Each alternative old allowed must be accepted by some alternative of new."""
-        new_alternatives = _alternatives(self.new_root, new)
+    def node(self, path: str, writer: Schema, reader: Schema) -> list[Incompatibility]:
+        """Each alternative the writer may produce must be accepted by some alternative of the reader."""
+        reader_alternatives = _alternatives(self.reader_root, reader)
         lost: list[str] = []
         problems: list[Incompatibility] = []
-        for kind, old_alt in _alternatives(self.old_root, old):
-            candidates = [alt for new_kind, alt in new_alternatives if _accepts(new_kind, kind)]
+        for kind, writer_alt in _alternatives(self.writer_root, writer):
+            candidates = [alt for reader_kind, alt in reader_alternatives if _accepts(reader_kind, kind)]
             if not candidates:
                 lost.append(kind)
                 continue
             fewest: list[Incompatibility] = min(
-                (self.same_kind(path, kind, old_alt, alt) for alt in candidates), key=len
+                (self.same_kind(path, kind, writer_alt, alt) for alt in candidates), key=len
             )
             problems += fewest
         if lost:
-            now = "|".join(sorted({kind for kind, _ in new_alternatives}))
-            problems += self.problem(path, f"type changed: {'|'.join(lost)} no longer accepted (now {now})")
+            now = "|".join(sorted({kind for kind, _ in reader_alternatives}))
+            problems += self.problem(path, f"type changed: {'|'.join(lost)} not accepted by {now}")
         return problems
 
-    def same_kind(self, path: str, kind: str, old: Schema, new: Schema) -> list[Incompatibility]:
-        problems = self.values(path, old, new)
+    def same_kind(self, path: str, kind: str, writer: Schema, reader: Schema) -> list[Incompatibility]:
+        problems = self.values(path, writer, reader)
         if kind == "object":
-            problems += self.object(path, old, new)
+            problems += self.object(path, writer, reader)
         elif kind == "array":
-            problems += self.node(f"{path}[]", old.get("items", {}), new.get("items", {}))
+            problems += self.node(f"{path}[]", writer.get("items", {}), reader.get("items", {}))
         return problems
 
-    def values(self, path: str, old: Schema, new: Schema) -> list[Incompatibility]:
-        """``enum`` and ``const`` as one value set: new must keep every value old allowed."""
-        new_values = _allowed_values(new)
-        if new_values is None:
+    def values(self, path: str, writer: Schema, reader: Schema) -> list[Incompatibility]:
+        """``enum`` and ``const`` as one value set: the reader must keep every value the writer may write."""
+        reader_values = _allowed_values(reader)
+        if reader_values is None:
             return []
-        old_values = _allowed_values(old)
-        if old_values is None:
-            return self.problem(path, f"values restricted to {sorted(new_values)}")
-        if dropped := old_values - new_values:
-            return self.problem(path, f"values no longer allowed: {sorted(dropped)}")
+        writer_values = _allowed_values(writer)
+        if writer_values is None:
+            return self.problem(path, f"values restricted to {sorted(reader_values)}")
+        if dropped := writer_values - reader_values:
+            return self.problem(path, f"values not accepted: {sorted(dropped)}")
         return []
 
-    def object(self, path: str, old: Schema, new: Schema) -> list[Incompatibility]:
-        key = (id(old), id(new))
+    def object(self, path: str, writer: Schema, reader: Schema) -> list[Incompatibility]:
+        key = (id(writer), id(reader))
         if key in self.visiting:
             return []
         self.visiting.add(key)
-        problems = self.properties(path, old, new) + self.additional(path, old, new)
+        problems = self.properties(path, writer, reader) + self.additional(path, writer, reader)
         self.visiting.discard(key)
         return problems
 
-    def properties(self, path: str, old: Schema, new: Schema) -> list[Incompatibility]:
-        old_props, new_props = old.get("properties", {}), new.get("properties", {})
+    def properties(self, path: str, writer: Schema, reader: Schema) -> list[Incompatibility]:
+        writer_props, reader_props = writer.get("properties", {}), reader.get("properties", {})
+        writer_required, reader_required = set(writer.get("required", [])), set(reader.get("required", []))
+        reader_extra = reader.get("additionalProperties", True)
         problems: list[Incompatibility] = []
-        for prop, old_schema in old_props.items():
+        for prop, writer_schema in writer_props.items():
             prop_path = _join(path, prop)
-            if prop in new_props:
-                problems += self.node(prop_path, old_schema, new_props[prop])
-            else:
-                problems += self.problem(prop_path, "property removed")
-        for prop in sorted(set(new.get("required", [])) - set(old.get("required", []))):
-            reason = "optional property became required" if prop in old_props else "new required property"
-            problems += self.problem(_join(path, prop), reason)
+            if prop in reader_props:
+                problems += self.node(prop_path, writer_schema, reader_props[prop])
+            elif reader_extra is False:
+                problems += self.problem(prop_path, self.reason("writer_only"))
+            elif reader_extra is not True:
+                problems += self.node(prop_path, writer_schema, reader_extra)
+        for prop in sorted(set(reader_props) - set(writer_props)):
+            if prop in reader_required or self.direction == "forward":
+                problems += self.problem(_join(path, prop), self.reason("reader_only"))
+        for prop in sorted((reader_required & set(writer_props)) - writer_required):
+            problems += self.problem(_join(path, prop), self.reason("became_required"))
         return problems
 
-    def additional(self, path: str, old: Schema, new: Schema) -> list[Incompatibility]:
-        """Dict-typed fields (``features``) are objects whose values are all checked against one schema."""
-        old_extra, new_extra = old.get("additionalProperties", True), new.get("additionalProperties", True)
-        if old_extra is False or new_extra is True:
+    def reason(self, kind: str) -> str:
+        return _REASONS[kind][self.direction]
+
+    def additional(self, path: str, writer: Schema, reader: Schema) -> list[Incompatibility]:
+        """Keys beyond the declared properties: only dict-typed fields (``features``) write them.
+
+        A model's record holds its declared properties only, so its own
+        ``additionalProperties`` (absent, or ``false``) says what it reads, not
+        what it writes.
+        """
+        writer_extra = writer.get("additionalProperties", "properties" not in writer)
+        reader_extra = reader.get("additionalProperties", True)
+        if writer_extra is False or reader_extra is True:
             return []
-        if new_extra is False:
-            return self.problem(path, "additional properties no longer allowed")
-        return self.node(_join(path, "*"), {} if old_extra is True else old_extra, new_extra)
+        if reader_extra is False:
+            return self.problem(path, "additional properties not accepted")
+        return self.node(_join(path, "*"), {} if writer_extra is True else writer_extra, reader_extra)
 
 
 def _alternatives(root: Schema, schema: Schema) -> list[tuple[str, Schema]]:

@@ -25,12 +25,30 @@ def new_event_id() -> str:
 
 
 class Contract(BaseModel):
-    """Base of every payload: unknown fields are an error, so typos surface."""
+    """Base of every payload: unknown fields are ignored when read.
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    A producer upgraded before its consumers may add an optional field; an
+    older consumer must still read the record (and act on it) rather than
+    reject it, or a new field would silently stop the loop. The compatibility
+    check (``driftloop.contracts.compat``) holds every change to that rule.
+    """
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     #: CloudEvents ``type``; also the name of the payload's JSON Schema.
     EVENT_TYPE: ClassVar[str]
+
+
+class ProducerContract(Contract):
+    """A payload users' producers write: unknown fields are an error.
+
+    The producer contract is the system's edge: a misspelt field (``lable``)
+    is dead-lettered, or refused over HTTP with a 422, instead of its value
+    being dropped without a word. Producers outside driftloop are not
+    upgraded in step with it, so new fields here are never expected.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Envelope(Contract):

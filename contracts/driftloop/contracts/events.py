@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, TypeAdapter
 
-from driftloop.contracts.envelope import Contract, Envelope
+from driftloop.contracts.envelope import Contract, Envelope, ProducerContract
 
 FeatureValue = bool | int | float | str | None
 LabelValue = bool | int | float | str
@@ -20,7 +20,7 @@ Features = dict[str, FeatureValue]
 Metrics = dict[str, float]
 
 
-class DataEvent(Contract):
+class DataEvent(ProducerContract):
     """What a producer writes to ``events.raw`` (key = ``entity_id``)."""
 
     EVENT_TYPE: ClassVar[str] = "io.driftloop.data.event.v1"
@@ -32,7 +32,7 @@ class DataEvent(Contract):
     label: LabelValue | None = None
 
 
-class LabelEvent(Contract):
+class LabelEvent(ProducerContract):
     """A label that arrives after its event, on ``labels`` (key = ``event_id``)."""
 
     EVENT_TYPE: ClassVar[str] = "io.driftloop.label.v1"

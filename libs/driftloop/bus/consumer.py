@@ -7,13 +7,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ValidationError
 
 from driftloop.bus.metadata import topic_partitions
 from driftloop.bus.producer import Bus, deadletter_for
+from driftloop.bus.progress import ProgressWatch
 from driftloop.contracts import FieldError
 from driftloop.logging import get_logger
 from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED
@@ -47,6 +49,8 @@ class Record:
     key: str | None
     value: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    #: The broker's timestamp of the record (its producer's create time, or the broker's append time).
+    timestamp: datetime | None = None
 
     def parse(self, model: type[M]) -> M:
         """Validate the value against its contract; a mismatch is poison, not a retry."""
@@ -94,6 +98,20 @@ class MemoryDeduper:
             self._ids.popitem(last=False)
 
 
+class _Membership(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells the loop when it is in its group: an assignment, even an empty one, means the join finished."""
+
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.loop.joined = False
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.loop.progress.assigned(assigned, time.monotonic())
+        self.loop.joined = True
+
+
 def _record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
     return Record(
         topic=msg.topic.removeprefix(prefix),
@@ -102,7 +120,19 @@ def _record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
         key=msg.key.decode("utf-8", errors="replace") if msg.key is not None else None,
         value=msg.value or b"",
         headers={k: v.decode("utf-8", errors="replace") for k, v in msg.headers},
+        timestamp=record_time(msg.timestamp),
     )
+
+
+def record_time(timestamp_ms: int | None) -> datetime | None:
+    """A Kafka record timestamp as a datetime; records of old message formats carry none (-1).
+
+    >>> record_time(1_700_000_000_000).isoformat(), record_time(-1)
+    ('2023-11-14T22:13:20+00:00', None)
+    """
+    if timestamp_ms is None or timestamp_ms < 0:
+        return None
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
 
 
 class ConsumerLoop:
@@ -137,12 +167,15 @@ class ConsumerLoop:
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.assigned = asyncio.Event()
+        #: In the group with a current assignment (possibly empty: more replicas than partitions).
+        self.joined = False
+        self.progress: ProgressWatch[TopicPartition] = ProgressWatch(settings.consumer_stall_seconds)
+        self._polled_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            *(self.settings.topic(t) for t in self.topics),
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.group,
             enable_auto_commit=False,
@@ -152,6 +185,7 @@ class ConsumerLoop:
             heartbeat_interval_ms=min(3000, self.settings.kafka_session_timeout_ms // 3),
             client_id=f"driftloop-{self.service}",
         )
+        self._consumer.subscribe([self.settings.topic(t) for t in self.topics], listener=_Membership(self))
         # Joining a group can take seconds (longer after a restart); the service answers HTTP meanwhile.
         self._task = asyncio.create_task(self._run(), name=f"consume:{self.group}")
 
@@ -166,6 +200,33 @@ class ConsumerLoop:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    def health(self) -> bool | str:
+        """Readiness of this consumer: True when it is in its group and keeping up, else why not.
+
+        Polling stops only while a batch is being handled, so a loop that has
+        not come back for the stall window is stuck in a handler.
+        """
+        if not self.running:
+            return "not running"
+        if not self.joined:
+            return "joining its group"
+        now = time.monotonic()
+        if now - self._polled_at > self.progress.stall_seconds:
+            return f"no poll for {now - self._polled_at:.0f}s"
+        if stalled := self.progress.stalled(now):
+            where = ", ".join(f"{tp.topic}[{tp.partition}] lag {lag}" for tp, lag in stalled.items())
+            return f"no progress for {self.progress.stall_seconds:.0f}s: {where}"
+        return True
+
+    async def _observe(self, consumer: AIOKafkaConsumer) -> None:
+        """Record the durable position and the end offset of every assigned partition that has been fetched."""
+        now = time.monotonic()
+        self._polled_at = now
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is not None:
+                self.progress.observe(tp, position=await consumer.position(tp), end=end, now=now)
+
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
@@ -173,6 +234,7 @@ class ConsumerLoop:
         while True:
             try:
                 await self._poll(consumer)
+                await self._observe(consumer)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -180,6 +242,8 @@ class ConsumerLoop:
                 log.exception("consumer batch failed; re-reading from the last commit", group=self.group)
                 await asyncio.sleep(1.0)
                 await self._rewind(consumer)
+                # Back at the last commit, the position is durable again: a batch failing forever shows as stalled.
+                await self._observe(consumer)
 
     @staticmethod
     async def _rewind(consumer: AIOKafkaConsumer) -> None:

@@ -95,13 +95,25 @@ def status_table(stack: Stack, states: dict[str, str]) -> Table:
     table.add_column("service")
     table.add_column("url")
     table.add_column("state")
-    colours = {"ready": "green", "starting": "yellow"}
+    table.add_column("restarts", justify="right")
     table.add_row(
-        "broker", stack.settings.bootstrap, "[green]ready[/]" if stack.broker or stack.settings.kafka_bootstrap else "-"
+        "broker",
+        stack.settings.bootstrap,
+        "[green]ready[/]" if stack.broker or stack.settings.kafka_bootstrap else "-",
+        "",
     )
     for name, state in states.items():
-        table.add_row(name, stack.children[name].url, f"[{colours.get(state, 'red')}]{state}[/]")
+        child = stack.children[name]
+        table.add_row(name, child.url, f"[{_colour(state)}]{state}[/]", str(child.restarts))
     return table
+
+
+def _colour(state: str) -> str:
+    if state == "ready":
+        return "green"
+    if state == "starting" or state.startswith("exited") and "restarting" in state:
+        return "yellow"
+    return "red"
 
 
 @app.command()
@@ -116,7 +128,7 @@ def up(
     ] = None,
     kafka: KafkaOption = False,
 ) -> None:
-    """Start a local broker (unless DRIFTLOOP_KAFKA_BOOTSTRAP is set) and all six services."""
+    """Start a local broker (unless DRIFTLOOP_KAFKA_BOOTSTRAP is set) and all six services; restart any that exits."""
     try:
         counts = parse_replicas(replicas or [])
     except ValueError as exc:
@@ -126,7 +138,12 @@ def up(
     try:
         stack.start()
         with Live(status_table(stack, stack.poll()), console=console, refresh_per_second=2) as live:
-            _until_signal(lambda: live.update(status_table(stack, stack.poll())))
+
+            def tick() -> None:
+                stack.supervise()
+                live.update(status_table(stack, stack.poll()))
+
+            _until_signal(tick, every=0.5)
     finally:
         console.print("stopping…")
         stack.stop()
@@ -189,7 +206,7 @@ def contracts_export(out: Annotated[Path, typer.Option(help="Folder to write int
 def contracts_check(
     committed: Annotated[Path, typer.Option(help="Folder with the committed contracts.")] = Path("contracts"),
 ) -> None:
-    """Fail when the models are not backward compatible with the committed schemas."""
+    """Fail unless the models and the committed schemas read each other's records (backward and forward)."""
     from driftloop.contracts.compat import check_directory
 
     problems = check_directory(committed)

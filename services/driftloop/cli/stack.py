@@ -8,6 +8,11 @@ the service (``children["training"]``), replica ``k`` is ``training#k``; each
 listens on its own port (the service's port plus ``10 * k`` unless ``ports``
 names that child) under its own instance id, and all replicas of a service
 join the service's consumer group, so Kafka spreads the partitions over them.
+
+``supervise`` (called by ``driftloop up`` on every refresh) restarts a child
+that exited without being asked to, after the back-off of
+``driftloop.cli.supervision``; a child stopped through ``terminate`` or
+``stop`` stays stopped.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import httpx
 
 from driftloop.broker import BrokerProcess, local_broker
 from driftloop.bus import ensure_topics
+from driftloop.cli.supervision import RestartPolicy, Supervision
+from driftloop.logging import get_logger
 from driftloop.settings import REPLICA_PORT_STEP, SERVICE_PORTS, DriftloopSettings
 
 SERVICES = tuple(SERVICE_PORTS)
+log = get_logger(__name__)
 
 
 def child_name(service: str, replica: int) -> str:
@@ -59,6 +67,9 @@ class Child:
     replica: int = 0
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
+    #: Ready at least once since it was spawned: not ready again means stuck, not starting.
+    was_ready: bool = False
+    supervision: Supervision | None = None
 
     def __post_init__(self) -> None:
         self.service = self.service or self.name
@@ -73,12 +84,19 @@ class Child:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def state(self) -> str:
+    def restarts(self) -> int:
+        return self.supervision.restarts if self.supervision else 0
+
+    def state(self, policy: RestartPolicy, now: float) -> str:
         if self.process is None:
             return "stopped"
         if self.process.poll() is not None:
+            if self.supervision is not None and self.supervision.restart_at is not None:
+                return self.supervision.describe(now, policy)
             return f"exited ({self.process.returncode})"
-        return "ready" if self.ready else "starting"
+        if self.ready:
+            return "ready"
+        return "not ready" if self.was_ready else "starting"
 
 
 @dataclass
@@ -91,6 +109,7 @@ class Stack:
     children: dict[str, Child] = field(default_factory=dict)
     #: Replicas per service; a service not named here runs once.
     replicas: dict[str, int] = field(default_factory=dict)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
 
     def port_of(self, service: str, replica: int) -> int:
         name = child_name(service, replica)
@@ -139,7 +158,7 @@ class Stack:
     def spawn(self, name: str) -> None:
         child = self.children[name]
         log = open(child.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        child.ready = False
+        child.ready = child.was_ready = False
         child.process = subprocess.Popen(
             [sys.executable, "-m", "driftloop.cli.main", "service", child.service],
             env=self._child_env(child),
@@ -148,6 +167,26 @@ class Stack:
             start_new_session=True,
         )
         log.close()
+        if child.supervision is None:
+            child.supervision = Supervision(started_at=time.monotonic())
+
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Restart every child that exited unasked once its back-off is over; returns the names restarted."""
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for name, child in self.children.items():
+            code = child.process.poll() if child.process is not None else None
+            if code is None or child.supervision is None:
+                continue
+            supervision = child.supervision
+            if supervision.restart_at is None:
+                at = supervision.exited(code, now, self.restart_policy)
+                log.warning("service exited; restarting", child=name, code=code, in_seconds=round(at - now, 1))
+            if supervision.due(now):
+                self.spawn(name)
+                supervision.restarted(now)
+                restarted.append(name)
+        return restarted
 
     def poll(self) -> dict[str, str]:
         """Refresh readiness of every child and return ``name -> state``."""
@@ -160,7 +199,9 @@ class Stack:
                     child.ready = client.get(f"{child.url}/readyz").status_code == 200
                 except httpx.HTTPError:
                     child.ready = False
-        return {name: child.state for name, child in self.children.items()}
+                child.was_ready = child.was_ready or child.ready
+        now = time.monotonic()
+        return {name: child.state(self.restart_policy, now) for name, child in self.children.items()}
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

@@ -104,7 +104,7 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
     async def readiness() -> dict[str, bool | str]:
         return {
             "registry_followed": rollouts is not None and rollouts.caught_up.is_set(),
-            "consumer": consumer is not None and consumer.running,
+            "consumer": consumer.health() if consumer is not None else "not started",
             "follower": follower_state(follower),
         }
 

@@ -12,7 +12,7 @@ from driftloop.runtime import open_runtime
 from driftloop.services.features.api import router
 from driftloop.services.features.settings import FeaturesSettings
 from driftloop.services.features.streams import FeatureStreams, build
-from driftloop.streams import ready, started
+from driftloop.streams import StreamHealth, started
 
 
 def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -28,8 +28,10 @@ def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig
             async with started(streams.app, settings):
                 yield
 
-    async def readiness() -> dict[str, bool]:
-        return {"streams": ready(streams.app if streams else None)}
+    health = StreamHealth(settings.consumer_stall_seconds)
+
+    async def readiness() -> dict[str, bool | str]:
+        return {"streams": health(streams.app if streams else None)}
 
     app = service_app("features", lifespan, readiness)
     app.include_router(router)

@@ -56,12 +56,12 @@ async def _items(request: Request, limit: int) -> list[Any]:
 )
 async def post_events(request: Request, runtime: RuntimeDep) -> Accepted:
     """Accept one event, a JSON array or NDJSON; all-or-nothing, so a 422 means nothing was sent."""
+    arrived = utcnow()
     items = await _items(request, runtime.settings.max_batch)
-    now = utcnow()
     events, errors = [], []
     for index, item in enumerate(items):
         try:
-            events.append(validate_event(item, runtime.config.dataset, now))
+            events.append(validate_event(item, runtime.config.dataset, arrived))
         except Invalid as exc:
             errors += _detail(index if len(items) > 1 else None, exc)
     if errors:

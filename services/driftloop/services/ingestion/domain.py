@@ -25,7 +25,26 @@ def parse_json(raw: bytes | str) -> Any:
         raise Invalid([FieldError(field="$", message=f"malformed JSON: {exc}")]) from exc
 
 
+def judged_at(arrived: datetime | None, now: datetime) -> datetime:
+    """The instant an event's freshness is judged at: when it reached driftloop, not when it is read.
+
+    ``arrived`` is the Kafka record's timestamp (or an HTTP request's arrival),
+    so replaying history, catching up after an outage or re-reading after lost
+    group offsets gives each event the verdict it had on arrival. A timestamp
+    ahead of our own clock (a producer's clock running fast) is not believed:
+    an event cannot have arrived later than now.
+
+    >>> now = datetime(2026, 3, 10, tzinfo=UTC)
+    >>> judged_at(datetime(2026, 3, 1, tzinfo=UTC), now).day, judged_at(None, now).day
+    (1, 10)
+    >>> judged_at(datetime(2026, 4, 1, tzinfo=UTC), now).day
+    10
+    """
+    return now if arrived is None else min(arrived, now)
+
+
 def check_schema(event: DataEvent, schema: DatasetSchema, now: datetime) -> list[FieldError]:
+    """Every way ``event`` breaks ``schema``; freshness is judged as of ``now`` (see ``judged_at``)."""
     errors: list[FieldError] = []
     for name, spec in schema.features.items():
         value = event.features.get(name)

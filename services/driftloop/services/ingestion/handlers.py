@@ -7,7 +7,7 @@ import orjson
 from driftloop.bus import Bus, PoisonMessage, Record
 from driftloop.config import DatasetSchema
 from driftloop.contracts import utcnow
-from driftloop.services.ingestion.domain import parse_json, validate_event, validated
+from driftloop.services.ingestion.domain import judged_at, parse_json, validate_event, validated
 from driftloop.validation import Invalid
 
 
@@ -39,7 +39,7 @@ class RawEventHandler:
         rejected = []
         for record in records:
             try:
-                event = validate_event(parse_json(record.value), self.schema, now)
+                event = validate_event(parse_json(record.value), self.schema, judged_at(record.timestamp, now))
             except Invalid as exc:
                 rejected.append((record, PoisonMessage(str(exc), exc.errors)))
                 continue

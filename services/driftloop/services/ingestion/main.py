@@ -38,8 +38,8 @@ def create_app(settings: IngestionSettings | None = None, config: DriftloopConfi
             finally:
                 await consumer.stop()
 
-    async def readiness() -> dict[str, bool]:
-        return {"consumer": consumer is not None and consumer.running}
+    async def readiness() -> dict[str, bool | str]:
+        return {"consumer": consumer.health() if consumer is not None else "not started"}
 
     app = service_app("ingestion", lifespan, readiness)
     app.include_router(router)

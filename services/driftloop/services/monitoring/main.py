@@ -11,7 +11,7 @@ from driftloop.runtime import open_runtime
 from driftloop.services.monitoring.api import router
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.services.monitoring.streams import MonitorStreams, build
-from driftloop.streams import ready, started
+from driftloop.streams import StreamHealth, started
 
 
 def create_app(settings: MonitoringSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -27,8 +27,10 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
             async with started(streams.app, settings):
                 yield
 
-    async def readiness() -> dict[str, bool]:
-        return {"streams": ready(streams.app if streams else None)}
+    health = StreamHealth(settings.consumer_stall_seconds)
+
+    async def readiness() -> dict[str, bool | str]:
+        return {"streams": health(streams.app if streams else None)}
 
     app = service_app("monitoring", lifespan, readiness)
     app.include_router(router)

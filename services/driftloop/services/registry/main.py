@@ -48,9 +48,9 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
                 await relay.stop()
                 engine.dispose()
 
-    async def readiness() -> dict[str, bool]:
+    async def readiness() -> dict[str, bool | str]:
         return {
-            "consumer": consumer is not None and consumer.running,
+            "consumer": consumer.health() if consumer is not None else "not started",
             "database": engine is not None and reachable(engine),
         }
 

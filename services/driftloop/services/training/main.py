@@ -57,9 +57,9 @@ def create_app(settings: TrainingSettings | None = None, config: DriftloopConfig
                 await relay.stop()
                 engine.dispose()
 
-    async def readiness() -> dict[str, bool]:
+    async def readiness() -> dict[str, bool | str]:
         return {
-            "consumer": consumer is not None and consumer.running,
+            "consumer": consumer.health() if consumer is not None else "not started",
             "database": engine is not None and reachable(engine),
             "worker": worker_task is not None and not worker_task.done(),
         }
