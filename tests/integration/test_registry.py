@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from driftloop.artifacts import open_store
+from driftloop.artifacts import open_store, sha256_hex
 from driftloop.bus import Bus
 from driftloop.config import ModelSpec
 from driftloop.contracts import (
@@ -56,7 +56,8 @@ def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule
     train, _ = time_split(_rows(400, train_rule, seed=1), 0.3)
     _, holdout = time_split(_rows(400, holdout_rule, seed=2), 0.3)
     result = fit(SPEC, run_id, train, holdout)
-    artifact_uri = store.put(f"models/m/{run_id}/model.joblib", result.artifact.to_bytes())
+    model = result.artifact.to_bytes()
+    artifact_uri = store.put(f"models/m/{run_id}/model.skops", model)
     holdout_uri = store.put(
         f"models/m/{run_id}/holdout.jsonl",
         "\n".join(json.dumps({"features": r.features, "label": r.label}) for r in holdout).encode(),
@@ -72,6 +73,7 @@ def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule
         ),
         metrics=result.metrics,
         artifact_uri=artifact_uri,
+        artifact_sha256=sha256_hex(model),
         holdout_uri=holdout_uri,
         duration_seconds=0.1,
     )

@@ -53,6 +53,7 @@ class DeploymentView(BaseModel):
     model_name: str
     version: int
     artifact_uri: str
+    artifact_sha256: str | None
     loaded_at: datetime
     strategy: Literal["direct"] = "direct"
     instance: str
@@ -169,6 +170,7 @@ async def deployment(
         model_name=name,
         version=served.version,
         artifact_uri=served.artifact_uri,
+        artifact_sha256=served.artifact_sha256,
         loaded_at=served.loaded_at,
         instance=settings.instance_id,
     )
