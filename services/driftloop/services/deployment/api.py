@@ -39,7 +39,8 @@ ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 class PredictRequest(BaseModel):
-    instances: list[Features] = Field(min_length=1, max_length=10_000)
+    #: How many is bounded for every request by ``max_batch`` (driftloop.http), before this model is built.
+    instances: list[Features] = Field(min_length=1)
 
 
 class PredictResponse(BaseModel):

@@ -31,6 +31,6 @@ def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig
     async def readiness() -> dict[str, bool]:
         return {"streams": ready(streams.app if streams else None)}
 
-    app = service_app("features", lifespan, readiness)
+    app = service_app("features", lifespan, readiness, settings)
     app.include_router(router)
     return app

@@ -41,6 +41,6 @@ def create_app(settings: IngestionSettings | None = None, config: DriftloopConfi
     async def readiness() -> dict[str, bool]:
         return {"consumer": consumer is not None and consumer.running}
 
-    app = service_app("ingestion", lifespan, readiness)
+    app = service_app("ingestion", lifespan, readiness, settings)
     app.include_router(router)
     return app

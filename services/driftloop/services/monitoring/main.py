@@ -30,6 +30,6 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
     async def readiness() -> dict[str, bool]:
         return {"streams": ready(streams.app if streams else None)}
 
-    app = service_app("monitoring", lifespan, readiness)
+    app = service_app("monitoring", lifespan, readiness, settings)
     app.include_router(router)
     return app
