@@ -228,3 +228,31 @@ async def test_a_failed_publish_fails_the_request_with_wait_acks_and_is_counted_
     assert _failures() == failures + 2
     assert await _predict_after_the_producer_stopped(settings, "async") == (200, 200)
     assert _failures() == failures + 4
+
+
+async def test_a_tampered_or_escaping_artifact_aborts_its_rollout_and_the_current_model_keeps_serving(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
+    uri, recorded = _artifact(settings, "r2", constant=0)
+    # The bytes change after registration: another model written over the same key.
+    store = open_store(settings)
+    store.put(store.uri(f"models/{MODEL}/r2/model.skops"), store.get(_artifact(settings, "r3", constant=1)[0]))
+    big_loan = {**APPLICATION, "loan": 190_000.0}
+    async with running(create_app(DeploymentSettings(**settings.model_dump()))) as client:
+        await bus.publish(_promoted(2, (uri, recorded)), MODEL)
+        await bus.publish(_promoted(3, ("file:///etc/hostname", sha256_hex(b""))), MODEL)
+        rollouts = [parse_internal(r.value) for r in await read_topic(settings, "deployment.events", 4)]
+        response = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [big_loan]})
+        status = (await client.get(f"/v1/deployments/{MODEL}")).json()
+    aborted = [r for r in rollouts if isinstance(r, RolloutAborted)]
+    assert [(r.version, type(r)) for r in rollouts] == [
+        (2, RolloutStarted),
+        (2, RolloutAborted),
+        (3, RolloutStarted),
+        (3, RolloutAborted),
+    ]
+    assert "SHA-256" in aborted[0].reason and recorded in aborted[0].reason
+    assert "outside the store" in aborted[1].reason
+    assert response.json()["model_version"] == 1 and response.json()["predictions"] == [1]
+    assert status["version"] == 1 and status["artifact_sha256"] is not None
