@@ -1,8 +1,13 @@
 """The model artifact format that training writes and registry and deployment read.
 
-An artifact is a joblib blob of a scikit-learn pipeline plus the feature names
+An artifact is a skops file of a scikit-learn pipeline plus the feature names
 it expects, so any process can score rows given as plain dicts, the same way
-the stream and the REST API present them.
+the stream and the REST API present them. Unlike a pickle, a skops file is
+data: loading it builds only the types skops trusts (builtins, numpy arrays,
+scikit-learn's estimators) and those in ``TRUSTED_TYPES``, and refuses a file
+that names anything else, so a forged artifact cannot run code. Joblib
+artifacts of earlier driftloop versions are refused, not loaded: retraining
+writes the model again in this format.
 
 Scoring goes through a ``Scorer`` built once per loaded artifact: serving
 scores a row or a few at a time, where the pipeline's generic path costs more
@@ -12,15 +17,15 @@ detour, OpenMP threads fanned out over a handful of rows).
 
 from __future__ import annotations
 
-import io
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import joblib
 import numpy as np
+import skops.io
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.feature_extraction import DictVectorizer
@@ -28,8 +33,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from skops.io.exceptions import UntrustedTypesFoundException
 from threadpoolctl import ThreadpoolController
 
+from driftloop.artifacts import ArtifactRefused
 from driftloop.contracts import utcnow
 from driftloop.contracts.events import FeatureValue, LabelValue
 
@@ -38,6 +45,20 @@ ESTIMATORS: dict[str, type[BaseEstimator]] = {
     "random_forest": RandomForestClassifier,
     "logistic_regression": LogisticRegression,
 }
+
+
+#: What the pipelines ``build_pipeline`` makes hold beyond the types skops trusts by default: the fitted trees
+#: of the two tree ensembles. Nothing else is loaded; a file naming another type is refused.
+TRUSTED_TYPES: list[str] = [
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+]
+#: The steps a loaded pipeline may consist of: the ones ``build_pipeline`` uses.
+PIPELINE_STEPS: tuple[type[BaseEstimator], ...] = (DictVectorizer, StandardScaler, *ESTIMATORS.values())
+#: Written into every artifact, so a file of another kind, or of a later layout, is told apart.
+ARTIFACT_FORMAT = "driftloop.model/skops-1"
+#: How every zip file, and so every skops file, begins; joblib and pickle files begin otherwise.
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def build_pipeline(estimator: str, params: Mapping[str, Any]) -> Pipeline:
@@ -186,20 +207,56 @@ class ModelArtifact:
         """Predicted class and its probability for each row."""
         return self.scorer().predict(rows)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_scorer"}
-
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        joblib.dump(self, buffer, compress=3)
-        return buffer.getvalue()
+        state = {
+            "format": ARTIFACT_FORMAT,
+            "model_name": self.model_name,
+            "run_id": self.run_id,
+            "feature_names": list(self.feature_names),
+            "trained_at": self.trained_at.isoformat(),
+            "pipeline": self.pipeline,
+        }
+        data: bytes = skops.io.dumps(state, compression=zipfile.ZIP_DEFLATED)
+        return data
 
     @staticmethod
     def from_bytes(data: bytes) -> ModelArtifact:
-        artifact = joblib.load(io.BytesIO(data))
-        if not isinstance(artifact, ModelArtifact):
-            raise TypeError(f"not a driftloop model artifact: {type(artifact).__name__}")
-        return artifact
+        """The artifact in ``data``, or ``ArtifactRefused`` saying why it is not loaded; nothing in it runs."""
+        if not data.startswith(_ZIP_MAGIC):
+            raise ArtifactRefused(
+                "not a skops model artifact (a joblib/pickle model of an earlier driftloop?): such files run code "
+                "when loaded, so they are refused; retrain the model (driftloop retrain, or "
+                "POST /v1/models/{name}/retrain on training) to write it in the safe format"
+            )
+        try:
+            state = skops.io.loads(data, trusted=TRUSTED_TYPES)
+        except UntrustedTypesFoundException as exc:
+            raise ArtifactRefused(f"the artifact holds types outside the trusted list: {exc}") from exc
+        except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, ImportError) as exc:
+            raise ArtifactRefused(f"unreadable skops artifact: {exc!r}") from exc
+        return _artifact(state)
+
+
+def _artifact(state: Any) -> ModelArtifact:
+    """The loaded state as an artifact, if it has the layout ``to_bytes`` writes and a pipeline of known steps."""
+    if not isinstance(state, dict) or state.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactRefused(f"not a driftloop model artifact of format {ARTIFACT_FORMAT}")
+    pipeline, names = state.get("pipeline"), state.get("feature_names")
+    if not isinstance(pipeline, Pipeline) or not all(isinstance(s, PIPELINE_STEPS) for _, s in pipeline.steps):
+        raise ArtifactRefused("the artifact's pipeline has steps driftloop does not build")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ArtifactRefused("the artifact's feature names are not a list of strings")
+    try:
+        trained_at = datetime.fromisoformat(str(state.get("trained_at")))
+    except ValueError as exc:
+        raise ArtifactRefused(f"the artifact's training time is unreadable: {exc}") from exc
+    return ModelArtifact(
+        model_name=str(state.get("model_name")),
+        run_id=str(state.get("run_id")),
+        feature_names=names,
+        pipeline=pipeline,
+        trained_at=trained_at,
+    )
 
 
 def _python(value: Any) -> LabelValue:

@@ -64,6 +64,19 @@ class DriftloopSettings(BaseSettings):
     consumer_stall_seconds: float = 60.0
     #: How long a single-writer lease (outbox relay, claimed training run) lasts unless its holder renews it.
     lease_seconds: float = 15.0
+    # Input limits, the same for every service (applied in driftloop.http and by the consumers).
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, gt=0, description="Largest HTTP request body; past it 413, counted as it streams in."
+    )
+    max_json_depth: int = Field(
+        default=32, ge=1, le=10_000, description="Deepest nesting of a JSON request body; past it 422."
+    )
+    max_batch: int = Field(
+        default=10_000, ge=1, description="Most items in any JSON array of a request, or lines of NDJSON; past it 413."
+    )
+    max_record_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest Kafka record value a consumer handles; larger: dead-lettered."
+    )
 
     @property
     def bootstrap(self) -> str:

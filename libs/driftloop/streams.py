@@ -22,6 +22,7 @@ from driftloop.bus import PoisonMessage, cloudevent_headers, deadletter_for
 from driftloop.bus.progress import ProgressWatch
 from driftloop.bus.topics import create_missing
 from driftloop.contracts import TOPICS, Contract, DeadLetter, topic_for
+from driftloop.limits import oversized_record, record_head
 from driftloop.logging import get_logger
 from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
 from driftloop.settings import ServiceSettings
@@ -183,8 +184,10 @@ class Emitter:
 
         A crashed faust agent acknowledges the record it choked on, which
         would lose it silently; here it goes to the dead-letter topic instead.
+        A record over ``max_record_bytes`` goes there before the handler sees it.
         """
         try:
+            self.check_size(event)
             await handle(event)
         except PoisonMessage as exc:
             await self.deadletter(event, exc, stage)
@@ -197,16 +200,21 @@ class Emitter:
         parsed: list[M] = []
         for event in events:
             try:
+                self.check_size(event)
                 parsed.append(parse(model, event.value))
             except PoisonMessage as exc:
                 await self.deadletter(event, exc, stage)
         return parsed
 
+    def check_size(self, event: faust.EventT[Any]) -> None:
+        if too_large := oversized_record(len(event.message.value or b""), self.settings.max_record_bytes):
+            raise PoisonMessage(too_large)
+
     async def deadletter(self, event: faust.EventT[Any], exc: PoisonMessage, stage: str) -> None:
         message = event.message
         record: DeadLetter = deadletter_for(
             source_topic=message.topic.removeprefix(self.settings.topic_prefix),
-            payload=message.value or b"",
+            payload=record_head(message.value or b"", self.settings.max_record_bytes),
             reason=exc.reason,
             stage=stage,
             key=message.key.decode("utf-8", "replace") if message.key else None,

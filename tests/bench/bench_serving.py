@@ -33,7 +33,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from river.datasets import synth
 
-from driftloop.artifacts import open_store
+from driftloop.artifacts import open_store, sha256_hex
 from driftloop.broker import EmbeddedBroker, free_port
 from driftloop.bus import Bus, ensure_topics
 from driftloop.config import load_config
@@ -234,12 +234,19 @@ async def main(
     await ensure_topics(settings)
     artifact = train()
     blob = artifact.to_bytes()
-    (work / "model.joblib").write_bytes(blob)
-    uri = open_store(settings).put(f"models/{SPEC.name}/bench/model.joblib", blob)
+    (work / "model.skops").write_bytes(blob)
+    uri = open_store(settings).put(f"models/{SPEC.name}/bench/model.skops", blob)
     bus = Bus(settings, "bench")
     await bus.start()
     await bus.publish(
-        ModelPromoted(model_name=SPEC.name, version=1, previous_version=None, artifact_uri=uri, actor="bench"),
+        ModelPromoted(
+            model_name=SPEC.name,
+            version=1,
+            previous_version=None,
+            artifact_uri=uri,
+            artifact_sha256=sha256_hex(blob),
+            actor="bench",
+        ),
         SPEC.name,
     )
     await bus.stop()
@@ -248,7 +255,7 @@ async def main(
     print(f"the bare app and each deployment variant take turns of {SLICE:.0f} s, so both see the same machine load")
     results: list[Figures] = []
     bare_port = free_port()
-    bare = [sys.executable, "-m", "tests.bench.bench_serving", "--bare", str(work / "model.joblib")]
+    bare = [sys.executable, "-m", "tests.bench.bench_serving", "--bare", str(work / "model.skops")]
     bare_base = f"http://127.0.0.1:{bare_port}"
     with server([*bare, "--port", str(bare_port)], {}, work / "bare.log") as bare_process:
         await wait_ready(f"{bare_base}/docs", bare_process)

@@ -33,18 +33,18 @@ def store(store_settings: DriftloopSettings) -> ArtifactStore:
 def test_put_returns_a_uri_of_the_store_scheme_and_the_blob_reads_back_by_uri_and_by_key(
     store: ArtifactStore, store_settings: DriftloopSettings
 ) -> None:
-    uri = store.put("models/m/run-1/model.joblib", b"model bytes")
+    uri = store.put("models/m/run-1/model.skops", b"model bytes")
     assert uri.split("://")[0] == store_settings.artifacts.split("://")[0]
-    assert uri == store.uri("models/m/run-1/model.joblib")
+    assert uri == store.uri("models/m/run-1/model.skops")
     assert store.get(uri) == b"model bytes"
-    assert store.get("models/m/run-1/model.joblib") == b"model bytes"
+    assert store.get("models/m/run-1/model.skops") == b"model bytes"
 
 
 def test_a_missing_blob_raises_not_found_by_key_and_by_uri(store: ArtifactStore) -> None:
     with pytest.raises(ArtifactNotFound):
-        store.get("models/none/model.joblib")
+        store.get("models/none/model.skops")
     with pytest.raises(ArtifactNotFound):
-        store.get(store.uri("models/none/model.joblib"))
+        store.get(store.uri("models/none/model.skops"))
 
 
 def test_list_returns_exactly_the_keys_under_the_prefix_sorted(
@@ -76,11 +76,11 @@ def test_a_fresh_store_from_the_same_settings_reads_what_another_wrote(
     store: ArtifactStore, store_settings: DriftloopSettings
 ) -> None:
     """What another service process does with a URI it received in an event."""
-    uri = store.put("models/m/run-2/model.joblib", b"trained elsewhere")
+    uri = store.put("models/m/run-2/model.skops", b"trained elsewhere")
     fresh = open_store(store_settings)
     assert fresh.get(uri) == b"trained elsewhere"
-    assert fresh.get("models/m/run-2/model.joblib") == b"trained elsewhere"
-    assert list(fresh.list("models/")) == ["models/m/run-2/model.joblib"]
+    assert fresh.get("models/m/run-2/model.skops") == b"trained elsewhere"
+    assert list(fresh.list("models/")) == ["models/m/run-2/model.skops"]
 
 
 @pytest.mark.parametrize(
@@ -94,9 +94,9 @@ def test_binary_data_with_nul_bytes_round_trips(store: ArtifactStore, data: byte
 def test_a_5_mib_blob_round_trips(store: ArtifactStore, size: int) -> None:
     """5 MiB is minio's part size: that much goes up in one request, one byte more as a multipart upload."""
     data = random.Random(size).randbytes(size)
-    uri = store.put("models/big/model.joblib", data)
+    uri = store.put("models/big/model.skops", data)
     assert store.get(uri) == data
-    assert store.get("models/big/model.joblib") == data
+    assert store.get("models/big/model.skops") == data
 
 
 def test_keys_with_spaces_and_url_characters_round_trip_by_uri(store: ArtifactStore) -> None:

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 from prometheus_client import REGISTRY
 
-from driftloop.artifacts import open_store
+from driftloop.artifacts import open_store, sha256_hex
 from driftloop.bus import Bus
 from driftloop.contracts import (
     FeatureVector,
@@ -31,19 +31,28 @@ MODEL = "loan-approval"
 FEATURES = list(APPLICATION)
 
 
-def _artifact(settings: DriftloopSettings, run_id: str, constant: int) -> str:
-    """A real pipeline that learned to answer ``constant`` for loans above 100k, so versions are told apart."""
+Stored = tuple[str, str]
+
+
+def _artifact(settings: DriftloopSettings, run_id: str, constant: int) -> Stored:
+    """A real pipeline that learned to answer ``constant`` for loans above 100k, and its URI and SHA-256."""
     rows = [{**APPLICATION, "loan": float(loan)} for loan in range(0, 200_000, 1_000)]
     labels = [constant if row["loan"] > 100_000 else 1 - constant for row in rows]
     pipeline = build_pipeline("logistic_regression", {})
     pipeline.fit(select(rows, FEATURES), labels)
-    artifact = ModelArtifact(MODEL, run_id, FEATURES, pipeline)
-    return open_store(settings).put(f"models/{MODEL}/{run_id}/model.joblib", artifact.to_bytes())
+    data = ModelArtifact(MODEL, run_id, FEATURES, pipeline).to_bytes()
+    return open_store(settings).put(f"models/{MODEL}/{run_id}/model.skops", data), sha256_hex(data)
 
 
-def _promoted(version: int, uri: str) -> ModelPromoted:
+def _promoted(version: int, stored: Stored) -> ModelPromoted:
+    uri, sha256 = stored
     return ModelPromoted(
-        model_name=MODEL, version=version, previous_version=version - 1 or None, artifact_uri=uri, actor="gate"
+        model_name=MODEL,
+        version=version,
+        previous_version=version - 1 or None,
+        artifact_uri=uri,
+        artifact_sha256=sha256,
+        actor="gate",
     )
 
 
@@ -60,7 +69,7 @@ async def test_serves_the_champion_from_history_and_hot_swaps_without_failed_req
         body = first.json()
         assert body["model_version"] == 1 and body["predictions"] == [1, 1] and len(body["prediction_ids"]) == 2
 
-        uri_v2 = _artifact(settings, "r2", constant=0)
+        v2 = _artifact(settings, "r2", constant=0)
         failures: list[int] = []
         versions: set[int] = set()
 
@@ -74,7 +83,7 @@ async def test_serves_the_champion_from_history_and_hot_swaps_without_failed_req
                 await asyncio.sleep(0.05)
 
         load = asyncio.create_task(hammer())
-        await bus.publish(_promoted(2, uri_v2), MODEL)
+        await bus.publish(_promoted(2, v2), MODEL)
         await load
         assert failures == []
         assert versions == {1, 2}
@@ -82,7 +91,7 @@ async def test_serves_the_champion_from_history_and_hot_swaps_without_failed_req
         swapped = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [big_loan]})
         assert swapped.json()["model_version"] == 2 and swapped.json()["predictions"] == [0]
         status = (await client.get(f"/v1/deployments/{MODEL}")).json()
-        assert status["version"] == 2 and status["artifact_uri"] == uri_v2
+        assert status["version"] == 2 and (status["artifact_uri"], status["artifact_sha256"]) == v2
 
         infer = await client.post(
             f"/v2/models/{MODEL}/infer",
@@ -91,7 +100,7 @@ async def test_serves_the_champion_from_history_and_hot_swaps_without_failed_req
         assert infer.status_code == 200
         assert infer.json()["model_version"] == "2" and infer.json()["outputs"][0]["data"] == [0]
 
-        await bus.publish(_promoted(3, "file:///nowhere/model.joblib"), MODEL)
+        await bus.publish(_promoted(3, (open_store(settings).uri("nowhere/model.skops"), "0" * 64)), MODEL)
         rollouts = [parse_internal(r.value) for r in await read_topic(settings, "deployment.events", 4)]
         assert [type(r) for r in rollouts] == [RolloutStarted, RolloutCompleted, RolloutStarted, RolloutAborted]
         still = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [big_loan]})
@@ -219,3 +228,31 @@ async def test_a_failed_publish_fails_the_request_with_wait_acks_and_is_counted_
     assert _failures() == failures + 2
     assert await _predict_after_the_producer_stopped(settings, "async") == (200, 200)
     assert _failures() == failures + 4
+
+
+async def test_a_tampered_or_escaping_artifact_aborts_its_rollout_and_the_current_model_keeps_serving(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
+    uri, recorded = _artifact(settings, "r2", constant=0)
+    # The bytes change after registration: another model written over the same key.
+    store = open_store(settings)
+    store.put(store.uri(f"models/{MODEL}/r2/model.skops"), store.get(_artifact(settings, "r3", constant=1)[0]))
+    big_loan = {**APPLICATION, "loan": 190_000.0}
+    async with running(create_app(DeploymentSettings(**settings.model_dump()))) as client:
+        await bus.publish(_promoted(2, (uri, recorded)), MODEL)
+        await bus.publish(_promoted(3, ("file:///etc/hostname", sha256_hex(b""))), MODEL)
+        rollouts = [parse_internal(r.value) for r in await read_topic(settings, "deployment.events", 4)]
+        response = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [big_loan]})
+        status = (await client.get(f"/v1/deployments/{MODEL}")).json()
+    aborted = [r for r in rollouts if isinstance(r, RolloutAborted)]
+    assert [(r.version, type(r)) for r in rollouts] == [
+        (2, RolloutStarted),
+        (2, RolloutAborted),
+        (3, RolloutStarted),
+        (3, RolloutAborted),
+    ]
+    assert "SHA-256" in aborted[0].reason and recorded in aborted[0].reason
+    assert "outside the store" in aborted[1].reason
+    assert response.json()["model_version"] == 1 and response.json()["predictions"] == [1]
+    assert status["version"] == 1 and status["artifact_sha256"] is not None

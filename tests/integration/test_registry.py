@@ -9,10 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from driftloop.artifacts import open_store
+from driftloop.artifacts import open_store, sha256_hex
 from driftloop.bus import Bus
 from driftloop.config import ModelSpec
 from driftloop.contracts import (
+    DeadLetter,
     ModelPromoted,
     ModelRolledBack,
     ModelVersionRegistered,
@@ -56,7 +57,8 @@ def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule
     train, _ = time_split(_rows(400, train_rule, seed=1), 0.3)
     _, holdout = time_split(_rows(400, holdout_rule, seed=2), 0.3)
     result = fit(SPEC, run_id, train, holdout)
-    artifact_uri = store.put(f"models/m/{run_id}/model.joblib", result.artifact.to_bytes())
+    model = result.artifact.to_bytes()
+    artifact_uri = store.put(f"models/m/{run_id}/model.skops", model)
     holdout_uri = store.put(
         f"models/m/{run_id}/holdout.jsonl",
         "\n".join(json.dumps({"features": r.features, "label": r.label}) for r in holdout).encode(),
@@ -72,6 +74,7 @@ def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule
         ),
         metrics=result.metrics,
         artifact_uri=artifact_uri,
+        artifact_sha256=sha256_hex(model),
         holdout_uri=holdout_uri,
         duration_seconds=0.1,
     )
@@ -177,3 +180,36 @@ async def test_unknown_model_is_404_and_readiness_checks_the_database(registry_s
         assert (await client.get("/v1/models/nope/aliases/champion")).status_code == 404
         assert (await client.post("/v1/models/nope/rollback")).status_code == 404
     await asyncio.sleep(0)
+
+
+async def test_a_tampered_challenger_is_dead_lettered_and_a_tampered_champion_is_not_scored(
+    registry_settings: RegistrySettings, bus: Bus
+) -> None:
+    store = open_store(registry_settings)
+    first = _run(registry_settings, "run-a", "x>y", "x>y")
+    forged = _run(registry_settings, "run-b", "x>y", "x>y").model_copy(update={"artifact_sha256": sha256_hex(b"")})
+    after = _run(registry_settings, "run-c", "x>y", "x>y")
+    async with running(create_app(registry_settings)) as client:
+        await bus.publish(first, "m")
+        await _registry_events(registry_settings, 2)
+        # The champion's bytes are replaced after registration.
+        store.put(first.artifact_uri, store.get(after.artifact_uri))
+        await bus.publish(forged, "m")
+        await bus.publish(after, "m")
+        events = await _registry_events(registry_settings, 4)
+        letters = [
+            DeadLetter.model_validate_json(r.value) for r in await read_topic(registry_settings, "events.deadletter", 1)
+        ]
+        versions = (await client.get("/v1/models/m/versions")).json()
+    assert [type(e) for e in events] == [ModelVersionRegistered, ModelPromoted, ModelVersionRegistered, ModelPromoted]
+    assert len(letters) == 1 and letters[0].source_topic == "training.runs"
+    assert "model of run run-b refused" in letters[0].reason and "SHA-256" in letters[0].reason
+    promoted = events[3]
+    assert isinstance(promoted, ModelPromoted) and promoted.version == 2
+    assert promoted.decision is not None and promoted.decision.champion is None
+    assert promoted.decision.reason.startswith("champion v1 not scored, its artifact is refused")
+    assert [(v["run_id"], v["artifact_sha256"]) for v in versions] == [
+        ("run-a", first.artifact_sha256),
+        ("run-c", after.artifact_sha256),
+    ]
+    assert promoted.artifact_sha256 == after.artifact_sha256

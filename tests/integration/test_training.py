@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from river.datasets import synth
 
-from driftloop.artifacts import open_store
+from driftloop.artifacts import open_store, read_verified
 from driftloop.bus import Bus
 from driftloop.config import TrainingPolicy, load_config
 from driftloop.contracts import (
@@ -91,7 +91,7 @@ async def test_a_burst_of_drift_events_gives_one_run_on_the_data_since_the_chang
     assert run.data_window.rows == run.data_window.train_rows + run.data_window.holdout_rows
     assert 0 < run.data_window.rows < 1800, "only rows since the change point"
     assert run.metrics["accuracy"] > 0.9
-    artifact = ModelArtifact.from_bytes(open_store(settings).get(run.artifact_uri))
+    artifact = ModelArtifact.from_bytes(read_verified(open_store(settings), run.artifact_uri, run.artifact_sha256))
     assert artifact.run_id == run.run_id and artifact.feature_names == run.feature_names
 
 

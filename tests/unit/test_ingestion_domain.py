@@ -116,11 +116,11 @@ def test_labels_are_checked_against_the_label_spec() -> None:
 
 
 def test_bodies_may_be_an_object_an_array_or_ndjson() -> None:
-    assert split_body(b'{"a": 1}', "application/json") == [{"a": 1}]
-    assert split_body(b'[{"a": 1}, {"a": 2}]', "application/json") == [{"a": 1}, {"a": 2}]
-    assert split_body(b'{"a": 1}\n\n{"a": 2}\n', "application/x-ndjson") == [{"a": 1}, {"a": 2}]
+    assert split_body(b'{"a": 1}', "application/json", 10) == [{"a": 1}]
+    assert split_body(b'[{"a": 1}, {"a": 2}]', "application/json", 10) == [{"a": 1}, {"a": 2}]
+    assert split_body(b'{"a": 1}\n\n{"a": 2}\n', "application/x-ndjson", 10) == [{"a": 1}, {"a": 2}]
     with pytest.raises(Invalid) as info:
-        split_body(b'{"a": 1}\n{oops', "application/x-ndjson")
+        split_body(b'{"a": 1}\n{oops', "application/x-ndjson", 10)
     assert info.value.errors[0].field == "line 2"
 
 

@@ -20,6 +20,15 @@ Features = dict[str, FeatureValue]
 Metrics = dict[str, float]
 
 
+def _artifact_sha256() -> Any:
+    """The optional checksum field of every event that carries an artifact URI."""
+    return Field(
+        default=None,
+        description="SHA-256 of the artifact's bytes (64 lowercase hex digits), recorded when the version is "
+        "registered; every load checks it and refuses a mismatch. Absent on events from before checksums existed.",
+    )
+
+
 class DataEvent(ProducerContract):
     """What a producer writes to ``events.raw`` (key = ``entity_id``)."""
 
@@ -158,6 +167,7 @@ class TrainingRunCompleted(_Typed):
     data_window: DataWindow
     metrics: Metrics = Field(description="On the time-ordered holdout.")
     artifact_uri: str
+    artifact_sha256: str | None = _artifact_sha256()
     holdout_uri: str
     duration_seconds: float
 
@@ -189,6 +199,7 @@ class ModelVersionRegistered(_Typed):
     version: int
     run_id: str
     artifact_uri: str
+    artifact_sha256: str | None = _artifact_sha256()
     metrics: Metrics
     parent_version: int | None = None
     data_window: DataWindow
@@ -200,6 +211,7 @@ class ModelPromoted(_Typed):
     version: int
     previous_version: int | None = None
     artifact_uri: str
+    artifact_sha256: str | None = _artifact_sha256()
     actor: str
     decision: GateDecision | None = None
     revision: int | None = Field(
@@ -223,6 +235,7 @@ class ModelRolledBack(_Typed):
     from_version: int
     to_version: int
     artifact_uri: str
+    artifact_sha256: str | None = _artifact_sha256()
     actor: str
     reason: str
     revision: int | None = Field(

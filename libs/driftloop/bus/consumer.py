@@ -17,6 +17,7 @@ from driftloop.bus.metadata import topic_partitions
 from driftloop.bus.producer import Bus, deadletter_for
 from driftloop.bus.progress import ProgressWatch
 from driftloop.contracts import FieldError
+from driftloop.limits import oversized_record, record_head
 from driftloop.logging import get_logger
 from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED
 from driftloop.settings import DriftloopSettings
@@ -264,9 +265,12 @@ class ConsumerLoop:
         if consumer.assignment():
             self.assigned.set()
         for tp, messages in batches.items():
-            records, done = [], set()
+            records, oversized, done = [], [], set()
             for msg in messages:
                 record = _record(msg, self.settings.topic_prefix)
+                if too_large := oversized_record(len(record.value), self.settings.max_record_bytes):
+                    oversized.append((record, too_large))
+                    continue
                 key = self.dedupe_key(record)
                 if key and (key in done or self.deduper.seen(key)):
                     MESSAGES_CONSUMED.labels(self.service, record.topic, "duplicate").inc()
@@ -275,6 +279,9 @@ class ConsumerLoop:
                 if key:
                     done.add(key)
             async with self.bus.acknowledged():
+                for record, reason in oversized:
+                    await self._deadletter(record, reason, [])
+                    MESSAGES_CONSUMED.labels(self.service, record.topic, "deadletter").inc()
                 if records:
                     await (self._handle_batch(records) if self.batch_handler else self._handle_each(records))
             await consumer.commit({tp: messages[-1].offset + 1})
@@ -324,7 +331,7 @@ class ConsumerLoop:
         await self.bus.deadletter(
             deadletter_for(
                 source_topic=record.topic,
-                payload=record.value,
+                payload=record_head(record.value, self.settings.max_record_bytes),
                 reason=reason,
                 stage=f"{self.service}.{record.topic}",
                 key=record.key,
@@ -380,7 +387,12 @@ async def replay(
             for tp, messages in batches.items():
                 for msg in messages:
                     live = tp not in behind or msg.offset >= behind[tp]
-                    await on_record(_record(msg, settings.topic_prefix), live)
+                    record = _record(msg, settings.topic_prefix)
+                    if too_large := oversized_record(len(record.value), settings.max_record_bytes):
+                        # Followers have no group to dead-letter for; the topic's group consumers do that.
+                        log.warning("record skipped", topic=topic, offset=record.offset, reason=too_large)
+                        continue
+                    await on_record(record, live)
             if behind:
                 behind = still_behind(behind, {tp: await consumer.position(tp) for tp in behind})
                 if not behind:

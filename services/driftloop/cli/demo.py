@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from river.datasets import synth
 
-from driftloop.artifacts import ArtifactStore, open_store
+from driftloop.artifacts import ArtifactStore, open_store, read_verified
 from driftloop.bus.metadata import topic_partitions
 from driftloop.contracts import (
     DataEvent,
@@ -244,7 +244,7 @@ class Demo:
             problems.append(f"{served} predictions of the new version seen, fewer than {o.min_new_predictions}")
         return problems
 
-    def compare(self, store: ArtifactStore, artifact_uri: str) -> None:
+    def compare(self, store: ArtifactStore, artifact_uri: str, artifact_sha256: str | None) -> None:
         """Score the events the new champion served after its promotion with the old champion too."""
         r = self.result
         if r.promoted is None:
@@ -256,19 +256,20 @@ class Demo:
         ]
         if not served:
             return
-        old = ModelArtifact.from_bytes(store.get(artifact_uri))
+        old = ModelArtifact.from_bytes(read_verified(store, artifact_uri, artifact_sha256))
         old_predictions, _ = old.predict([row.features for row, _ in served])
         r.old_on_new_concept = sum(p == row.label for p, (row, _) in zip(old_predictions, served, strict=True)) / len(
             served
         )
         r.new_on_new_concept = sum(p.prediction == row.label for row, p in served) / len(served)
 
-    async def old_champion_uri(self) -> str | None:
+    async def old_champion(self) -> tuple[str, str | None] | None:
+        """URI and checksum of the first version's artifact, as the registry recorded them."""
         async with httpx.AsyncClient(timeout=10.0) as client:
             response = await client.get(f"{self.urls['registry']}/v1/models/{self.options.model}/versions")
-        versions = {v["version"]: v["artifact_uri"] for v in response.json()} if response.status_code == 200 else {}
-        uri: str | None = versions.get(self.result.first_version)
-        return uri
+        versions = response.json() if response.status_code == 200 else []
+        first = next((v for v in versions if v["version"] == self.result.first_version), None)
+        return (first["artifact_uri"], first.get("artifact_sha256")) if first else None
 
     async def run(
         self,
@@ -322,8 +323,8 @@ class Demo:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             await consumer.stop()
-        if (uri := await self.old_champion_uri()) is not None:
-            self.compare(open_store(self.settings), uri)
+        if (old := await self.old_champion()) is not None:
+            self.compare(open_store(self.settings), *old)
         return self.result
 
     def board(self) -> Table:

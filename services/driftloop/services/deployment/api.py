@@ -39,7 +39,8 @@ ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 class PredictRequest(BaseModel):
-    instances: list[Features] = Field(min_length=1, max_length=10_000)
+    #: How many is bounded for every request by ``max_batch`` (driftloop.http), before this model is built.
+    instances: list[Features] = Field(min_length=1)
 
 
 class PredictResponse(BaseModel):
@@ -53,6 +54,7 @@ class DeploymentView(BaseModel):
     model_name: str
     version: int
     artifact_uri: str
+    artifact_sha256: str | None
     loaded_at: datetime
     strategy: Literal["direct"] = "direct"
     instance: str
@@ -169,6 +171,7 @@ async def deployment(
         model_name=name,
         version=served.version,
         artifact_uri=served.artifact_uri,
+        artifact_sha256=served.artifact_sha256,
         loaded_at=served.loaded_at,
         instance=settings.instance_id,
     )

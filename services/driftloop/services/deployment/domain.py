@@ -16,6 +16,7 @@ class Served:
     artifact_uri: str
     artifact: ModelArtifact
     loaded_at: datetime = field(default_factory=utcnow)
+    artifact_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,13 @@ class Target:
     artifact_uri: str
     #: None on events from before the registry numbered its alias changes.
     revision: int | None = None
+    #: What the artifact's bytes must hash to; None on events from before checksums, whose loads are refused.
+    artifact_sha256: str | None = None
 
     @classmethod
     def of(cls, event: ModelPromoted | ModelRolledBack) -> Target:
         version = event.version if isinstance(event, ModelPromoted) else event.to_version
-        return cls(event.model_name, version, event.artifact_uri, event.revision)
+        return cls(event.model_name, version, event.artifact_uri, event.revision, event.artifact_sha256)
 
     def supersedes(self, current: Target | None) -> bool:
         """Whether this alias change should replace ``current``.

@@ -6,7 +6,7 @@ import asyncio
 
 from pydantic import ValidationError
 
-from driftloop.artifacts import ArtifactStore
+from driftloop.artifacts import ArtifactStore, read_verified
 from driftloop.bus import Bus, PoisonMessage, Record
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import (
@@ -77,9 +77,12 @@ class Rollouts:
         log.info("serving", models={s.model_name: s.version for s in self.table.all()})
 
     async def _load(self, target: Target) -> Served:
-        data = await asyncio.to_thread(self.store.get, target.artifact_uri)
+        """Load and swap in ``target``; a refused artifact raises before the swap, so serving goes on unchanged."""
+        data = await asyncio.to_thread(read_verified, self.store, target.artifact_uri, target.artifact_sha256)
         artifact = await asyncio.to_thread(ModelArtifact.from_bytes, data)
-        served = Served(target.model_name, target.version, target.artifact_uri, artifact)
+        served = Served(
+            target.model_name, target.version, target.artifact_uri, artifact, artifact_sha256=target.artifact_sha256
+        )
         self.table.swap(served)
         SERVING_VERSION.labels(target.model_name).set(target.version)
         return served

@@ -108,6 +108,6 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
             "follower": follower_state(follower),
         }
 
-    app = service_app("deployment", lifespan, readiness)
+    app = service_app("deployment", lifespan, readiness, settings)
     app.include_router(router)
     return app

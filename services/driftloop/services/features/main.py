@@ -33,6 +33,6 @@ def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig
     async def readiness() -> dict[str, bool | str]:
         return {"streams": health(streams.app if streams else None)}
 
-    app = service_app("features", lifespan, readiness)
+    app = service_app("features", lifespan, readiness, settings)
     app.include_router(router)
     return app

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from driftloop.contracts import utcnow
 from driftloop.runtime import Runtime
-from driftloop.services.ingestion.domain import split_body, validate_event
+from driftloop.services.ingestion.domain import TooMany, split_body, validate_event
 from driftloop.services.ingestion.settings import IngestionSettings
 from driftloop.validation import Invalid, validate_label
 
@@ -41,12 +41,11 @@ def _detail(index: int | None, exc: Invalid) -> list[dict[str, Any]]:
 
 async def _items(request: Request, limit: int) -> list[Any]:
     try:
-        items = split_body(await request.body(), request.headers.get("content-type", ""))
+        return split_body(await request.body(), request.headers.get("content-type", ""), limit)
     except Invalid as exc:
         raise _unprocessable(_detail(None, exc)) from exc
-    if len(items) > limit:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"at most {limit} items per request")
-    return items
+    except TooMany as exc:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
 
 
 @router.post(

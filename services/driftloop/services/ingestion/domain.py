@@ -95,16 +95,35 @@ def validated(event: DataEvent) -> EventValidated:
     )
 
 
-def split_body(body: bytes, content_type: str) -> list[Any]:
-    """One JSON object, a JSON array, or NDJSON (one object per line)."""
+class TooMany(Exception):
+    """A request body with more items than one request may carry."""
+
+
+def split_body(body: bytes, content_type: str, limit: int) -> list[Any]:
+    """One JSON object, a JSON array, or NDJSON (one object per line); ``TooMany`` past ``limit`` items.
+
+    NDJSON stops at the first line over the limit, so the lines after it are never parsed.
+
+    >>> split_body(b'{"a": 1}\\n{"a": 2}\\n', "application/x-ndjson", 2)
+    [{'a': 1}, {'a': 2}]
+    >>> split_body(b'{"a": 1}\\n{"a": 2}\\n{"a": 3}', "application/x-ndjson", 2)
+    Traceback (most recent call last):
+    ...
+    driftloop.services.ingestion.domain.TooMany: at most 2 items per request
+    """
     if "ndjson" in content_type or "jsonlines" in content_type:
-        items = []
+        items: list[Any] = []
         for number, line in enumerate(body.splitlines()):
             if line.strip():
+                if len(items) == limit:
+                    raise TooMany(f"at most {limit} items per request")
                 try:
                     items.append(orjson.loads(line))
                 except orjson.JSONDecodeError as exc:
                     raise Invalid([FieldError(field=f"line {number + 1}", message=f"malformed JSON: {exc}")]) from exc
         return items
     parsed = parse_json(body)
-    return parsed if isinstance(parsed, list) else [parsed]
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if len(items) > limit:
+        raise TooMany(f"at most {limit} items per request")
+    return items

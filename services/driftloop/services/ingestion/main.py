@@ -41,6 +41,6 @@ def create_app(settings: IngestionSettings | None = None, config: DriftloopConfi
     async def readiness() -> dict[str, bool | str]:
         return {"consumer": consumer.health() if consumer is not None else "not started"}
 
-    app = service_app("ingestion", lifespan, readiness)
+    app = service_app("ingestion", lifespan, readiness, settings)
     app.include_router(router)
     return app

@@ -32,6 +32,6 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
     async def readiness() -> dict[str, bool | str]:
         return {"streams": health(streams.app if streams else None)}
 
-    app = service_app("monitoring", lifespan, readiness)
+    app = service_app("monitoring", lifespan, readiness, settings)
     app.include_router(router)
     return app

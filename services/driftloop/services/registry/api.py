@@ -44,6 +44,7 @@ class VersionView(BaseModel):
     aliases: list[str]
     run_id: str
     artifact_uri: str
+    artifact_sha256: str | None
     metrics: dict[str, float]
     data_window: dict[str, Any]
     parent_version: int | None

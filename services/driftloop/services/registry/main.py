@@ -54,7 +54,7 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
             "database": engine is not None and reachable(engine),
         }
 
-    app = service_app("registry", lifespan, readiness)
+    app = service_app("registry", lifespan, readiness, settings)
     app.include_router(router)
     app.include_router(dashboard)
     return app

@@ -42,6 +42,8 @@ class ModelVersion(SQLModel, table=True):
     run_id: str = Field(unique=True)
     status: str = "registered"
     artifact_uri: str
+    #: SHA-256 of the artifact as the registry read and scored it; None only on rows from before checksums.
+    artifact_sha256: str | None = None
     holdout_uri: str
     metrics: dict[str, float] = Field(sa_column=Column(JSON))
     data_window: dict[str, Any] = Field(sa_column=Column(JSON))
@@ -141,8 +143,11 @@ class Registry:
                 query = query.where(AuditEntry.model_name == model)
             return list(s.exec(query).all())
 
-    def register(self, s: Session, run: TrainingRunCompleted) -> ModelVersion:
-        """Record the run's model as a new version; its parent is the champion of the moment."""
+    def register(self, s: Session, run: TrainingRunCompleted, artifact_sha256: str) -> ModelVersion:
+        """Record the run's model as a new version; its parent is the champion of the moment.
+
+        ``artifact_sha256`` is the checksum of the bytes the registry scored: every later load is held to it.
+        """
         existing = s.exec(select(ModelVersion.version).where(ModelVersion.model_name == run.model_name)).all()
         champion = self.champion(s, run.model_name)
         row = ModelVersion(
@@ -150,6 +155,7 @@ class Registry:
             version=next_version(existing),
             run_id=run.run_id,
             artifact_uri=run.artifact_uri,
+            artifact_sha256=artifact_sha256,
             holdout_uri=run.holdout_uri,
             metrics=run.metrics,
             data_window=run.data_window.model_dump(mode="json"),
@@ -178,6 +184,7 @@ class Registry:
                 version=row.version,
                 run_id=run.run_id,
                 artifact_uri=row.artifact_uri,
+                artifact_sha256=row.artifact_sha256,
                 metrics=row.metrics,
                 parent_version=row.parent_version,
                 data_window=run.data_window,
@@ -259,6 +266,7 @@ class Registry:
             version=row.version,
             previous_version=previous.version if previous else None,
             artifact_uri=row.artifact_uri,
+            artifact_sha256=row.artifact_sha256,
             actor=actor,
             decision=decision,
             revision=revision,
@@ -350,6 +358,7 @@ class Registry:
             from_version=current.version,
             to_version=target.version,
             artifact_uri=target.artifact_uri,
+            artifact_sha256=target.artifact_sha256,
             actor=actor,
             reason=reason,
             revision=revision,

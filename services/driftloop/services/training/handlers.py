@@ -19,7 +19,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
-from driftloop.artifacts import ArtifactStore
+from driftloop.artifacts import ArtifactStore, sha256_hex
 from driftloop.bus import Record
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import DriftDetected, RetrainRequested, TrainingRunCompleted, TrainingRunFailed, utcnow
@@ -201,8 +201,10 @@ class RunWorker:
         train, holdout = time_split(rows, self.config.training.holdout_fraction)
         result = await asyncio.to_thread(fit, spec, run.run_id, train, holdout)
         prefix = f"models/{spec.name}/{run.run_id}"
-        artifact_uri = self.store.put(f"{prefix}/model.joblib", result.artifact.to_bytes())
-        holdout_uri = self.store.put(
+        model = await asyncio.to_thread(result.artifact.to_bytes)
+        artifact_uri = await asyncio.to_thread(self.store.put, f"{prefix}/model.skops", model)
+        holdout_uri = await asyncio.to_thread(
+            self.store.put,
             f"{prefix}/holdout.jsonl",
             "\n".join(
                 json.dumps({"event_id": r.event_id, "features": r.features, "label": r.label}) for r in holdout
@@ -227,6 +229,7 @@ class RunWorker:
             data_window=window,
             metrics=result.metrics,
             artifact_uri=artifact_uri,
+            artifact_sha256=sha256_hex(model),
             holdout_uri=holdout_uri,
             duration_seconds=round(time.monotonic() - started, 3),
         )

@@ -64,6 +64,6 @@ def create_app(settings: TrainingSettings | None = None, config: DriftloopConfig
             "worker": worker_task is not None and not worker_task.done(),
         }
 
-    app = service_app("training", lifespan, readiness)
+    app = service_app("training", lifespan, readiness, settings)
     app.include_router(router)
     return app
