@@ -20,6 +20,7 @@ from driftloop.contracts import (
 )
 from driftloop.modeling import ModelArtifact
 from driftloop.offline import OfflineStore
+from driftloop.reference import ReferenceSample
 from driftloop.services.training.main import create_app
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.settings import DriftloopSettings
@@ -93,6 +94,13 @@ async def test_a_burst_of_drift_events_gives_one_run_on_the_data_since_the_chang
     assert run.metrics["accuracy"] > 0.9
     artifact = ModelArtifact.from_bytes(open_store(settings).get(run.artifact_uri))
     assert artifact.run_id == run.run_id and artifact.feature_names == run.feature_names
+    assert run.reference_uri is not None and run.reference_uri.startswith(run.artifact_uri.rsplit("/", 1)[0])
+    reference = ReferenceSample.from_bytes(open_store(settings).get(run.reference_uri))
+    assert reference.run_id == run.run_id and reference.window_rows == run.data_window.rows
+    assert set(reference.features) == set(run.feature_names)
+    assert {len(column) for column in reference.features.values()} == {run.data_window.rows}, "fewer than 2,000"
+    assert len(reference.predictions) == len(reference.correct) == run.data_window.holdout_rows
+    assert sum(reference.correct) / len(reference.correct) == run.metrics["accuracy"]
 
 
 async def test_manual_retrain_travels_over_kafka_and_a_run_without_enough_data_fails_loudly(

@@ -27,7 +27,13 @@ from driftloop.contracts.events import DataWindow
 from driftloop.db import OutboxRelay, aware, enqueue
 from driftloop.logging import get_logger
 from driftloop.offline import OfflineStore, TrainingRow
-from driftloop.services.training.domain import enough_rows, fit, time_split, within_cooldown
+from driftloop.services.training.domain import (
+    enough_rows,
+    fit,
+    reference_sample,
+    time_split,
+    within_cooldown,
+)
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.services.training.store import RunStore, TrainingRun
 
@@ -208,6 +214,10 @@ class RunWorker:
                 json.dumps({"event_id": r.event_id, "features": r.features, "label": r.label}) for r in holdout
             ).encode(),
         )
+        reference = await asyncio.to_thread(
+            reference_sample, spec, run.run_id, result.artifact, rows, holdout, self.config.drift.data.reference_rows
+        )
+        reference_uri = await asyncio.to_thread(self.store.put, f"{prefix}/reference.json", reference.to_bytes())
         window = DataWindow(
             start=rows[0].event_time,
             end=rows[-1].event_time,
@@ -229,6 +239,7 @@ class RunWorker:
             artifact_uri=artifact_uri,
             holdout_uri=holdout_uri,
             duration_seconds=round(time.monotonic() - started, 3),
+            reference_uri=reference_uri,
         )
         if not await asyncio.to_thread(self._finish_completed, run, completed):
             log.warning("training run result dropped: the run is no longer ours", run_id=run.run_id)
