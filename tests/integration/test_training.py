@@ -73,13 +73,14 @@ async def _runs(client: object, expected: int) -> list[dict[str, object]]:
     raise AssertionError(f"runs did not finish: {runs}")
 
 
-async def test_a_burst_of_drift_events_gives_one_run_on_the_data_since_the_change_point(
+async def test_a_burst_of_concept_drift_gives_one_run_since_the_change_point_and_data_drift_gives_none(
     settings: DriftloopSettings, bus: Bus
 ) -> None:
     _fill_offline_store(settings, 1800)
     drifts = [_drift() for _ in range(3)]
+    covariate_shift = _drift().model_copy(update={"kind": "data", "detector": "ks", "feature": "salary"})
     async with running(create_app(TrainingSettings(**settings.model_dump()))) as client:
-        for drift in drifts:
+        for drift in [covariate_shift, *drifts]:
             await bus.publish(drift, MODEL)
         runs = await _runs(client, 3)
         completed = [parse_internal(r.value) for r in await read_topic(settings, "training.runs", 1)]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from driftloop.config import ModelSpec, TrainingPolicy
+from driftloop.config import DataDriftPolicy, ModelSpec, TrainingPolicy
 from driftloop.modeling import ModelArtifact, build_pipeline, score, select
 from driftloop.offline import TrainingRow
 from driftloop.reference import Calibration, ReferenceSample, feature_columns, sample_indices
@@ -20,6 +20,21 @@ from driftloop.reference import Calibration, ReferenceSample, feature_columns, s
 def within_cooldown(last_started: datetime | None, now: datetime, cooldown: timedelta) -> bool:
     """A drift-triggered run is skipped when another run of the model started less than ``cooldown`` ago."""
     return last_started is not None and now - last_started < cooldown
+
+
+def retrains_on(kind: str, policy: DataDriftPolicy) -> bool:
+    """Concept drift always asks for a run; data drift only when the policy says it should.
+
+    A shift of the inputs under an unchanged concept leaves the model as
+    right as it was wherever it was sure, and a run on the same labels would
+    learn the same rule: monitoring reports it, the error stream decides.
+
+    >>> retrains_on("concept", DataDriftPolicy()), retrains_on("data", DataDriftPolicy())
+    (True, False)
+    >>> retrains_on("data", DataDriftPolicy(retrain=True))
+    True
+    """
+    return kind != "data" or policy.retrain
 
 
 def enough_rows(rows: int, policy: TrainingPolicy) -> bool:

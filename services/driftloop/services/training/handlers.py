@@ -31,6 +31,7 @@ from driftloop.services.training.domain import (
     enough_rows,
     fit,
     reference_sample,
+    retrains_on,
     time_split,
     within_cooldown,
 )
@@ -64,6 +65,11 @@ class RequestHandlers:
         )
 
     async def on_drift(self, drift: DriftDetected) -> None:
+        if not retrains_on(drift.kind, self.config.drift.data):
+            log.info(
+                "data drift noted, no run: drift.data.retrain is off", model=drift.model_name, feature=drift.feature
+            )
+            return
         with self.runs.session() as session:
             last = self.runs.last_drift_run(session, drift.model_name)
         debounced = within_cooldown(last, utcnow(), self.config.drift.cooldown)
