@@ -67,6 +67,37 @@ class ModelSpec(_Strict):
     params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
 
 
+class DataDriftPolicy(_Strict):
+    """Data drift per feature and of the predictions, against the reference sample stored with each version."""
+
+    #: Whether data drift alone starts a training run. A covariate shift the model copes with is no reason
+    #: to retrain, and a retrain on unchanged labels learns the same concept; the error stream says when it is.
+    retrain: bool = False
+    #: Rows of the version's training window kept as its reference (a uniform sample).
+    reference_rows: int = Field(default=2000, ge=100)
+    #: The current window: the latest this many values of each feature.
+    window: int = Field(default=1000, ge=50)
+    #: A check runs each time this many rows have arrived.
+    check_every: int = Field(default=250, ge=1)
+    #: False discovery rate across the features of one check (Benjamini–Hochberg).
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    #: The smallest population stability index that counts: a large window makes trivia significant.
+    min_psi: float = Field(default=0.1, ge=0)
+    #: Quantile bins of the reference for a numeric feature's PSI.
+    bins: int = Field(default=10, ge=2)
+    #: A numeric feature with at most this many distinct reference values is compared as categories.
+    max_levels: int = Field(default=10, ge=0)
+
+
+class AccuracyEstimation(_Strict):
+    """Accuracy estimated from the served probabilities (CBPE) while labels are missing."""
+
+    #: Predictions in the window the estimate is made on.
+    window: int = Field(default=500, ge=10)
+    #: Coverage of the interval around the estimate.
+    level: float = Field(default=0.95, gt=0, lt=1)
+
+
 class DriftPolicy(_Strict):
     detector: Literal["adwin"] = "adwin"
     delta: float = Field(default=0.002, gt=0, lt=1)
@@ -76,6 +107,8 @@ class DriftPolicy(_Strict):
     accuracy_window: int = Field(default=500, ge=10)
     #: Several drift events within this period give one training run.
     cooldown: timedelta = timedelta(minutes=2)
+    data: DataDriftPolicy = DataDriftPolicy()
+    estimation: AccuracyEstimation = AccuracyEstimation()
 
 
 class TrainingPolicy(_Strict):

@@ -51,7 +51,9 @@ def _rows(n: int, rule: str, seed: int) -> list[TrainingRow]:
     return rows
 
 
-def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule: str) -> TrainingRunCompleted:
+def _run(
+    settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule: str, reference_uri: str | None = None
+) -> TrainingRunCompleted:
     """A real fitted artifact and a holdout in the artifact store, announced like the training service does."""
     store = open_store(settings)
     train, _ = time_split(_rows(400, train_rule, seed=1), 0.3)
@@ -77,6 +79,7 @@ def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule
         artifact_sha256=sha256_hex(model),
         holdout_uri=holdout_uri,
         duration_seconds=0.1,
+        reference_uri=reference_uri,
     )
 
 
@@ -89,7 +92,7 @@ async def test_gate_promotes_better_versions_rejects_worse_and_survives_a_restar
 ) -> None:
     first = _run(registry_settings, "run-1", "x>y", "x>y")
     worse = _run(registry_settings, "run-2", "x<=y", "x>y")
-    drift_fix = _run(registry_settings, "run-3", "x<=y", "x<=y")
+    drift_fix = _run(registry_settings, "run-3", "x<=y", "x<=y", reference_uri="file:///models/m/run-3/reference.json")
     async with running(create_app(registry_settings)) as client:
         await bus.publish(first, "m")
         await bus.publish(first, "m")  # redelivered: must not make a second version
@@ -108,7 +111,8 @@ async def test_gate_promotes_better_versions_rejects_worse_and_survives_a_restar
 
         await bus.publish(drift_fix, "m")
         events = await _registry_events(registry_settings, 6)
-        promoted = events[5]
+        registered, promoted = events[4:6]
+        assert isinstance(registered, ModelVersionRegistered) and registered.reference_uri == drift_fix.reference_uri
         assert isinstance(promoted, ModelPromoted)
         assert (promoted.version, promoted.previous_version, promoted.actor) == (3, 1, "gate")
         assert promoted.correlation_id == drift_fix.correlation_id and promoted.causation_id == drift_fix.event_id
@@ -121,6 +125,7 @@ async def test_gate_promotes_better_versions_rejects_worse_and_survives_a_restar
             (3, "champion", ["champion"]),
         ]
         assert versions[2]["parent_version"] == 1 and versions[2]["run_id"] == "run-3"
+        assert [v["reference_uri"] for v in versions] == [None, None, drift_fix.reference_uri]
         assert (await client.get("/v1/models")).json() == [
             {"name": "m", "champion": 3, "latest_version": 3, "versions": 3}
         ]

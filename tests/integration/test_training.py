@@ -20,6 +20,7 @@ from driftloop.contracts import (
 )
 from driftloop.modeling import ModelArtifact
 from driftloop.offline import OfflineStore
+from driftloop.reference import ReferenceSample
 from driftloop.services.training.main import create_app
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.settings import DriftloopSettings
@@ -72,13 +73,14 @@ async def _runs(client: object, expected: int) -> list[dict[str, object]]:
     raise AssertionError(f"runs did not finish: {runs}")
 
 
-async def test_a_burst_of_drift_events_gives_one_run_on_the_data_since_the_change_point(
+async def test_a_burst_of_concept_drift_gives_one_run_since_the_change_point_and_data_drift_gives_none(
     settings: DriftloopSettings, bus: Bus
 ) -> None:
     _fill_offline_store(settings, 1800)
     drifts = [_drift() for _ in range(3)]
+    covariate_shift = _drift().model_copy(update={"kind": "data", "detector": "ks", "feature": "salary"})
     async with running(create_app(TrainingSettings(**settings.model_dump()))) as client:
-        for drift in drifts:
+        for drift in [covariate_shift, *drifts]:
             await bus.publish(drift, MODEL)
         runs = await _runs(client, 3)
         completed = [parse_internal(r.value) for r in await read_topic(settings, "training.runs", 1)]
@@ -93,6 +95,13 @@ async def test_a_burst_of_drift_events_gives_one_run_on_the_data_since_the_chang
     assert run.metrics["accuracy"] > 0.9
     artifact = ModelArtifact.from_bytes(read_verified(open_store(settings), run.artifact_uri, run.artifact_sha256))
     assert artifact.run_id == run.run_id and artifact.feature_names == run.feature_names
+    assert run.reference_uri is not None and run.reference_uri.startswith(run.artifact_uri.rsplit("/", 1)[0])
+    reference = ReferenceSample.from_bytes(open_store(settings).get(run.reference_uri))
+    assert reference.run_id == run.run_id and reference.window_rows == run.data_window.rows
+    assert set(reference.features) == set(run.feature_names)
+    assert {len(column) for column in reference.features.values()} == {run.data_window.rows}, "fewer than 2,000"
+    assert len(reference.predictions) == len(reference.correct) == run.data_window.holdout_rows
+    assert sum(reference.correct) / len(reference.correct) == run.metrics["accuracy"]
 
 
 async def test_manual_retrain_travels_over_kafka_and_a_run_without_enough_data_fails_loudly(

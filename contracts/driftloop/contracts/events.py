@@ -170,6 +170,12 @@ class TrainingRunCompleted(_Typed):
     artifact_sha256: str | None = _artifact_sha256()
     holdout_uri: str
     duration_seconds: float
+    reference_uri: str | None = Field(
+        default=None,
+        description="The version's reference sample (driftloop.reference.v1 JSON): sampled training features, "
+        "the holdout's predictions and their calibration, which monitoring compares the live stream with. "
+        "Absent on runs from before reference samples existed.",
+    )
 
 
 class TrainingRunFailed(_Typed):
@@ -203,6 +209,9 @@ class ModelVersionRegistered(_Typed):
     metrics: Metrics
     parent_version: int | None = None
     data_window: DataWindow
+    reference_uri: str | None = Field(
+        default=None, description="The reference sample of the run that built this version, when it has one."
+    )
 
 
 class ModelPromoted(_Typed):

@@ -51,6 +51,7 @@ class VersionView(BaseModel):
     correlation_id: str
     created_at: datetime
     gate: dict[str, Any] | None
+    reference_uri: str | None = None
 
 
 class AuditView(BaseModel):

@@ -51,6 +51,7 @@ class ModelVersion(SQLModel, table=True):
     correlation_id: str
     created_at: datetime = Field(default_factory=utcnow)
     gate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    reference_uri: str | None = None
 
 
 class Alias(SQLModel, table=True):
@@ -157,6 +158,7 @@ class Registry:
             artifact_uri=run.artifact_uri,
             artifact_sha256=artifact_sha256,
             holdout_uri=run.holdout_uri,
+            reference_uri=run.reference_uri,
             metrics=run.metrics,
             data_window=run.data_window.model_dump(mode="json"),
             parent_version=champion.version if champion else None,
@@ -188,6 +190,7 @@ class Registry:
                 metrics=row.metrics,
                 parent_version=row.parent_version,
                 data_window=run.data_window,
+                reference_uri=row.reference_uri,
             ),
             row.model_name,
         )

@@ -11,14 +11,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from driftloop.config import ModelSpec, TrainingPolicy
+from driftloop.config import DataDriftPolicy, ModelSpec, TrainingPolicy
 from driftloop.modeling import ModelArtifact, build_pipeline, score, select
 from driftloop.offline import TrainingRow
+from driftloop.reference import Calibration, ReferenceSample, feature_columns, sample_indices
 
 
 def within_cooldown(last_started: datetime | None, now: datetime, cooldown: timedelta) -> bool:
     """A drift-triggered run is skipped when another run of the model started less than ``cooldown`` ago."""
     return last_started is not None and now - last_started < cooldown
+
+
+def retrains_on(kind: str, policy: DataDriftPolicy) -> bool:
+    """Concept drift always asks for a run; data drift only when the policy says it should.
+
+    A shift of the inputs under an unchanged concept leaves the model as
+    right as it was wherever it was sure, and a run on the same labels would
+    learn the same rule: monitoring reports it, the error stream decides.
+
+    >>> retrains_on("concept", DataDriftPolicy()), retrains_on("data", DataDriftPolicy())
+    (True, False)
+    >>> retrains_on("data", DataDriftPolicy(retrain=True))
+    True
+    """
+    return kind != "data" or policy.retrain
 
 
 def enough_rows(rows: int, policy: TrainingPolicy) -> bool:
@@ -63,4 +79,44 @@ def fit(spec: ModelSpec, run_id: str, train: Sequence[TrainingRow], holdout: Seq
         artifact=artifact,
         metrics=score([r.label for r in holdout], holdout_predictions),
         train_metrics=score(labels, train_predictions),
+    )
+
+
+def reference_sample(
+    spec: ModelSpec,
+    run_id: str,
+    artifact: ModelArtifact,
+    rows: Sequence[TrainingRow],
+    holdout: Sequence[TrainingRow],
+    size: int,
+) -> ReferenceSample:
+    """What monitoring compares the live stream with: ``size`` rows of the window, and the holdout as served.
+
+    The features are sampled from the whole window the version was built on.
+    The predictions come from the holdout only, the rows the model did not
+    learn from, so their probabilities look like those it serves; they are
+    also what the probabilities are calibrated on.
+
+    >>> from datetime import datetime, UTC
+    >>> spec = ModelSpec(name="m", feature_view="v", features=["x"], estimator="logistic_regression")
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> rows = [TrainingRow(str(i), "e", t, {"x": float(i % 10)}, int(i % 10 > 4)) for i in range(100)]
+    >>> result = fit(spec, "run", rows[:70], rows[70:])
+    >>> sample = reference_sample(spec, "run", result.artifact, rows, rows[70:], size=40)
+    >>> len(sample.features["x"]), len(sample.predictions), all(sample.correct), sample.window_rows
+    (40, 30, True, 100)
+    """
+    chosen = sample_indices(len(rows), size, run_id)
+    predictions, probabilities = artifact.predict([r.features for r in holdout])
+    correct = [prediction == row.label for prediction, row in zip(predictions, holdout, strict=True)]
+    served = [(p, c) for p, c in zip(probabilities, correct, strict=True) if p is not None]
+    return ReferenceSample(
+        model_name=spec.name,
+        run_id=run_id,
+        features=feature_columns([r.features for r in rows], spec.features, chosen),
+        predictions=predictions,
+        probabilities=probabilities,
+        correct=correct,
+        calibration=Calibration.fit([p for p, _ in served], [c for _, c in served]),
+        window_rows=len(rows),
     )

@@ -27,7 +27,14 @@ from driftloop.contracts.events import DataWindow
 from driftloop.db import OutboxRelay, aware, enqueue
 from driftloop.logging import get_logger
 from driftloop.offline import OfflineStore, TrainingRow
-from driftloop.services.training.domain import enough_rows, fit, time_split, within_cooldown
+from driftloop.services.training.domain import (
+    enough_rows,
+    fit,
+    reference_sample,
+    retrains_on,
+    time_split,
+    within_cooldown,
+)
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.services.training.store import RunStore, TrainingRun
 
@@ -58,6 +65,11 @@ class RequestHandlers:
         )
 
     async def on_drift(self, drift: DriftDetected) -> None:
+        if not retrains_on(drift.kind, self.config.drift.data):
+            log.info(
+                "data drift noted, no run: drift.data.retrain is off", model=drift.model_name, feature=drift.feature
+            )
+            return
         with self.runs.session() as session:
             last = self.runs.last_drift_run(session, drift.model_name)
         debounced = within_cooldown(last, utcnow(), self.config.drift.cooldown)
@@ -210,6 +222,10 @@ class RunWorker:
                 json.dumps({"event_id": r.event_id, "features": r.features, "label": r.label}) for r in holdout
             ).encode(),
         )
+        reference = await asyncio.to_thread(
+            reference_sample, spec, run.run_id, result.artifact, rows, holdout, self.config.drift.data.reference_rows
+        )
+        reference_uri = await asyncio.to_thread(self.store.put, f"{prefix}/reference.json", reference.to_bytes())
         window = DataWindow(
             start=rows[0].event_time,
             end=rows[-1].event_time,
@@ -232,6 +248,7 @@ class RunWorker:
             artifact_sha256=sha256_hex(model),
             holdout_uri=holdout_uri,
             duration_seconds=round(time.monotonic() - started, 3),
+            reference_uri=reference_uri,
         )
         if not await asyncio.to_thread(self._finish_completed, run, completed):
             log.warning("training run result dropped: the run is no longer ours", run_id=run.run_id)
