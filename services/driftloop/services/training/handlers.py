@@ -27,7 +27,14 @@ from driftloop.contracts.events import DataWindow
 from driftloop.db import OutboxRelay, aware, enqueue
 from driftloop.logging import get_logger
 from driftloop.offline import OfflineStore, TrainingRow
-from driftloop.services.training.domain import enough_rows, fit, time_split, within_cooldown
+from driftloop.services.training.domain import (
+    enough_rows,
+    fit,
+    holdout_record,
+    refit,
+    time_split,
+    within_cooldown,
+)
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.services.training.store import RunStore, TrainingRun
 
@@ -202,11 +209,12 @@ class RunWorker:
         result = await asyncio.to_thread(fit, spec, run.run_id, train, holdout)
         prefix = f"models/{spec.name}/{run.run_id}"
         artifact_uri = self.store.put(f"{prefix}/model.joblib", result.artifact.to_bytes())
+        refit_uri = None
+        if self.config.training.refit:
+            refitted = await asyncio.to_thread(refit, spec, run.run_id, rows)
+            refit_uri = self.store.put(f"{prefix}/model-refit.joblib", refitted.to_bytes())
         holdout_uri = self.store.put(
-            f"{prefix}/holdout.jsonl",
-            "\n".join(
-                json.dumps({"event_id": r.event_id, "features": r.features, "label": r.label}) for r in holdout
-            ).encode(),
+            f"{prefix}/holdout.jsonl", "\n".join(json.dumps(holdout_record(r)) for r in holdout).encode()
         )
         window = DataWindow(
             start=rows[0].event_time,
@@ -228,6 +236,7 @@ class RunWorker:
             metrics=result.metrics,
             artifact_uri=artifact_uri,
             holdout_uri=holdout_uri,
+            refit_artifact_uri=refit_uri,
             duration_seconds=round(time.monotonic() - started, 3),
         )
         if not await asyncio.to_thread(self._finish_completed, run, completed):
