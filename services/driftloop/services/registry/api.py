@@ -44,6 +44,7 @@ class VersionView(BaseModel):
     aliases: list[str]
     run_id: str
     artifact_uri: str
+    evaluated_artifact_uri: str | None = None
     metrics: dict[str, float]
     data_window: dict[str, Any]
     parent_version: int | None
@@ -61,6 +62,7 @@ class AuditView(BaseModel):
     previous_version: int | None
     reason: str
     correlation_id: str | None
+    decision: dict[str, Any] | None = None
 
 
 class ChangeBody(BaseModel):

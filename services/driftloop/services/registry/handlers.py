@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.bus import Record
 from driftloop.config import PromotionPolicy
 from driftloop.contracts import TrainingRunCompleted, TrainingRunFailed, parse_internal
-from driftloop.contracts.events import Metrics
+from driftloop.contracts.events import DataWindow, Features, GateDecision, LabelValue
 from driftloop.db import OutboxRelay
 from driftloop.logging import get_logger
-from driftloop.modeling import ModelArtifact, score
-from driftloop.services.registry.domain import gate
+from driftloop.modeling import ModelArtifact
+from driftloop.services.registry.gate import decide, outside_window
 from driftloop.services.registry.store import Registry
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class HoldoutRow:
+    features: Features
+    label: LabelValue
+    event_time: datetime | None
 
 
 class Evaluator:
@@ -25,19 +36,41 @@ class Evaluator:
     def __init__(self, store: ArtifactStore) -> None:
         self.store = store
 
-    def metrics(self, artifact_uri: str, holdout_uri: str) -> Metrics:
+    def holdout(self, holdout_uri: str) -> list[HoldoutRow]:
+        """The run's holdout; rows written before holdouts carried event times have none."""
+        rows: list[dict[str, Any]] = [
+            json.loads(line) for line in self.store.get(holdout_uri).splitlines() if line.strip()
+        ]
+        return [
+            HoldoutRow(
+                features=r["features"],
+                label=r["label"],
+                event_time=datetime.fromisoformat(r["event_time"]) if r.get("event_time") else None,
+            )
+            for r in rows
+        ]
+
+    def predict(self, artifact_uri: str, rows: Sequence[HoldoutRow]) -> list[LabelValue]:
         artifact = ModelArtifact.from_bytes(self.store.get(artifact_uri))
-        rows = [json.loads(line) for line in self.store.get(holdout_uri).splitlines() if line.strip()]
-        predictions, _ = artifact.predict([r["features"] for r in rows])
-        return score([r["label"] for r in rows], predictions)
+        predictions, _ = artifact.predict([r.features for r in rows])
+        return predictions
 
 
 class RunHandler:
-    def __init__(self, registry: Registry, evaluator: Evaluator, policy: PromotionPolicy, relay: OutboxRelay) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        evaluator: Evaluator,
+        policy: PromotionPolicy,
+        relay: OutboxRelay,
+        categorical: Sequence[str] = (),
+    ) -> None:
         self.registry = registry
         self.evaluator = evaluator
         self.policy = policy
         self.relay = relay
+        #: Features the gate slices per value (the dataset's categorical ones).
+        self.categorical = list(categorical)
 
     async def __call__(self, record: Record) -> None:
         event = parse_internal(record.value)
@@ -46,17 +79,39 @@ class RunHandler:
         elif isinstance(event, TrainingRunFailed):
             log.warning("training run failed", run_id=event.run_id, model=event.model_name, error=event.error)
 
+    def evaluate(
+        self, run: TrainingRunCompleted, champion_uri: str | None, champion_window: DataWindow | None
+    ) -> GateDecision:
+        """Both models on the holdout rows the champion never trained on, then the gate on their predictions.
+
+        The challenger is scored as evaluated by its run (fitted on the
+        training rows only); the champion as it serves.
+        """
+        holdout = self.evaluator.holdout(run.holdout_uri)
+        rows = holdout
+        if champion_window is not None:
+            start, end = champion_window.start, champion_window.end
+            rows = [r for r in holdout if outside_window(r.event_time, start, end)]
+        challenger = self.evaluator.predict(run.artifact_uri, rows)
+        champion = self.evaluator.predict(champion_uri, rows) if champion_uri else None
+        return decide(
+            self.policy,
+            [r.label for r in rows],
+            challenger,
+            champion,
+            features=[r.features for r in rows],
+            categorical=self.categorical,
+            excluded_rows=len(holdout) - len(rows),
+        )
+
     async def on_completed(self, run: TrainingRunCompleted) -> None:
         if self.registry.by_run(run.run_id) is not None:
             return
-        challenger = await asyncio.to_thread(self.evaluator.metrics, run.artifact_uri, run.holdout_uri)
         with self.registry.session() as s:
             champion = self.registry.champion(s, run.model_name)
             champion_uri = champion.artifact_uri if champion else None
-        champion_metrics = (
-            await asyncio.to_thread(self.evaluator.metrics, champion_uri, run.holdout_uri) if champion_uri else None
-        )
-        decision = gate(challenger, champion_metrics, self.policy)
+            window = DataWindow.model_validate(champion.data_window) if champion else None
+        decision = await asyncio.to_thread(self.evaluate, run, champion_uri, window)
         with self.registry.session() as s:
             row = self.registry.register(s, run)
             row.gate = decision.model_dump(mode="json")

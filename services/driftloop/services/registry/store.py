@@ -41,7 +41,10 @@ class ModelVersion(SQLModel, table=True):
     version: int
     run_id: str = Field(unique=True)
     status: str = "registered"
+    #: What the version serves: the run's refit on its whole window when there is one.
     artifact_uri: str
+    #: What the gate scored: the run's model fitted on the training rows only.
+    evaluated_artifact_uri: str | None = None
     holdout_uri: str
     metrics: dict[str, float] = Field(sa_column=Column(JSON))
     data_window: dict[str, Any] = Field(sa_column=Column(JSON))
@@ -81,6 +84,8 @@ class AuditEntry(SQLModel, table=True):
     previous_version: int | None = None
     reason: str = ""
     correlation_id: str | None = None
+    #: The gate's decision with all its numbers, for promotions, rejections and approvals it decided.
+    decision: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 def create_tables(engine: Engine) -> None:
@@ -149,7 +154,8 @@ class Registry:
             model_name=run.model_name,
             version=next_version(existing),
             run_id=run.run_id,
-            artifact_uri=run.artifact_uri,
+            artifact_uri=run.refit_artifact_uri or run.artifact_uri,
+            evaluated_artifact_uri=run.artifact_uri,
             holdout_uri=run.holdout_uri,
             metrics=run.metrics,
             data_window=run.data_window.model_dump(mode="json"),
@@ -250,6 +256,7 @@ class Registry:
                 previous_version=previous.version if previous else None,
                 reason=reason,
                 correlation_id=correlation_id,
+                decision=decision.model_dump(mode="json") if decision else None,
             )
         )
         event = ModelPromoted(
@@ -279,6 +286,7 @@ class Registry:
                 previous_version=champion.version if champion else None,
                 reason=decision.reason,
                 correlation_id=row.correlation_id,
+                decision=decision.model_dump(mode="json"),
             )
         )
         enqueue(
@@ -308,6 +316,7 @@ class Registry:
                 version=row.version,
                 reason=decision.reason,
                 correlation_id=row.correlation_id,
+                decision=decision.model_dump(mode="json"),
             )
         )
 
