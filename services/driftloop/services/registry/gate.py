@@ -299,7 +299,7 @@ def decide(
     >>> decide(PromotionPolicy(), labels, labels, [0] * 200).passed
     True
     >>> decide(PromotionPolicy(), labels, labels, labels).reason
-    'balanced_accuracy +0.0000 (lower bound +0.0000 at 95%, p=1) is not shown above 0; beats the majority class (...)'
+    'balanced_accuracy +0.0000 (lower bound +0.0000 at 95%, p=1) is not shown above 0.01; beats the majority ...'
     """
     n = len(labels)
     common = {
