@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench --broker $(BROKER)
 	$(BIN)/python -m tests.bench.bench_pipeline
 	$(BIN)/python -m tests.bench.bench_offline
+	$(BIN)/python -m tests.bench.bench_gate
 
 clean:
 	rm -rf .driftloop
