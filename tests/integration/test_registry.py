@@ -51,7 +51,12 @@ def _rows(n: int, rule: str, seed: int) -> list[TrainingRow]:
 
 
 def _run(settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule: str) -> TrainingRunCompleted:
-    """A real fitted artifact and a holdout in the artifact store, announced like the training service does."""
+    """A real fitted artifact and a holdout in the artifact store, announced like the training service does.
+
+    The holdout is written as before rows carried event times (and the run has
+    no refit), so these tests also cover runs recorded by earlier versions: the
+    gate scores such a holdout whole and the version serves the judged model.
+    """
     store = open_store(settings)
     train, _ = time_split(_rows(400, train_rule, seed=1), 0.3)
     _, holdout = time_split(_rows(400, holdout_rule, seed=2), 0.3)
