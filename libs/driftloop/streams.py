@@ -8,6 +8,7 @@ records never reach the wire.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -118,6 +119,25 @@ class StreamHealth:
             where = ", ".join(f"{tp.topic}[{tp.partition}] lag {lag}" for tp, lag in stalled.items())
             return f"no progress for {self.watch.stall_seconds:.0f}s: {where}"
         return True
+
+
+async def settled(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[faust.EventT[Any]]:
+    """The batch's events that may touch tables now: after any recovery, on partitions still ours.
+
+    faust can hand an agent events it fetched before a rebalance while the
+    tables are still being rebuilt from their changelogs (faust-streaming
+    issues 216 and 221). A batch that read a key then would find nothing and
+    write an entry the recovery later overwrites with the older value, and the
+    event would be committed all the same: lost. So a stateful batch first
+    waits for the tables to be whole. Events fetched before the last
+    rebalance, or of partitions that went to another replica, are dropped:
+    the partition's owner reads them again from its committed offset.
+    """
+    recovery = app.tables.recovery
+    while app.rebalancing or recovery.in_recovery or not recovery.completed.is_set():
+        await asyncio.sleep(0.05)
+    assigned, generation = app.consumer.assignment(), app.consumer_generation_id
+    return [e for e in events if e.message.tp in assigned and e.message.generation_id == generation]
 
 
 #: Stream state is co-partitioned with the data topics it is keyed like.

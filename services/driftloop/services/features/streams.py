@@ -17,7 +17,7 @@ from driftloop.metrics import MESSAGES_CONSUMED
 from driftloop.offline import OfflineStore, view_feature_types
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
-from driftloop.streams import Emitter, raw_topic, state_table, stream_app
+from driftloop.streams import Emitter, raw_topic, settled, state_table, stream_app
 
 log = get_logger(__name__)
 
@@ -42,6 +42,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
         the producer, so a batch that fails half-way changed no state and is
         redone event by event.
         """
+        events = await settled(app, events)
         states: dict[str, EntityState] = {}
         latest: dict[str, dict[str, Any]] = {}
         duplicates = 0
