@@ -10,7 +10,16 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.bus import Bus
-from driftloop.contracts import DeadLetter, DriftDetected, LabelEvent, Prediction, utcnow
+from driftloop.contracts import (
+    DeadLetter,
+    DriftDetected,
+    DriftUnresolved,
+    LabelEvent,
+    Prediction,
+    TrainingRunFailed,
+    parse_internal,
+    utcnow,
+)
 from driftloop.services.monitoring.main import create_app
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.settings import DriftloopSettings
@@ -220,3 +229,54 @@ async def test_labels_on_kafka_are_checked_like_http_ones_and_counts_hold_across
     assert second["observations"] == 300, "the first 100 came back from the changelog, not counted again"
     assert second["accuracy"] == (50 + 100) / 300
     assert [v["observations"] for v in second["versions"]] == [300]
+
+
+async def test_a_failed_drift_run_is_announced_and_the_drift_raised_again_while_it_persists(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    rng = random.Random(7)
+    start = utcnow() - timedelta(minutes=30)
+
+    async def predictions(first: int, count: int, error: float) -> None:
+        async with bus.acknowledged():
+            for i in range(first, first + count):
+                truth = rng.randint(0, 1)
+                prediction = Prediction(
+                    source_event_id=f"ev{i}",
+                    model_name=MODEL,
+                    model_version=1,
+                    channel="stream",
+                    prediction=1 - truth if rng.random() < error else truth,
+                    label=truth,
+                    event_time=start + timedelta(milliseconds=100 * i),
+                )
+                await bus.publish(prediction, prediction.source_event_id, wait=False)
+
+    async with running(create_app(MonitoringSettings(**settings.model_dump()))):
+        await predictions(0, 700, 0.02)
+        await predictions(700, 400, 0.5)
+        first = [parse_internal(r.value) for r in await read_topic(settings, "drift", 1, 60)]
+        assert len(first) == 1 and isinstance(first[0], DriftDetected)
+        drift = first[0]
+        await bus.publish(
+            TrainingRunFailed(
+                run_id="run-1", model_name=MODEL, trigger="drift", error="database down", **drift.caused()
+            ),
+            MODEL,
+        )
+        notices = [parse_internal(r.value) for r in await read_topic(settings, "drift", 2, 60)]
+        assert isinstance(notices[1], DriftUnresolved)
+        notice = notices[1]
+        assert (notice.drift_event_id, notice.correlation_id, notice.attempts) == (
+            drift.event_id,
+            drift.correlation_id,
+            1,
+        )
+        assert "database down" in notice.reason and notice.rearm_after == 200
+        await predictions(1100, 600, 0.5)
+        events = [parse_internal(r.value) for r in await read_topic(settings, "drift", 3, 60)]
+    assert len(events) == 3 and isinstance(events[2], DriftDetected), events
+    again = events[2]
+    assert again.event_id != drift.event_id and again.model_version == 1
+    assert again.change_point_time == drift.change_point_time, "the new run trains on the whole new regime"
+    assert again.observations >= drift.observations + 200, "raised again only after the back-off"

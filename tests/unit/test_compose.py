@@ -375,6 +375,22 @@ def test_prometheus_scrapes_every_service_port() -> None:
     assert mounts["/etc/prometheus/prometheus.yml"] == "./infra/prometheus/prometheus.yml"
 
 
+def test_every_alert_rule_is_loaded_and_asks_for_a_metric_the_services_export() -> None:
+    from prometheus_client import REGISTRY
+
+    import driftloop.services.monitoring.metrics  # noqa: F401  (registers monitoring's metrics)
+
+    config = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
+    mounts = {target: source for source, target in bind_mounts(SERVICES["prometheus"])}
+    rule_files = [mounts[path] for path in config["rule_files"]]
+    exported = {metric.name for metric in REGISTRY.collect()}
+    rules = [r for f in rule_files for g in yaml.safe_load((ROOT / f).read_text())["groups"] for r in g["rules"]]
+    assert [r["alert"] for r in rules] == ["DriftUnresolved"]
+    for rule in rules:
+        named = set(re.findall(r"driftloop_[a-z_]+", rule["expr"]))
+        assert named and named <= exported, (rule["alert"], sorted(named - exported))
+
+
 def test_grafana_is_provisioned_with_prometheus_and_the_dashboard_folder() -> None:
     grafana = {target: source for source, target in bind_mounts(SERVICES["grafana"])}
     provisioning = ROOT / grafana["/etc/grafana/provisioning"]

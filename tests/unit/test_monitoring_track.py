@@ -86,3 +86,34 @@ def test_a_monitor_read_back_from_its_json_goes_on_exactly_where_it_was() -> Non
     assert ModelMonitor.from_dict(whole.monitors[1].to_dict(), delta=0.002, grace=200, window=300).drift == (
         whole.monitors[1].drift
     )
+
+
+def test_an_unresolved_drift_is_raised_again_after_a_back_off_that_doubles() -> None:
+    """The drifted version keeps serving (its run failed): the monitor must not stay silent for good."""
+    track = new_track()
+    stream = outcomes(1, [(1000, 0.05), (4000, 0.45)])
+    raised = feed(track, stream[:1200])
+    assert len(raised) == 1
+    first = track.monitors[1].drift
+    assert first is not None
+    track.drifts = [{"model_version": 1, "correlation_id": "turn-1", "event_id": "drift-1"}]
+    assert track.rearm("another-turn") is None, "a run of another turn re-arms nothing"
+    rearmed = track.rearm("turn-1")
+    assert rearmed is not None and (rearmed.attempts, rearmed.backoff) == (1, 200)
+    assert track.rearm("turn-1") is None, "a repeated notice re-arms once"
+    again = [1200 + i for i in feed(track, stream[1200:])]
+    assert again[:1] == [1200 + 200 - 1], "raised again at the first outcome past the back-off"
+    second = track.monitors[1].drift
+    assert second is not None and second.change_point_time == first.change_point_time
+    assert second.accuracy_before == first.accuracy_before and second.accuracy_after < 0.7
+    track.drifts.append({"model_version": 1, "correlation_id": "turn-2", "event_id": "drift-2"})
+    assert track.rearm("turn-2") is not None and track.monitors[1].armed_after - track.monitors[1].observations == 400
+    assert track.monitors[1].unresolved
+
+
+def test_a_recovered_model_is_not_raised_again() -> None:
+    track = new_track()
+    feed(track, outcomes(1, [(1000, 0.05), (300, 0.45)]))
+    track.drifts = [{"model_version": 1, "correlation_id": "c", "event_id": "d"}]
+    assert track.rearm("c") is not None
+    assert feed(track, outcomes(1, [(2000, 0.05)], seed=4, start=1300)) == [], "accuracy came back on its own"

@@ -13,6 +13,7 @@ from driftloop.contracts.events import (
     DataEvent,
     DeadLetter,
     DriftDetected,
+    DriftUnresolved,
     EventValidated,
     FeatureVector,
     LabelEvent,
@@ -52,7 +53,12 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("labels", (LabelEvent,), "event_id", "Labels that arrive after their event."),
         TopicSpec("features", (FeatureVector,), "entity_id", "Feature vectors, one per validated event."),
         TopicSpec("predictions", (Prediction,), "source_event_id", "Every prediction, with the model version."),
-        TopicSpec("drift", (DriftDetected,), "model_name", "Drift detected on a served model, with evidence."),
+        TopicSpec(
+            "drift",
+            (DriftDetected, DriftUnresolved),
+            "model_name",
+            "Drift detected on a served model, with evidence; and drifts that retraining did not resolve.",
+        ),
         TopicSpec("training.requests", (RetrainRequested,), "model_name", "Manual and scheduled retrain requests."),
         TopicSpec(
             "training.runs",

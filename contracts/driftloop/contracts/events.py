@@ -138,6 +138,23 @@ class DriftDetected(_Typed):
     evidence: dict[str, float] = Field(default_factory=dict)
 
 
+class DriftUnresolved(_Typed):
+    """A drift whose retraining failed or whose challenger the gate rejected: the drifted version still serves.
+
+    Monitoring publishes it under the drift's correlation id and re-arms: after
+    ``rearm_after`` more labelled predictions, if the accuracy is still below
+    what it was before the drift, it raises the drift again.
+    """
+
+    event_type: Literal["io.driftloop.drift.unresolved.v1"] = "io.driftloop.drift.unresolved.v1"
+    model_name: str
+    model_version: int
+    drift_event_id: str = Field(description="The drift event that is not resolved.")
+    reason: str
+    attempts: int = Field(description="Drifts raised on this version so far.")
+    rearm_after: int = Field(description="Labelled predictions of this version to wait before raising it again.")
+
+
 class RetrainRequested(_Typed):
     event_type: Literal["io.driftloop.training.requested.v1"] = "io.driftloop.training.requested.v1"
     model_name: str
@@ -332,6 +349,7 @@ InternalEvent = Annotated[
     | FeatureVector
     | Prediction
     | DriftDetected
+    | DriftUnresolved
     | RetrainRequested
     | TrainingRunCompleted
     | TrainingRunFailed

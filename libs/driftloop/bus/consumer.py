@@ -16,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 from driftloop.bus.metadata import topic_partitions
 from driftloop.bus.producer import Bus, deadletter_for
 from driftloop.bus.progress import ProgressWatch
-from driftloop.contracts import FieldError
+from driftloop.contracts import FieldError, parse_internal
+from driftloop.contracts.events import InternalEvent
 from driftloop.limits import oversized_record, record_head
 from driftloop.logging import get_logger
 from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED
@@ -57,6 +58,13 @@ class Record:
         """Validate the value against its contract; a mismatch is poison, not a retry."""
         try:
             return model.model_validate_json(self.value)
+        except ValidationError as exc:
+            raise PoisonMessage.from_validation(exc) from exc
+
+    def parse_internal(self) -> InternalEvent:
+        """The service-emitted payload, whichever of a topic's contracts it is (chosen by ``event_type``)."""
+        try:
+            return parse_internal(self.value)
         except ValidationError as exc:
             raise PoisonMessage.from_validation(exc) from exc
 

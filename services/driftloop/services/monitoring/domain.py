@@ -86,8 +86,13 @@ class ModelMonitor:
 
     A new version starts a new monitor: its errors are a new stream, and it
     gets ``grace`` observations before drift may be declared on it. Drift is
-    declared once per version, and only when the error rose: a model that got
-    better has nothing to be retrained for.
+    declared only when the error rose: a model that got better has nothing to
+    be retrained for. Once declared, the monitor waits for a new version; if
+    none comes (the run failed, the gate rejected the challenger) it is
+    ``rearm``-ed, and after a back-off it declares the drift again as long as
+    the accuracy stays below what it was before. ADWIN looks for a change,
+    and a drifted model's error no longer changes: it stays high, so the
+    re-armed monitor asks whether the drop persists instead.
 
     River's ADWIN cannot be written out, so the stored state keeps the last
     ``HISTORY`` outcomes and a monitor read back rebuilds its detector from
@@ -103,6 +108,12 @@ class ModelMonitor:
     observations: int = 0
     correct_total: int = 0
     drift: DriftEvidence | None = None
+    #: Drifts declared on this version; whether one may be declared now, and from which observation on.
+    attempts: int = 0
+    armed: bool = True
+    armed_after: int = 0
+    #: A drift of this version was not resolved by a new version (a failed run, a rejected challenger).
+    unresolved: bool = False
     recent: deque[tuple[bool, float]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     rolling_correct: int = 0
     detector: ADWIN = field(init=False)
@@ -132,7 +143,16 @@ class ModelMonitor:
         self.recent.append((correct, event_time))
         self.rolling_correct += int(correct)
         self.detector.update(0 if correct else 1)
-        if not self.detector.drift_detected or self.observations < self.grace or self.drift is not None:
+        if not self.armed or self.observations < max(self.grace, self.armed_after):
+            return None
+        evidence = self._change(event_time) if self.drift is None else self._persisting(event_time)
+        if evidence is not None:
+            self.drift, self.armed, self.attempts = evidence, False, self.attempts + 1
+        return evidence
+
+    def _change(self, event_time: float) -> DriftEvidence | None:
+        """A first drift: ADWIN saw the error stream change, and the error went up."""
+        if not self.detector.drift_detected:
             return None
         # Labels arrive late and out of order: the change happened in event time, so it is looked for there.
         history = sorted(self.recent, key=lambda outcome: outcome[1])
@@ -142,7 +162,7 @@ class ModelMonitor:
         accuracy_after = sum(c for c, _ in after) / len(after)
         if accuracy_after >= accuracy_before:
             return None
-        self.drift = DriftEvidence(
+        return DriftEvidence(
             observations=self.observations,
             window=len(after),
             accuracy_before=accuracy_before,
@@ -150,7 +170,38 @@ class ModelMonitor:
             change_point_time=after[0][1],
             detected_at=event_time,
         )
-        return self.drift
+
+    def _persisting(self, event_time: float) -> DriftEvidence | None:
+        """A drift raised again: after the back-off the rolling accuracy is still nearer the drifted level
+        than the one before it. The change point stays where it was, so a new run trains on all of the new
+        regime seen since."""
+        last = self.drift
+        accuracy = self.rolling_accuracy
+        if last is None or accuracy is None or self.rolling_size < self.window:
+            return None
+        if accuracy >= last.accuracy_before - (last.accuracy_before - last.accuracy_after) / 2:
+            return None
+        return DriftEvidence(
+            observations=self.observations,
+            window=self.rolling_size,
+            accuracy_before=last.accuracy_before,
+            accuracy_after=accuracy,
+            change_point_time=last.change_point_time,
+            detected_at=event_time,
+        )
+
+    def rearm(self) -> int | None:
+        """Wait for a new drift after the last one went unresolved; return the back-off in observations.
+
+        The back-off doubles with each attempt, from ``grace``: a run that keeps
+        failing is retried less and less often. None when there is nothing to
+        re-arm (no drift raised, or already re-armed).
+        """
+        if self.armed or self.drift is None:
+            return None
+        backoff = self.grace * (1 << max(self.attempts - 1, 0))
+        self.armed, self.armed_after, self.unresolved = True, self.observations + backoff, True
+        return backoff
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +211,10 @@ class ModelMonitor:
             "outcomes": "".join("1" if c else "0" for c, _ in self.recent),
             "times": [t for _, t in self.recent],
             "drift": asdict(self.drift) if self.drift else None,
+            "attempts": self.attempts,
+            "armed": self.armed,
+            "armed_after": self.armed_after,
+            "unresolved": self.unresolved,
         }
 
     @classmethod
@@ -171,6 +226,10 @@ class ModelMonitor:
             observations=data["observations"],
             correct_total=data["correct"],
             drift=DriftEvidence(**data["drift"]) if data["drift"] else None,
+            attempts=data.get("attempts", 1 if data["drift"] else 0),
+            armed=data.get("armed", data["drift"] is None),
+            armed_after=data.get("armed_after", 0),
+            unresolved=data.get("unresolved", False),
             recent=recent,
             **policy,
         )
@@ -188,6 +247,14 @@ KEPT_VERSIONS = 3
 class Detected:
     version: int
     evidence: DriftEvidence
+
+
+@dataclass(frozen=True)
+class Rearmed:
+    version: int
+    drift_event_id: str
+    attempts: int
+    backoff: int
 
 
 @dataclass
@@ -241,6 +308,23 @@ class ModelTrack:
         if evidence is None or current is None or current.version != outcome.version:
             return None
         return Detected(outcome.version, evidence)
+
+    def rearm(self, correlation_id: str) -> Rearmed | None:
+        """Re-arm the current version after the turn of the loop its last drift began ended without a new one.
+
+        Only the drift it names counts: a failed manual run, or a rejection of
+        a drift that was already superseded, re-arms nothing.
+        """
+        current = self.current
+        if current is None or current.drift is None:
+            return None
+        mine = [d for d in self.drifts if d["model_version"] == current.version]
+        if not mine or mine[-1]["correlation_id"] != correlation_id:
+            return None
+        backoff = current.rearm()
+        if backoff is None:
+            return None
+        return Rearmed(current.version, mine[-1]["event_id"], current.attempts, backoff)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -7,3 +7,8 @@ ROLLING_ACCURACY = Gauge("driftloop_rolling_accuracy", "Accuracy over the recent
 DRIFTS = Counter("driftloop_drift_detected_total", "Drift events published.", ["model", "kind"])
 PENDING_JOINS = Gauge("driftloop_pending_joins", "Join entries (predictions, labels, scored marks) held here.")
 EXPIRED_JOINS = Counter("driftloop_pending_joins_expired_total", "Join entries dropped past the label horizon.")
+UNRESOLVED = Gauge(
+    "driftloop_drift_unresolved",
+    "1 while the current version's drift was not resolved by a new version (failed run, rejected challenger).",
+    ["model"],
+)

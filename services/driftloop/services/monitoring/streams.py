@@ -14,7 +14,10 @@ Three stages, each working a batch at a time:
 3. *track*: each model's monitors (``domain.ModelTrack``) are one entry of
    the ``tracks`` table, read and written once per batch. The entry also
    holds how far each join partition's outcomes were applied, so a replayed
-   outcome counts once.
+   outcome counts once. A failed drift-triggered run or a rejected
+   challenger (from ``training.runs`` and ``registry.events``) reaches the
+   track through the same topic, in order with the outcomes, and re-arms the
+   monitor (``domain.ModelMonitor.rearm``), with a ``DriftUnresolved`` event.
 
 All state is JSON in changelog-backed tables: a crash, a restart or a
 rebalance resumes from the changelog. The in-process copies of the tracks are
@@ -35,9 +38,16 @@ import orjson
 
 from driftloop.bus import PoisonMessage
 from driftloop.config import DriftloopConfig
-from driftloop.contracts import DriftDetected, Prediction
+from driftloop.contracts import (
+    DriftDetected,
+    DriftUnresolved,
+    Prediction,
+    PromotionRejected,
+    TrainingRunFailed,
+    parse_internal,
+)
 from driftloop.logging import get_logger
-from driftloop.services.monitoring.domain import Detected, ModelTrack
+from driftloop.services.monitoring.domain import Detected, ModelTrack, Rearmed
 from driftloop.services.monitoring.join import (
     JoinEntry,
     JoinExpiry,
@@ -48,9 +58,16 @@ from driftloop.services.monitoring.join import (
     join,
     record_from_dict,
 )
-from driftloop.services.monitoring.metrics import DRIFTS, EXPIRED_JOINS, OUTCOMES, PENDING_JOINS, ROLLING_ACCURACY
+from driftloop.services.monitoring.metrics import (
+    DRIFTS,
+    EXPIRED_JOINS,
+    OUTCOMES,
+    PENDING_JOINS,
+    ROLLING_ACCURACY,
+    UNRESOLVED,
+)
 from driftloop.services.monitoring.settings import MonitoringSettings
-from driftloop.streams import Emitter, parse, raw_topic, state_table, stream_app
+from driftloop.streams import Emitter, parse, raw_topic, settled, state_table, stream_app
 from driftloop.validation import Invalid, validate_label
 
 log = get_logger(__name__)
@@ -155,6 +172,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
                 expiries.setdefault(value["p"], JoinExpiry(horizon)).track(key, value["at"])
 
     async def on_join_batch(events: Sequence[faust.EventT[Any]]) -> None:
+        events = await settled(app, events)
         entries: dict[str, JoinEntry] = {}
         completed: list[Outcome] = []
         latest: dict[int, float] = {}
@@ -216,27 +234,51 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
             evidence={"error_rate": 1 - evidence.accuracy_after, "width": float(evidence.window)},
         )
 
+    def unresolved_event(model: str, rearmed: Rearmed, correlation_id: str, reason: str) -> DriftUnresolved:
+        return DriftUnresolved(
+            event_id=uuid.uuid5(_DRIFT_NAMESPACE, f"unresolved:{rearmed.drift_event_id}:{rearmed.attempts}").hex,
+            correlation_id=correlation_id,
+            causation_id=rearmed.drift_event_id,
+            model_name=model,
+            model_version=rearmed.version,
+            drift_event_id=rearmed.drift_event_id,
+            reason=reason,
+            attempts=rearmed.attempts,
+            rearm_after=rearmed.backoff,
+        )
+
     async def on_outcomes(events: Sequence[faust.EventT[Any]]) -> None:
+        events = await settled(app, events)
         touched: dict[str, ModelTrack] = {}
         drifts: list[DriftDetected] = []
-        for event in events:
-            try:
-                outcome = Outcome.from_dict(orjson.loads(event.value))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                await emitter.deadletter(event, PoisonMessage(f"not an outcome: {exc!r}"), "monitoring.outcomes")
-                continue
-            model = outcome.model
+        unresolved: list[DriftUnresolved] = []
+
+        def track_of(model: str) -> ModelTrack:
             if model not in touched:
                 touched[model] = load(model) or ModelTrack(
                     model, policy.delta, policy.grace_observations, policy.accuracy_window
                 )
-            track = touched[model]
+            return touched[model]
+
+        for event in events:
+            try:
+                data = orjson.loads(event.value)
+                if data.get("k") == "rearm":
+                    rearmed = track_of(data["m"]).rearm(data["c"])
+                    if rearmed is not None:
+                        unresolved.append(unresolved_event(data["m"], rearmed, data["c"], data["r"]))
+                    continue
+                outcome = Outcome.from_dict(data)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                await emitter.deadletter(event, PoisonMessage(f"not an outcome: {exc!r}"), "monitoring.outcomes")
+                continue
+            track = track_of(outcome.model)
             if not track.fresh(outcome):
                 continue
             detected = track.apply(outcome)
-            OUTCOMES.labels(model, str(outcome.correct).lower()).inc()
+            OUTCOMES.labels(outcome.model, str(outcome.correct).lower()).inc()
             if detected is not None:
-                drift = drift_event(model, detected)
+                drift = drift_event(outcome.model, detected)
                 drifts.append(drift)
                 track.drifts = [*track.drifts, drift.model_dump(mode="json")][-_KEPT_DRIFTS:]
         for drift in drifts:
@@ -250,12 +292,50 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
                 after=drift.accuracy_after,
                 observations=drift.observations,
             )
+        for notice in unresolved:
+            await emitter.emit(notice, notice.model_name)
+            log.warning(
+                "drift unresolved; monitor re-armed",
+                model=notice.model_name,
+                version=notice.model_version,
+                reason=notice.reason,
+                attempts=notice.attempts,
+                rearm_after=notice.rearm_after,
+            )
         for model, track in touched.items():
             stamp = uuid.uuid4().hex
             tracks[model] = {**track.to_dict(), "stamp": stamp}
             cache[model] = (stamp, track)
-            if (current := track.current) is not None and current.rolling_accuracy is not None:
-                ROLLING_ACCURACY.labels(model).set(current.rolling_accuracy)
+            if (current := track.current) is not None:
+                UNRESOLVED.labels(model).set(int(current.unresolved))
+                if current.rolling_accuracy is not None:
+                    ROLLING_ACCURACY.labels(model).set(current.rolling_accuracy)
+
+    async def on_turn_ended(events: Sequence[faust.EventT[Any]]) -> None:
+        """Failed drift runs and rejected challengers, forwarded to their model's track."""
+        for event in events:
+            try:
+                ended = parse_internal(event.value)
+            except ValueError:
+                continue  # other services' records; theirs to dead-letter
+            if isinstance(ended, TrainingRunFailed) and ended.trigger == "drift":
+                reason = f"training run {ended.run_id} failed: {ended.error}"
+            elif isinstance(ended, PromotionRejected):
+                reason = f"challenger v{ended.version} rejected: {ended.decision.reason}"
+            else:
+                continue
+            rearm = {"k": "rearm", "m": ended.model_name, "c": ended.correlation_id, "r": reason}
+            await outcomes.send(key=ended.model_name.encode(), value=orjson.dumps(rearm))
+
+    @app.agent(raw_topic(app, settings, "training.runs"))
+    async def watch_runs(stream: faust.StreamT[Any]) -> None:
+        async for events in _batches(stream, settings):
+            await on_turn_ended(events)
+
+    @app.agent(raw_topic(app, settings, "registry.events"))
+    async def watch_registry(stream: faust.StreamT[Any]) -> None:
+        async for events in _batches(stream, settings):
+            await on_turn_ended(events)
 
     @app.agent(outcomes)
     async def track_outcomes(stream: faust.StreamT[Any]) -> None:

@@ -51,7 +51,9 @@ class RequestHandlers:
 
     async def __call__(self, record: Record) -> None:
         if record.topic == "drift":
-            await self.on_drift(record.parse(DriftDetected))
+            event = record.parse_internal()
+            if isinstance(event, DriftDetected):
+                await self.on_drift(event)
         else:
             await self.on_request(record.parse(RetrainRequested))
 
