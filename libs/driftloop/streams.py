@@ -133,7 +133,8 @@ async def settled(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[f
     rebalance, or of partitions that went to another replica, are dropped:
     the partition's owner reads them again from its committed offset.
     """
-    recovery = app.tables.recovery
+    # faust's TableManager has the recovery its interface type leaves out.
+    recovery: Any = getattr(app.tables, "recovery")  # noqa: B009
     while app.rebalancing or recovery.in_recovery or not recovery.completed.is_set():
         await asyncio.sleep(0.05)
     assigned, generation = app.consumer.assignment(), app.consumer_generation_id
