@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_pipeline
 	$(BIN)/python -m tests.bench.bench_offline
 	$(BIN)/python -m tests.bench.bench_soak --broker $(BROKER)
+	$(BIN)/python -m tests.bench.bench_gate
 
 clean:
 	rm -rf .driftloop

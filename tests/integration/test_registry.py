@@ -32,7 +32,7 @@ from driftloop.db import make_engine
 from driftloop.offline import TrainingRow
 from driftloop.services.registry.main import create_app
 from driftloop.services.registry.settings import RegistrySettings
-from driftloop.services.training.domain import fit, time_split
+from driftloop.services.training.domain import fit, holdout_record, refit, time_split
 from driftloop.settings import DriftloopSettings
 from tests.support import issue_token, read_topic, running
 
@@ -60,7 +60,12 @@ def _rows(n: int, rule: str, seed: int) -> list[TrainingRow]:
 def _run(
     settings: DriftloopSettings, run_id: str, train_rule: str, holdout_rule: str, reference_uri: str | None = None
 ) -> TrainingRunCompleted:
-    """A real fitted artifact and a holdout in the artifact store, announced like the training service does."""
+    """A real fitted artifact and a holdout in the artifact store, announced like the training service does.
+
+    The holdout is written as before rows carried event times (and the run has
+    no refit), so these tests also cover runs recorded by earlier versions: the
+    gate scores such a holdout whole and the version serves the judged model.
+    """
     store = open_store(settings)
     train, _ = time_split(_rows(400, train_rule, seed=1), 0.3)
     _, holdout = time_split(_rows(400, holdout_rule, seed=2), 0.3)
@@ -143,6 +148,80 @@ async def test_gate_promotes_better_versions_rejects_worse_and_survives_a_restar
     async with running(create_app(registry_settings)) as client:
         champion = (await client.get("/v1/models/m/aliases/champion")).json()
         assert champion["version"] == 3, "the champion did not survive a restart"
+
+
+def _windowed_run(
+    settings: DriftloopSettings, run_id: str, train: list[TrainingRow], holdout: list[TrainingRow]
+) -> TrainingRunCompleted:
+    """A run as the training service now writes it: timed holdout rows and a refit on the whole window."""
+    store = open_store(settings)
+    result = fit(SPEC, run_id, train, holdout)
+    rows = sorted([*train, *holdout], key=lambda r: r.event_time)
+    holdout_uri = store.put(
+        f"models/m/{run_id}/holdout.jsonl", "\n".join(json.dumps(holdout_record(r)) for r in holdout).encode()
+    )
+    return TrainingRunCompleted(
+        run_id=run_id,
+        model_name="m",
+        trigger="drift",
+        estimator=SPEC.estimator,
+        feature_names=SPEC.features,
+        data_window=DataWindow(
+            start=rows[0].event_time,
+            end=rows[-1].event_time,
+            rows=len(rows),
+            train_rows=len(train),
+            holdout_rows=len(holdout),
+        ),
+        metrics=result.metrics,
+        artifact_uri=store.put(f"models/m/{run_id}/model.joblib", result.artifact.to_bytes()),
+        refit_artifact_uri=store.put(f"models/m/{run_id}/model-refit.joblib", refit(SPEC, run_id, rows).to_bytes()),
+        holdout_uri=holdout_uri,
+        duration_seconds=0.1,
+    )
+
+
+async def test_the_gate_leaves_out_rows_the_champion_trained_on_and_the_version_serves_its_refit(
+    registry_settings: RegistrySettings, bus: Bus
+) -> None:
+    """The challenger's holdout reaches back into the champion's window; those rows must not be scored.
+
+    On them the champion is right (it learnt them) and the challenger wrong, so
+    counting them would hide the challenger's gain; outside, the new concept holds.
+    """
+    old = _rows(600, "x>y", seed=1)
+    first = _windowed_run(registry_settings, "old", *time_split(old, 0.3))
+    seen = old[-100:]
+    new = [
+        TrainingRow(f"n{i}", "e", old[-1].event_time + timedelta(seconds=1 + i), r.features, r.label)
+        for i, r in enumerate(_rows(600, "x<=y", seed=3))
+    ]
+    second = _windowed_run(registry_settings, "new", new[:400], [*seen, *new[400:]])
+    async with running(create_app(registry_settings)) as client:
+        await bus.publish(first, "m")
+        await bus.publish(second, "m")
+        events = await _registry_events(registry_settings, 4)
+        promoted = events[3]
+        assert isinstance(promoted, ModelPromoted) and promoted.version == 2
+        decision = promoted.decision
+        assert decision is not None and decision.passed and decision.method == "paired_bootstrap"
+        assert (decision.rows, decision.excluded_rows) == (200, 100)
+        assert decision.champion is not None and decision.champion < 0.1 < 0.9 < decision.challenger
+        assert decision.lower_bound is not None and decision.difference is not None
+        assert decision.min_improvement <= decision.lower_bound < decision.difference
+        assert decision.p_value is not None and decision.p_value < 0.01
+        assert decision.floor is not None and decision.floor.passed
+        assert promoted.artifact_uri == second.refit_artifact_uri
+
+        versions = (await client.get("/v1/models/m/versions")).json()
+        assert versions[1]["artifact_uri"] == second.refit_artifact_uri
+        assert versions[1]["evaluated_artifact_uri"] == second.artifact_uri
+        assert versions[1]["gate"]["excluded_rows"] == 100
+        audit = (await client.get("/v1/audit", params={"model": "m"})).json()
+        gate_rows = [a for a in audit if a["action"] == "promoted"]
+        assert [a["version"] for a in gate_rows] == [2, 1]
+        assert gate_rows[0]["decision"] == decision.model_dump(mode="json")
+        assert gate_rows[1]["decision"]["champion"] is None and gate_rows[1]["decision"]["floor"]["passed"]
 
 
 async def test_rollback_and_manual_promotion_go_through_the_audit_log_and_the_topic(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
 
 from river.datasets import synth
 
@@ -94,15 +95,23 @@ async def test_a_burst_of_concept_drift_gives_one_run_since_the_change_point_and
     assert run.data_window.rows == run.data_window.train_rows + run.data_window.holdout_rows
     assert 0 < run.data_window.rows < 1800, "only rows since the change point"
     assert run.metrics["accuracy"] > 0.9
-    artifact = ModelArtifact.from_bytes(read_verified(open_store(settings), run.artifact_uri, run.artifact_sha256))
+    store = open_store(settings)
+    artifact = ModelArtifact.from_bytes(read_verified(store, run.artifact_uri, run.artifact_sha256))
     assert artifact.run_id == run.run_id and artifact.feature_names == run.feature_names
     assert run.reference_uri is not None and run.reference_uri.startswith(run.artifact_uri.rsplit("/", 1)[0])
-    reference = ReferenceSample.from_bytes(open_store(settings).get(run.reference_uri))
+    reference = ReferenceSample.from_bytes(store.get(run.reference_uri))
     assert reference.run_id == run.run_id and reference.window_rows == run.data_window.rows
     assert set(reference.features) == set(run.feature_names)
     assert {len(column) for column in reference.features.values()} == {run.data_window.rows}, "fewer than 2,000"
     assert len(reference.predictions) == len(reference.correct) == run.data_window.holdout_rows
     assert sum(reference.correct) / len(reference.correct) == run.metrics["accuracy"]
+    # The holdout rows carry their times, all after the training rows, so the registry can tell what a model saw.
+    holdout = [json.loads(line) for line in store.get(run.holdout_uri).splitlines()]
+    times = sorted(datetime.fromisoformat(r["event_time"]) for r in holdout)
+    assert len(holdout) == run.data_window.holdout_rows and times[-1] == run.data_window.end
+    assert run.refit_artifact_uri is not None and run.refit_artifact_uri != run.artifact_uri
+    refitted = ModelArtifact.from_bytes(read_verified(store, run.refit_artifact_uri, run.refit_artifact_sha256))
+    assert refitted.run_id == run.run_id and refitted.feature_names == run.feature_names
 
 
 async def test_manual_retrain_travels_over_kafka_and_a_run_without_enough_data_fails_loudly(

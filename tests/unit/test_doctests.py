@@ -28,6 +28,7 @@ def test_the_domain_modules_have_examples() -> None:
         "driftloop.services.monitoring.domain",
         "driftloop.services.monitoring.join",
         "driftloop.services.registry.domain",
+        "driftloop.services.registry.gate",
         "driftloop.services.training.domain",
     ):
         assert any(t.examples for t in finder.find(importlib.import_module(name))), name

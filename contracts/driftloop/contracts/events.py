@@ -166,7 +166,7 @@ class TrainingRunCompleted(_Typed):
     feature_names: list[str]
     data_window: DataWindow
     metrics: Metrics = Field(description="On the time-ordered holdout.")
-    artifact_uri: str
+    artifact_uri: str = Field(description="The model fitted on the training rows: the one the gate scores.")
     artifact_sha256: str | None = _artifact_sha256()
     holdout_uri: str
     duration_seconds: float
@@ -176,6 +176,12 @@ class TrainingRunCompleted(_Typed):
         "the holdout's predictions and their calibration, which monitoring compares the live stream with. "
         "Absent on runs from before reference samples existed.",
     )
+    refit_artifact_uri: str | None = Field(
+        default=None,
+        description="The same estimator fitted on every row of the window (training and holdout): "
+        "the model a version serves once it passes the gate.",
+    )
+    refit_artifact_sha256: str | None = _artifact_sha256()
 
 
 class TrainingRunFailed(_Typed):
@@ -186,8 +192,38 @@ class TrainingRunFailed(_Typed):
     error: str
 
 
+class FloorCheck(Contract):
+    """What even a first version must beat, measured on the same holdout rows."""
+
+    EVENT_TYPE: ClassVar[str] = "io.driftloop.gate_floor.v1"
+
+    kind: Literal["majority_class", "fixed"]
+    value: float = Field(description="The majority-class predictor's metric on the holdout, or the fixed floor.")
+    difference: float = Field(description="The challenger's metric minus value.")
+    lower_bound: float = Field(description="Lower confidence bound of the difference.")
+    passed: bool
+
+
+class SliceResult(Contract):
+    """Challenger against champion on the holdout rows of one slice."""
+
+    EVENT_TYPE: ClassVar[str] = "io.driftloop.gate_slice.v1"
+
+    name: str = Field(description="feature=value for a per-value slice, else the name given in driftloop.yaml.")
+    rows: int
+    challenger: float
+    champion: float
+    difference: float
+    decided: bool = Field(description="False when the slice has too few rows to count.")
+    passed: bool
+
+
 class GateDecision(Contract):
-    """Why a version was or was not promoted: both sides scored on the same holdout."""
+    """Why a version was or was not promoted: both sides scored on the same holdout.
+
+    The fields after ``reason`` hold every number of the paired comparison;
+    they are absent on decisions made before the gate had them.
+    """
 
     EVENT_TYPE: ClassVar[str] = "io.driftloop.gate_decision.v1"
 
@@ -197,6 +233,21 @@ class GateDecision(Contract):
     min_improvement: float
     passed: bool
     reason: str
+    method: str | None = Field(default=None, description="How the bounds were computed, e.g. paired_bootstrap.")
+    confidence: float | None = Field(default=None, description="One-sided confidence level of the bounds.")
+    difference: float | None = Field(default=None, description="Challenger minus champion on the holdout.")
+    lower_bound: float | None = Field(default=None, description="Lower confidence bound of the difference.")
+    p_value: float | None = Field(
+        default=None, description="Of the hypothesis that the improvement is at most min_improvement."
+    )
+    rows: int | None = Field(default=None, description="Holdout rows both sides were scored on.")
+    excluded_rows: int | None = Field(
+        default=None, description="Holdout rows left out because they lie in the champion's training window."
+    )
+    floor: FloorCheck | None = None
+    slice_margin: float | None = None
+    min_slice_rows: int | None = None
+    slices: list[SliceResult] = Field(default_factory=list)
 
 
 class ModelVersionRegistered(_Typed):

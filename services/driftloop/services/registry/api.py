@@ -52,6 +52,7 @@ class VersionView(BaseModel):
     run_id: str
     artifact_uri: str
     artifact_sha256: str | None
+    evaluated_artifact_uri: str | None = None
     metrics: dict[str, float]
     data_window: dict[str, Any]
     parent_version: int | None
@@ -72,6 +73,7 @@ class AuditView(BaseModel):
     previous_version: int | None
     reason: str
     correlation_id: str | None
+    decision: dict[str, Any] | None = None
     row_hash: str | None
 
 

@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from driftloop.artifacts import ArtifactRefused, ArtifactStore, read_verified, sha256_hex, verify_sha256
 from driftloop.bus import PoisonMessage, Record
 from driftloop.config import PromotionPolicy
 from driftloop.contracts import TrainingRunCompleted, TrainingRunFailed, parse_internal
-from driftloop.contracts.events import Metrics
+from driftloop.contracts.events import DataWindow, Features, GateDecision, LabelValue
 from driftloop.db import OutboxRelay
 from driftloop.logging import get_logger
-from driftloop.modeling import ModelArtifact, score
-from driftloop.services.registry.domain import gate
+from driftloop.modeling import ModelArtifact
+from driftloop.services.registry.gate import decide, outside_window
 from driftloop.services.registry.store import ModelVersion, Registry
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class HoldoutRow:
+    features: Features
+    label: LabelValue
+    event_time: datetime | None
 
 
 class Evaluator:
@@ -26,28 +37,62 @@ class Evaluator:
         self.store = store
 
     def challenger(self, run: TrainingRunCompleted) -> tuple[ModelArtifact, str]:
-        """The run's model and the SHA-256 to record for it: the checksum training sent, when it sent one, must hold."""
+        """The model the gate scores and the SHA-256 to record for what the version serves.
+
+        Both artifacts of the run, the evaluated one and the refit one the
+        version serves, are held to the checksums training sent with them.
+        """
         data = self.store.get(run.artifact_uri)
         if run.artifact_sha256 is not None:
             verify_sha256(data, run.artifact_sha256, run.artifact_uri)
-        return ModelArtifact.from_bytes(data), sha256_hex(data)
+        served = sha256_hex(data)
+        if run.refit_artifact_uri is not None:
+            refit = self.store.get(run.refit_artifact_uri)
+            if run.refit_artifact_sha256 is not None:
+                verify_sha256(refit, run.refit_artifact_sha256, run.refit_artifact_uri)
+            ModelArtifact.from_bytes(refit)
+            served = sha256_hex(refit)
+        return ModelArtifact.from_bytes(data), served
 
     def champion(self, row: ModelVersion) -> ModelArtifact:
         """A registered version's model, held to the checksum recorded when it was registered."""
         return ModelArtifact.from_bytes(read_verified(self.store, row.artifact_uri, row.artifact_sha256))
 
-    def metrics(self, artifact: ModelArtifact, holdout_uri: str) -> Metrics:
-        rows = [json.loads(line) for line in self.store.get(holdout_uri).splitlines() if line.strip()]
-        predictions, _ = artifact.predict([r["features"] for r in rows])
-        return score([r["label"] for r in rows], predictions)
+    def holdout(self, holdout_uri: str) -> list[HoldoutRow]:
+        """The run's holdout; rows written before holdouts carried event times have none."""
+        rows: list[dict[str, Any]] = [
+            json.loads(line) for line in self.store.get(holdout_uri).splitlines() if line.strip()
+        ]
+        return [
+            HoldoutRow(
+                features=r["features"],
+                label=r["label"],
+                event_time=datetime.fromisoformat(r["event_time"]) if r.get("event_time") else None,
+            )
+            for r in rows
+        ]
+
+
+def predict(artifact: ModelArtifact, rows: Sequence[HoldoutRow]) -> list[LabelValue]:
+    predictions, _ = artifact.predict([r.features for r in rows])
+    return predictions
 
 
 class RunHandler:
-    def __init__(self, registry: Registry, evaluator: Evaluator, policy: PromotionPolicy, relay: OutboxRelay) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        evaluator: Evaluator,
+        policy: PromotionPolicy,
+        relay: OutboxRelay,
+        categorical: Sequence[str] = (),
+    ) -> None:
         self.registry = registry
         self.evaluator = evaluator
         self.policy = policy
         self.relay = relay
+        #: Features the gate slices per value (the dataset's categorical ones).
+        self.categorical = list(categorical)
 
     async def __call__(self, record: Record) -> None:
         event = parse_internal(record.value)
@@ -56,6 +101,35 @@ class RunHandler:
         elif isinstance(event, TrainingRunFailed):
             log.warning("training run failed", run_id=event.run_id, model=event.model_name, error=event.error)
 
+    def evaluate(
+        self,
+        run: TrainingRunCompleted,
+        challenger_model: ModelArtifact,
+        champion_model: ModelArtifact | None,
+        champion_window: DataWindow | None,
+    ) -> GateDecision:
+        """Both models on the holdout rows the champion never trained on, then the gate on their predictions.
+
+        The challenger is scored as evaluated by its run (fitted on the
+        training rows only); the champion as it serves.
+        """
+        holdout = self.evaluator.holdout(run.holdout_uri)
+        rows = holdout
+        if champion_window is not None:
+            start, end = champion_window.start, champion_window.end
+            rows = [r for r in holdout if outside_window(r.event_time, start, end)]
+        challenger = predict(challenger_model, rows)
+        champion = predict(champion_model, rows) if champion_model else None
+        return decide(
+            self.policy,
+            [r.label for r in rows],
+            challenger,
+            champion,
+            features=[r.features for r in rows],
+            categorical=self.categorical,
+            excluded_rows=len(holdout) - len(rows),
+        )
+
     async def on_completed(self, run: TrainingRunCompleted) -> None:
         if self.registry.by_run(run.run_id) is not None:
             return
@@ -63,11 +137,11 @@ class RunHandler:
             artifact, sha256 = await asyncio.to_thread(self.evaluator.challenger, run)
         except ArtifactRefused as exc:
             raise PoisonMessage(f"model of run {run.run_id} refused: {exc}") from exc
-        challenger = await asyncio.to_thread(self.evaluator.metrics, artifact, run.holdout_uri)
         with self.registry.session() as s:
             champion = self.registry.champion(s, run.model_name)
-        champion_metrics, unscored = await self._champion_metrics(champion, run.holdout_uri)
-        decision = gate(challenger, champion_metrics, self.policy)
+            window = DataWindow.model_validate(champion.data_window) if champion else None
+        champion_model, unscored = await self._champion_model(champion)
+        decision = await asyncio.to_thread(self.evaluate, run, artifact, champion_model, window)
         if unscored:
             decision = decision.model_copy(update={"reason": f"{unscored}: the challenger is judged alone"})
         with self.registry.session() as s:
@@ -106,8 +180,8 @@ class RunHandler:
             )
         self.relay.wakeup.set()
 
-    async def _champion_metrics(self, champion: ModelVersion | None, holdout_uri: str) -> tuple[Metrics | None, str]:
-        """The champion's score on the holdout, or None and why when its artifact is refused.
+    async def _champion_model(self, champion: ModelVersion | None) -> tuple[ModelArtifact | None, str]:
+        """The champion's model, or None and why when its artifact is refused.
 
         A champion whose artifact fails its checksum or format (a joblib model
         from before skops) cannot be scored, and must not keep every new
@@ -117,8 +191,7 @@ class RunHandler:
         if champion is None:
             return None, ""
         try:
-            artifact = await asyncio.to_thread(self.evaluator.champion, champion)
+            return await asyncio.to_thread(self.evaluator.champion, champion), ""
         except ArtifactRefused as exc:
             log.warning("champion refused", model=champion.model_name, version=champion.version, error=str(exc))
             return None, f"champion v{champion.version} not scored, its artifact is refused ({exc})"
-        return await asyncio.to_thread(self.evaluator.metrics, artifact, holdout_uri), ""

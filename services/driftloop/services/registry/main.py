@@ -34,7 +34,13 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
             relay = OutboxRelay(
                 engine, runtime.bus, "registry", holder=settings.instance_id, lease_seconds=settings.lease_seconds
             )
-            handler = RunHandler(registry, Evaluator(open_store(settings)), runtime.config.promotion, relay)
+            handler = RunHandler(
+                registry,
+                Evaluator(open_store(settings)),
+                runtime.config.promotion,
+                relay,
+                categorical=runtime.config.dataset.categorical(),
+            )
             consumer = ConsumerLoop(
                 settings, runtime.bus, service="registry", topics=["training.runs"], group="registry", handler=handler
             )

@@ -56,9 +56,12 @@ class ModelVersion(SQLModel, table=True):
     version: int
     run_id: str = Field(unique=True)
     status: str = "registered"
+    #: What the version serves: the run's refit on its whole window when there is one.
     artifact_uri: str
-    #: SHA-256 of the artifact as the registry read and scored it; None only on rows from before checksums.
+    #: SHA-256 of the artifact the version serves, as the registry read it; None only on rows from before checksums.
     artifact_sha256: str | None = None
+    #: What the gate scored: the run's model fitted on the training rows only.
+    evaluated_artifact_uri: str | None = None
     holdout_uri: str
     metrics: dict[str, float] = Field(sa_column=Column(JSON))
     data_window: dict[str, Any] = Field(sa_column=Column(JSON))
@@ -102,6 +105,8 @@ class AuditEntry(SQLModel, table=True):
     previous_version: int | None = None
     reason: str = ""
     correlation_id: str | None = None
+    #: The gate's decision with all its numbers, for promotions, rejections and approvals it decided.
+    decision: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     #: None only on rows from before the chain.
     prev_hash: str | None = None
     row_hash: str | None = None
@@ -267,8 +272,9 @@ class Registry:
             model_name=run.model_name,
             version=next_version(existing),
             run_id=run.run_id,
-            artifact_uri=run.artifact_uri,
+            artifact_uri=run.refit_artifact_uri or run.artifact_uri,
             artifact_sha256=artifact_sha256,
+            evaluated_artifact_uri=run.artifact_uri,
             holdout_uri=run.holdout_uri,
             reference_uri=run.reference_uri,
             metrics=run.metrics,
@@ -377,6 +383,7 @@ class Registry:
                 previous_version=previous.version if previous else None,
                 reason=reason,
                 correlation_id=correlation_id,
+                decision=decision.model_dump(mode="json") if decision else None,
             ),
         )
         event = ModelPromoted(
@@ -408,6 +415,7 @@ class Registry:
                 previous_version=champion.version if champion else None,
                 reason=decision.reason,
                 correlation_id=row.correlation_id,
+                decision=decision.model_dump(mode="json"),
             ),
         )
         enqueue(
@@ -438,6 +446,7 @@ class Registry:
                 version=row.version,
                 reason=decision.reason,
                 correlation_id=row.correlation_id,
+                decision=decision.model_dump(mode="json"),
             ),
         )
 

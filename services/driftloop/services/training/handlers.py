@@ -30,7 +30,9 @@ from driftloop.offline import OfflineStore, TrainingRow
 from driftloop.services.training.domain import (
     enough_rows,
     fit,
+    holdout_record,
     reference_sample,
+    refit,
     retrains_on,
     time_split,
     within_cooldown,
@@ -215,12 +217,16 @@ class RunWorker:
         prefix = f"models/{spec.name}/{run.run_id}"
         model = await asyncio.to_thread(result.artifact.to_bytes)
         artifact_uri = await asyncio.to_thread(self.store.put, f"{prefix}/model.skops", model)
+        refit_uri, refit_sha256 = None, None
+        if self.config.training.refit:
+            refitted = await asyncio.to_thread(refit, spec, run.run_id, rows)
+            refit_model = await asyncio.to_thread(refitted.to_bytes)
+            refit_uri = await asyncio.to_thread(self.store.put, f"{prefix}/model-refit.skops", refit_model)
+            refit_sha256 = sha256_hex(refit_model)
         holdout_uri = await asyncio.to_thread(
             self.store.put,
             f"{prefix}/holdout.jsonl",
-            "\n".join(
-                json.dumps({"event_id": r.event_id, "features": r.features, "label": r.label}) for r in holdout
-            ).encode(),
+            "\n".join(json.dumps(holdout_record(r)) for r in holdout).encode(),
         )
         reference = await asyncio.to_thread(
             reference_sample, spec, run.run_id, result.artifact, rows, holdout, self.config.drift.data.reference_rows
@@ -247,6 +253,8 @@ class RunWorker:
             artifact_uri=artifact_uri,
             artifact_sha256=sha256_hex(model),
             holdout_uri=holdout_uri,
+            refit_artifact_uri=refit_uri,
+            refit_artifact_sha256=refit_sha256,
             duration_seconds=round(time.monotonic() - started, 3),
             reference_uri=reference_uri,
         )
