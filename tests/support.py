@@ -12,6 +12,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
+from driftloop.auth import Role
 from driftloop.bus import Record
 from driftloop.bus.metadata import topic_partitions
 from driftloop.contracts import (
@@ -37,6 +38,7 @@ from driftloop.contracts import (
     utcnow,
 )
 from driftloop.contracts.events import DataWindow, GateDecision
+from driftloop.db import TokenStore, make_engine
 from driftloop.settings import DriftloopSettings
 
 APPLICATION = {
@@ -159,10 +161,27 @@ def samples() -> list[Contract]:
     ]
 
 
+def issue_token(settings: DriftloopSettings, role: Role, name: str = "tests") -> str:
+    """A token of ``role`` in the database the services of ``settings`` read their tokens from."""
+    engine = make_engine(settings.db_url)
+    try:
+        return TokenStore(engine).issue(name, role)
+    finally:
+        engine.dispose()
+
+
 @asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan started, and a client that talks to it in-process."""
+async def running(app: FastAPI, role: Role | None = Role.admin) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan started, and a client that talks to it in-process.
+
+    The client carries a fresh token of ``role`` (none when ``role`` is None),
+    so tests about what an endpoint does are not tests of who may call it.
+    """
     async with app.router.lifespan_context(app):
+        headers = {}
+        if role is not None:
+            token = await asyncio.to_thread(issue_token, app.state.gatekeeper.settings, role)
+            headers["Authorization"] = f"Bearer {token}"
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
             yield client

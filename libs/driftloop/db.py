@@ -11,6 +11,9 @@ is guarded by a ``Lease``: a row in ``leases`` taken and renewed by a
 conditional update, which both SQLite and PostgreSQL apply atomically. Lease
 times come from the replicas' clocks, so hosts that share a database need
 synchronised clocks (NTP); the renewal margin absorbs small skews.
+
+API tokens live here too (``api_tokens``, hashes only): every service reads
+the one table to know who is calling.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sqlalchemy import Engine, Table, event, insert, inspect, or_, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
+from driftloop.auth import Identity, Role, matches, new_token, token_hash, token_id_of
 from driftloop.bus.producer import Bus, cloudevent_headers
 from driftloop.contracts import Contract, topic_for, utcnow
 from driftloop.logging import get_logger
@@ -313,3 +317,73 @@ class OutboxRelay:
             self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), self.poll_seconds)
+
+
+class ApiToken(SQLModel, table=True):
+    """An API token as every service reads it from the shared database: its hash, never the token."""
+
+    __tablename__ = "api_tokens"
+
+    token_id: str = Field(primary_key=True)
+    name: str = Field(index=True)
+    role: str
+    token_sha256: str
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class TokenStore:
+    """Issues, revokes and checks API tokens in the metadata database every service already shares.
+
+    Each service verifies against this table itself, so no service depends on
+    another being up to authorise a call, and a revocation holds everywhere
+    (after the callers' short caches expire). Blocking calls: run them in a
+    thread from async code.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._ready = False
+
+    def _tables(self) -> None:
+        if not self._ready:
+            create_tables(self.engine, [ApiToken])
+            self._ready = True
+
+    def issue(self, name: str, role: Role) -> str:
+        """Store a new token's hash and return the token itself, which exists nowhere else from now on."""
+        self._tables()
+        token, token_id = new_token()
+        with Session(self.engine) as session:
+            session.add(ApiToken(token_id=token_id, name=name, role=role.value, token_sha256=token_hash(token)))
+            session.commit()
+        return token
+
+    def identify(self, token: str) -> Identity | None:
+        """The identity a token proves, None when it is malformed, unknown or revoked."""
+        token_id = token_id_of(token)
+        if token_id is None:
+            return None
+        self._tables()
+        with Session(self.engine) as session:
+            row = session.get(ApiToken, token_id)
+        if row is None or row.revoked_at is not None or not matches(token, row.token_sha256):
+            return None
+        return Identity(token_id=row.token_id, name=row.name, role=Role(row.role))
+
+    def tokens(self) -> list[ApiToken]:
+        self._tables()
+        with Session(self.engine) as session:
+            return list(session.exec(select(ApiToken).order_by(col(ApiToken.created_at))).all())
+
+    def revoke(self, token_id: str) -> bool:
+        """Revoke a token by id; False when there is no such live token."""
+        self._tables()
+        table = ApiToken.__table__  # type: ignore[attr-defined]
+        with self.engine.begin() as connection:
+            done = connection.execute(
+                update(table)
+                .where(table.c.token_id == token_id, table.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            ).rowcount
+        return bool(done)

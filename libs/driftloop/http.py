@@ -1,4 +1,4 @@
-"""What every service's HTTP face has in common: health, readiness, metrics, input limits.
+"""What every service's HTTP face has in common: health, readiness, metrics, input limits, who may call.
 
 ``/healthz`` says the process is alive; ``/readyz`` says its dependencies
 (broker, database, loaded model) are usable, so a load balancer or
@@ -8,21 +8,33 @@ Every request body is held to the limits in ``DriftloopSettings``: its size
 while it streams in (413 past ``max_body_bytes``, FastAPI's own limit), then,
 before any endpoint or parser sees it, its JSON nesting (422 past
 ``max_json_depth``) and its longest array (413 past ``max_batch``).
+
+Every endpoint but health, readiness and metrics declares the least role it
+needs with ``require(role)``: a mutating one always wants an
+``Authorization: Bearer`` token (401 without, 403 below the role), a reading
+one (``require(Role.viewer)``) only when ``read_access`` is ``viewer``. The
+role shows in the OpenAPI document as the scope of the bearer requirement,
+so a client (or a test) can read what each operation needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response, Security, status
+from fastapi.params import Security as SecurityParam
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from driftloop.auth import Identity, Role, allows, token_hash
+from driftloop.db import TokenStore, make_engine
 from driftloop.limits import InputRefused, check_json
 from driftloop.settings import DriftloopSettings
 
@@ -84,6 +96,79 @@ def _replay(body: bytes, then: Message | None, receive: Receive) -> Receive:
     return replayed
 
 
+class Gatekeeper:
+    """Checks bearer tokens against the shared token table, trusting an answer for ``cache_seconds``.
+
+    The cache spares the database a read per request; it bounds how long a
+    revoked token still works on a service that saw it a moment before. The
+    engine is opened on the first check, so a service nobody calls with a
+    token never touches the database.
+    """
+
+    def __init__(self, settings: DriftloopSettings) -> None:
+        self.settings = settings
+        self.reads_open = settings.read_access == "open"
+        self._store: TokenStore | None = None
+        self._known: dict[str, tuple[Identity, float]] = {}
+
+    def _lookup(self, token: str) -> Identity | None:
+        if self._store is None:
+            self._store = TokenStore(make_engine(self.settings.db_url))
+        return self._store.identify(token)
+
+    async def identify(self, token: str) -> Identity | None:
+        key = token_hash(token)
+        known = self._known.get(key)
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
+        identity = await asyncio.to_thread(self._lookup, token)
+        if identity is None:
+            self._known.pop(key, None)
+        else:
+            self._known[key] = (identity, time.monotonic() + self.settings.token_cache_seconds)
+        return identity
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.engine.dispose()
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API token: `driftloop token create --role ROLE`.")
+
+
+def require(role: Role) -> Any:
+    """A dependency that lets a request through only with a token of ``role`` or above; it yields the identity.
+
+    ``Role.viewer`` marks a reading endpoint: open (identity None) unless the
+    service's ``read_access`` asks for a token.
+    """
+
+    async def check(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+    ) -> Identity | None:
+        gate: Gatekeeper = request.app.state.gatekeeper
+        if role is Role.viewer and gate.reads_open:
+            return None
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if credentials is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"needs a bearer token of role {role}", challenge)
+        identity = await gate.identify(credentials.credentials)
+        if identity is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", challenge)
+        if not allows(identity.role, role):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"token {identity.name!r} has role {identity.role}, this needs {role}"
+            )
+        return identity
+
+    security: SecurityParam = Security(check, scopes=[role.value])
+    return security
+
+
+#: The dependency of every reading endpoint.
+READ = require(Role.viewer)
+
+
 def service_app(
     name: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
@@ -91,8 +176,19 @@ def service_app(
     settings: DriftloopSettings,
     **kwargs: Any,
 ) -> FastAPI:
-    app = FastAPI(title=f"driftloop {name}", lifespan=lifespan, max_body_size=settings.max_body_bytes, **kwargs)
+    gatekeeper = Gatekeeper(settings)
+
+    @asynccontextmanager
+    async def guarded(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with lifespan(app):
+                yield
+        finally:
+            gatekeeper.close()
+
+    app = FastAPI(title=f"driftloop {name}", lifespan=guarded, max_body_size=settings.max_body_bytes, **kwargs)
     app.add_middleware(JsonLimits, max_depth=settings.max_json_depth, max_items=settings.max_batch)
+    app.state.gatekeeper = gatekeeper
 
     @app.exception_handler(KafkaError)
     async def broker_refused(_request: Request, exc: KafkaError) -> JSONResponse:

@@ -64,6 +64,13 @@ class DriftloopSettings(BaseSettings):
     consumer_stall_seconds: float = 60.0
     #: How long a single-writer lease (outbox relay, claimed training run) lasts unless its holder renews it.
     lease_seconds: float = 15.0
+    # Who may do what (applied in driftloop.http): mutating endpoints always need a token.
+    read_access: Literal["open", "viewer"] = Field(
+        default="open", description="Reading endpoints: open to anyone, or only to a token of role viewer and up."
+    )
+    token_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a service trusts a verified token before reading it again."
+    )
     # Input limits, the same for every service (applied in driftloop.http and by the consumers).
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, gt=0, description="Largest HTTP request body; past it 413, counted as it streams in."

@@ -29,6 +29,7 @@ from river.datasets import synth
 
 from driftloop.broker import BrokerProcess, EmbeddedBroker, LocalKafka, free_port
 from driftloop.bus import ensure_topics, topic_partitions
+from driftloop.cli.governance import local_admin_token
 from driftloop.cli.stack import SERVICES, Stack, child_name
 from driftloop.contracts import utcnow
 from driftloop.services.ingestion.main import create_app
@@ -235,9 +236,10 @@ async def first_champion(stack: Stack, warmup: int = 1500) -> None:
     finally:
         await producer.stop()
     urls = {name: child.url for name, child in stack.children.items()}
-    async with httpx.AsyncClient(timeout=10) as client:
+    token = local_admin_token(settings)
+    async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {token}"}) as client:
         await asyncio.sleep(5)
-        response = await client.post(f"{urls['training']}/v1/models/{MODEL}/retrain", json={"requested_by": "bench"})
+        response = await client.post(f"{urls['training']}/v1/models/{MODEL}/retrain", json={})
         response.raise_for_status()
         for _ in range(600):
             if (await client.get(f"{urls['deployment']}/v1/deployments/{MODEL}")).status_code == 200:

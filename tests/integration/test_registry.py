@@ -8,9 +8,14 @@ import random
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from typer.testing import CliRunner
 
 from driftloop.artifacts import open_store, sha256_hex
+from driftloop.auth import Role
 from driftloop.bus import Bus
+from driftloop.cli.main import app as cli
 from driftloop.config import ModelSpec
 from driftloop.contracts import (
     DeadLetter,
@@ -23,12 +28,13 @@ from driftloop.contracts import (
     utcnow,
 )
 from driftloop.contracts.events import DataWindow
+from driftloop.db import make_engine
 from driftloop.offline import TrainingRow
 from driftloop.services.registry.main import create_app
 from driftloop.services.registry.settings import RegistrySettings
 from driftloop.services.training.domain import fit, holdout_record, refit, time_split
 from driftloop.settings import DriftloopSettings
-from tests.support import read_topic, running
+from tests.support import issue_token, read_topic, running
 
 SPEC = ModelSpec(name="m", feature_view="v", features=["x", "y"], estimator="logistic_regression")
 
@@ -86,6 +92,10 @@ def _run(
         duration_seconds=0.1,
         reference_uri=reference_uri,
     )
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def _registry_events(settings: DriftloopSettings, count: int) -> list[object]:
@@ -222,11 +232,15 @@ async def test_rollback_and_manual_promotion_go_through_the_audit_log_and_the_to
         await bus.publish(_run(registry_settings, "b", "x<=y", "x<=y"), "m")
         await _registry_events(registry_settings, 4)
 
-        rolled = await client.post("/v1/models/m/rollback", json={"reason": "bad canary", "actor": "alice"})
+        alice = await asyncio.to_thread(issue_token, registry_settings, Role.operator, "alice")
+        bob = await asyncio.to_thread(issue_token, registry_settings, Role.approver, "bob")
+        rolled = await client.post(
+            "/v1/models/m/rollback", json={"reason": "bad canary", "actor": "mallory"}, headers=_bearer(alice)
+        )
         assert rolled.status_code == 200 and rolled.json()["version"] == 1
         again = await client.post("/v1/models/m/versions/1/promote", json={})
         assert again.status_code == 409
-        manual = await client.post("/v1/models/m/versions/2/promote", json={"reason": "fixed", "actor": "bob"})
+        manual = await client.post("/v1/models/m/versions/2/promote", json={"reason": "fixed"}, headers=_bearer(bob))
         assert manual.status_code == 200 and manual.json()["version"] == 2
         missing = await client.post("/v1/models/m/versions/9/promote", json={})
         assert missing.status_code == 404
@@ -242,13 +256,13 @@ async def test_rollback_and_manual_promotion_go_through_the_audit_log_and_the_to
         assert "m — champion v2" in page.text and "rolled_back" in page.text and "bad canary" in page.text
 
         audit = (await client.get("/v1/audit", params={"model": "m"})).json()
-        assert [(a["action"], a["version"], a["actor"]) for a in audit] == [
-            ("promoted", 2, "bob"),
-            ("rolled_back", 1, "alice"),
-            ("promoted", 2, "gate"),
-            ("registered", 2, "training"),
-            ("promoted", 1, "gate"),
-            ("registered", 1, "training"),
+        assert [(a["action"], a["version"], a["actor"], a["actor_role"]) for a in audit] == [
+            ("promoted", 2, "bob", "approver"),
+            ("rolled_back", 1, "alice", "operator"),
+            ("promoted", 2, "gate", None),
+            ("registered", 2, "training", None),
+            ("promoted", 1, "gate", None),
+            ("registered", 1, "training", None),
         ]
 
 
@@ -297,3 +311,92 @@ async def test_a_tampered_challenger_is_dead_lettered_and_a_tampered_champion_is
         ("run-c", after.artifact_sha256),
     ]
     assert promoted.artifact_sha256 == after.artifact_sha256
+
+
+async def _three_champions(registry_settings: RegistrySettings, bus: Bus) -> None:
+    """v1, v2, v3 each promoted by the gate: the concepts alternate, so each beats the one before on its holdout."""
+    for run_id, rule in (("g1", "x>y"), ("g2", "x<=y"), ("g3", "x>y")):
+        await bus.publish(_run(registry_settings, run_id, rule, rule), "m")
+    events = await _registry_events(registry_settings, 6)
+    assert [(type(e), getattr(e, "version", None)) for e in events][1::2] == [
+        (ModelPromoted, 1),
+        (ModelPromoted, 2),
+        (ModelPromoted, 3),
+    ]
+
+
+async def test_rolling_back_twice_goes_two_versions_back_and_never_forward(
+    registry_settings: RegistrySettings, bus: Bus
+) -> None:
+    async with running(create_app(registry_settings)) as client:
+        await _three_champions(registry_settings, bus)
+        first = await client.post("/v1/models/m/rollback", json={"reason": "one"})
+        second = await client.post("/v1/models/m/rollback", json={"reason": "two"})
+        third = await client.post("/v1/models/m/rollback", json={"reason": "three"})
+        versions = (await client.get("/v1/models/m/versions")).json()
+        events = await _registry_events(registry_settings, 8)
+    assert (first.json()["version"], second.json()["version"]) == (2, 1)
+    assert third.status_code == 409 and "no previous champion" in third.json()["detail"]
+    assert [(v["version"], v["status"]) for v in versions] == [(1, "champion"), (2, "rolled_back"), (3, "rolled_back")]
+    rollbacks = [e for e in events if isinstance(e, ModelRolledBack)]
+    assert [(e.from_version, e.to_version) for e in rollbacks] == [(3, 2), (2, 1)]
+    assert rollbacks[0].revision < rollbacks[1].revision
+
+
+async def test_a_pinned_champion_is_not_replaced_by_a_better_challenger(
+    registry_settings: RegistrySettings, bus: Bus
+) -> None:
+    async with running(create_app(registry_settings)) as client:
+        await bus.publish(_run(registry_settings, "p1", "x>y", "x>y"), "m")
+        await _registry_events(registry_settings, 2)
+        pinned = await client.post("/v1/models/m/pin", json={"reason": "quarter close"})
+        await bus.publish(_run(registry_settings, "p2", "x<=y", "x<=y"), "m")
+        events = await _registry_events(registry_settings, 4)
+        champion = (await client.get("/v1/models/m/aliases/champion")).json()
+        manual = await client.post("/v1/models/m/versions/2/promote", json={})
+        unpinned = await client.post("/v1/models/m/unpin", json={"reason": "closed"})
+        after = await client.post("/v1/models/m/versions/2/promote", json={})
+        audit = (await client.get("/v1/audit", params={"model": "m"})).json()
+    assert pinned.status_code == 200 and pinned.json()["version"] == 1 and pinned.json()["actor"] == "tests"
+    refused = events[3]
+    assert isinstance(refused, PromotionRejected) and refused.version == 2 and not refused.decision.passed
+    assert refused.decision.challenger > 0.9 > (refused.decision.champion or 0.0)
+    assert "champion v1 is pinned by tests: quarter close" in refused.decision.reason
+    assert champion["version"] == 1
+    assert manual.status_code == 409 and "unpin it first" in manual.json()["detail"]
+    assert unpinned.status_code == 204 and after.status_code == 200 and after.json()["version"] == 2
+    assert [a["action"] for a in audit][:4] == ["promoted", "unpinned", "rejected", "registered"]
+
+
+async def test_the_audit_is_append_only_and_a_tampered_row_fails_audit_verify(
+    registry_settings: RegistrySettings, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(create_app(registry_settings)) as client:
+        await bus.publish(_run(registry_settings, "t1", "x>y", "x>y"), "m")
+        await _registry_events(registry_settings, 2)
+        await client.post("/v1/models/m/pin", json={"reason": "audit test"})
+        audit = (await client.get("/v1/audit", params={"model": "m"})).json()
+    monkeypatch.setenv("DRIFTLOOP_DATABASE_URL", registry_settings.db_url)
+    runner = CliRunner()
+    intact = runner.invoke(cli, ["audit", "verify"])
+    assert intact.exit_code == 0 and "audit chain intact: 3 rows" in intact.output
+
+    engine = make_engine(registry_settings.db_url)
+    promoted = next(a for a in audit if a["action"] == "promoted")
+    forge = text("UPDATE audit_log SET actor = 'mallory' WHERE id = :id")
+    try:
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+            connection.execute(forge, {"id": promoted["id"]})
+        # Someone with the database's owner rights removes the guard and edits the row anyway.
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(text("DROP TRIGGER audit_log_append_only ON audit_log"))
+            else:
+                connection.execute(text("DROP TRIGGER audit_log_no_update"))
+            connection.execute(forge, {"id": promoted["id"]})
+    finally:
+        engine.dispose()
+    broken = runner.invoke(cli, ["audit", "verify"])
+    assert broken.exit_code == 1
+    assert f"audit chain broken at row {promoted['id']}" in broken.output
+    assert "does not match its hash" in broken.output

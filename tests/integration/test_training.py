@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from river.datasets import synth
 
 from driftloop.artifacts import open_store, read_verified
+from driftloop.auth import Role
 from driftloop.bus import Bus
 from driftloop.config import TrainingPolicy, load_config
 from driftloop.contracts import (
@@ -25,7 +26,7 @@ from driftloop.reference import ReferenceSample
 from driftloop.services.training.main import create_app
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.settings import DriftloopSettings
-from tests.support import read_topic, running
+from tests.support import issue_token, read_topic, running
 
 MODEL = "loan-approval"
 
@@ -120,8 +121,11 @@ async def test_manual_retrain_travels_over_kafka_and_a_run_without_enough_data_f
     impatient = config.model_copy(update={"training": TrainingPolicy(wait_for_data=timedelta(seconds=1))})
     async with running(create_app(TrainingSettings(**settings.model_dump()), impatient)) as client:
         assert (await client.post("/v1/models/nope/retrain")).status_code == 404
+        alice = await asyncio.to_thread(issue_token, settings, Role.operator, "alice")
         accepted = await client.post(
-            f"/v1/models/{MODEL}/retrain", json={"requested_by": "alice", "since": utcnow().isoformat()}
+            f"/v1/models/{MODEL}/retrain",
+            json={"requested_by": "mallory", "since": utcnow().isoformat()},
+            headers={"Authorization": f"Bearer {alice}"},
         )
         assert accepted.status_code == 202
         requests = await read_topic(settings, "training.requests", 1)
@@ -129,7 +133,8 @@ async def test_manual_retrain_travels_over_kafka_and_a_run_without_enough_data_f
         assert requests[0].headers["ce_type"] == "io.driftloop.training.requested.v1"
         runs = await _runs(client, 1)
         failed = [parse_internal(r.value) for r in await read_topic(settings, "training.runs", 1)]
-        assert runs[0]["requested_by"] == "alice" and runs[0]["status"] == "failed"
+        assert runs[0]["requested_by"] == "alice", "who asked is the token's name, not the body's claim"
+        assert runs[0]["status"] == "failed"
         assert isinstance(failed[0], TrainingRunFailed) and "labelled rows" in failed[0].error
         one = await client.get(f"/v1/runs/{runs[0]['run_id']}")
         assert one.json()["error"] == failed[0].error

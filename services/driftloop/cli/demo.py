@@ -28,6 +28,7 @@ from river.datasets import synth
 
 from driftloop.artifacts import ArtifactStore, open_store, read_verified
 from driftloop.bus.metadata import topic_partitions
+from driftloop.cli.governance import session_token
 from driftloop.contracts import (
     DataEvent,
     DriftDetected,
@@ -115,6 +116,8 @@ class Demo:
         self.settings = settings
         self.options = options
         self.urls = urls or {name: f"http://127.0.0.1:{port}" for name, port in SERVICE_PORTS.items()}
+        #: Filled in by ``run``: the operator's token the demo asks for the first model with.
+        self.headers: dict[str, str] = {}
         self.tag = uuid.uuid4().hex[:8]
         self.result = DemoResult(drift_position=options.drift_at)
         self.rows: list[Row] = []
@@ -207,9 +210,7 @@ class Demo:
 
     async def _first_model(self, client: httpx.AsyncClient) -> None:
         self.status = "training the first model"
-        response = await client.post(
-            f"{self.urls['training']}/v1/models/{self.options.model}/retrain", json={"requested_by": "demo"}
-        )
+        response = await client.post(f"{self.urls['training']}/v1/models/{self.options.model}/retrain", json={})
         response.raise_for_status()
         deadline = time.monotonic() + self.options.timeout
         while time.monotonic() < deadline:
@@ -265,7 +266,7 @@ class Demo:
 
     async def old_champion(self) -> tuple[str, str | None] | None:
         """URI and checksum of the first version's artifact, as the registry recorded them."""
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        async with httpx.AsyncClient(timeout=10.0, headers=self.headers) as client:
             response = await client.get(f"{self.urls['registry']}/v1/models/{self.options.model}/versions")
         versions = response.json() if response.status_code == 200 else []
         first = next((v for v in versions if v["version"] == self.result.first_version), None)
@@ -277,6 +278,8 @@ class Demo:
         progress: Progress | None = None,
         hooks: dict[int, Callable[[], Awaitable[None]]] | None = None,
     ) -> DemoResult:
+        token = await asyncio.to_thread(session_token, self.settings)
+        self.headers = {"Authorization": f"Bearer {token}"}
         consumer = await self._consumer()
         watcher = asyncio.create_task(self._watch(consumer))
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, linger_ms=5)
@@ -284,7 +287,7 @@ class Demo:
         task = progress.add_task("events", total=self.options.max_events) if progress else None
         started = time.monotonic()
         try:
-            async with httpx.AsyncClient(timeout=10.0) as client:
+            async with httpx.AsyncClient(timeout=10.0, headers=self.headers) as client:
                 for row in agrawal_stream(self.options):
                     if row.position == self.options.warmup:
                         await producer.flush()

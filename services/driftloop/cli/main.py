@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from driftloop.broker import local_broker
-from driftloop.cli import offline, ops
+from driftloop.cli import governance, offline, ops
 from driftloop.cli.stack import SERVICES, Stack, parse_replicas
 from driftloop.logging import configure_logging
 from driftloop.settings import DriftloopSettings, ServiceSettings
@@ -28,6 +28,7 @@ contracts_app = typer.Typer(help="The wire contracts: JSON Schemas and the Async
 app.add_typer(contracts_app, name="contracts")
 console = Console()
 ops.register(app)
+governance.register(app)
 offline.register(app)
 
 

@@ -1,4 +1,7 @@
-"""Ops verbs over the services' REST APIs, for people at a terminal and for scripts."""
+"""Ops verbs over the services' REST APIs, for people at a terminal and for scripts.
+
+They send ``DRIFTLOOP_TOKEN``, or the local admin token ``driftloop up`` left under ``DRIFTLOOP_HOME``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from driftloop.cli.governance import cli_token
+from driftloop.settings import DriftloopSettings
+
 console = Console()
 
 RegistryUrl = Annotated[str, typer.Option(envvar="DRIFTLOOP_REGISTRY_URL", help="Registry base URL.")]
@@ -18,15 +24,17 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON.")]
 
 
 def _call(method: str, url: str, **kwargs: Any) -> Any:
+    token = cli_token(DriftloopSettings())
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, url, timeout=30.0, **kwargs)
+        response = httpx.request(method, url, timeout=30.0, headers=headers, **kwargs)
     except httpx.HTTPError as exc:
         console.print(f"[red]cannot reach {url}[/]: {exc}")
         raise typer.Exit(2) from exc
     if response.status_code >= 400:
         console.print(f"[red]{response.status_code}[/] {response.text}")
         raise typer.Exit(1)
-    return response.json()
+    return response.json() if response.content else None
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
@@ -58,7 +66,7 @@ def promote(
 
 
 def rollback(name: str, registry: RegistryUrl = "http://127.0.0.1:8004", reason: str = "manual rollback") -> None:
-    """Give NAME's champion alias back to the previous champion."""
+    """Give NAME's champion alias back to the previous champion; again, one more step back."""
     result = _call("POST", f"{registry}/v1/models/{name}/rollback", json={"reason": reason})
     console.print(f"[yellow]{name} rolled back to v{result['version']}[/]")
 
@@ -72,10 +80,22 @@ def runs(training: TrainingUrl = "http://127.0.0.1:8003", as_json: AsJson = Fals
 
 def retrain(name: str, training: TrainingUrl = "http://127.0.0.1:8003") -> None:
     """Ask for a training run of NAME now."""
-    result = _call("POST", f"{training}/v1/models/{name}/retrain", json={"requested_by": "cli"})
+    result = _call("POST", f"{training}/v1/models/{name}/retrain", json={})
     console.print(f"retrain requested: {result['request_id']}")
 
 
+def pin(name: str, registry: RegistryUrl = "http://127.0.0.1:8004", reason: str = "") -> None:
+    """Keep NAME's champion: drift-triggered challengers are refused until it is unpinned."""
+    result = _call("POST", f"{registry}/v1/models/{name}/pin", json={"reason": reason})
+    console.print(f"[green]{name} v{result['version']} pinned[/]")
+
+
+def unpin(name: str, registry: RegistryUrl = "http://127.0.0.1:8004", reason: str = "") -> None:
+    """Let the gate replace NAME's champion again."""
+    _call("POST", f"{registry}/v1/models/{name}/unpin", json={"reason": reason})
+    console.print(f"{name} unpinned")
+
+
 def register(app: typer.Typer) -> None:
-    for command in (models, promote, rollback, runs, retrain):
+    for command in (models, promote, rollback, pin, unpin, runs, retrain):
         app.command()(command)

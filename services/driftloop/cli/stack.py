@@ -31,6 +31,7 @@ import httpx
 
 from driftloop.broker import BrokerProcess, local_broker
 from driftloop.bus import ensure_topics
+from driftloop.cli.governance import local_admin_token
 from driftloop.cli.supervision import RestartPolicy, Supervision
 from driftloop.logging import get_logger
 from driftloop.settings import REPLICA_PORT_STEP, SERVICE_PORTS, DriftloopSettings
@@ -128,6 +129,8 @@ class Stack:
             self.broker = local_broker(self.settings, self.log_dir / "broker.log").start()
             self.settings = self.settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
         asyncio.run(ensure_topics(self.settings))
+        # The person who ran `up` administers it: the CLI and the demo find this token under DRIFTLOOP_HOME.
+        local_admin_token(self.settings)
         for service in services:
             for replica in range(self.replicas.get(service, 1)):
                 name = child_name(service, replica)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from driftloop.contracts import Prediction, new_event_id
 from driftloop.contracts.events import Features, LabelValue
+from driftloop.http import READ
 from driftloop.services.deployment.domain import Served, ServingTable
 from driftloop.services.deployment.metrics import PREDICTIONS
 from driftloop.services.deployment.serving import PublishFailed, Serving
@@ -93,7 +94,7 @@ async def _predict(served: Served, serving: Serving, instances: list[Features]) 
     )
 
 
-@router.post("/v1/models/{name}/predict")
+@router.post("/v1/models/{name}/predict", dependencies=[READ])
 async def predict(name: str, body: PredictRequest, table: TableDep, serving: ServingDep) -> PredictResponse:
     """Score instances with the champion; each prediction is published, so labels can join it later by id.
 
@@ -121,7 +122,7 @@ class InferResponse(BaseModel):
     outputs: list[InferTensor]
 
 
-@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/infer", dependencies=[READ])
 async def infer(name: str, body: InferRequest, table: TableDep, serving: ServingDep) -> InferResponse:
     """Open Inference Protocol v2: one 1-D input tensor per feature, named after the feature."""
     served = _served(table, name)
@@ -150,7 +151,7 @@ async def infer(name: str, body: InferRequest, table: TableDep, serving: Serving
     )
 
 
-@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}", dependencies=[READ])
 async def model_metadata(name: str, table: TableDep) -> dict[str, Any]:
     served = _served(table, name)
     return {
@@ -162,7 +163,7 @@ async def model_metadata(name: str, table: TableDep) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/deployments/{name}")
+@router.get("/v1/deployments/{name}", dependencies=[READ])
 async def deployment(
     name: str, table: TableDep, settings: Annotated[DeploymentSettings, Depends(get_settings)]
 ) -> DeploymentView:

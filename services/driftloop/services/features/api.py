@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 
 from driftloop.contracts import FeatureVector
+from driftloop.http import READ
 from driftloop.services.features.streams import FeatureStreams
 
-router = APIRouter(prefix="/v1", tags=["features"])
+router = APIRouter(prefix="/v1", tags=["features"], dependencies=[READ])
 
 
 def get_streams(request: Request) -> FeatureStreams:

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel
 
+from driftloop.auth import Role
 from driftloop.contracts import utcnow
+from driftloop.http import require
 from driftloop.runtime import Runtime
 from driftloop.services.ingestion.domain import TooMany, split_body, validate_event
 from driftloop.services.ingestion.settings import IngestionSettings
@@ -51,6 +53,7 @@ async def _items(request: Request, limit: int) -> list[Any]:
 @router.post(
     "/events",
     status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[require(Role.producer)],
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": {}}, "application/x-ndjson": {}}}},
 )
 async def post_events(request: Request, runtime: RuntimeDep) -> Accepted:
@@ -69,7 +72,7 @@ async def post_events(request: Request, runtime: RuntimeDep) -> Accepted:
     return Accepted(accepted=len(events), event_ids=[e.event_id for e in events])
 
 
-@router.post("/labels", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/labels", status_code=status.HTTP_202_ACCEPTED, dependencies=[require(Role.producer)])
 async def post_labels(request: Request, runtime: RuntimeDep) -> Accepted:
     items = await _items(request, runtime.settings.max_batch)
     labels, errors = [], []

@@ -13,10 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel
 
 from driftloop.contracts import DriftDetected
+from driftloop.http import READ
 from driftloop.services.monitoring.domain import ModelMonitor, ModelTrack
 from driftloop.services.monitoring.streams import MonitorStreams
 
-router = APIRouter(prefix="/v1", tags=["monitoring"])
+router = APIRouter(prefix="/v1", tags=["monitoring"], dependencies=[READ])
 
 
 def get_streams(request: Request) -> MonitorStreams:

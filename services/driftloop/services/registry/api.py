@@ -1,4 +1,7 @@
-"""The registry's REST face: read models and versions, promote and roll back, read the audit log."""
+"""The registry's REST face: read models and versions, promote, roll back and pin, read the audit log.
+
+Every change is made as the caller's token: its name and role are the audit's actor.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel
 
+from driftloop.auth import Identity, Role
 from driftloop.db import OutboxRelay
+from driftloop.http import READ, require
 from driftloop.services.registry.store import Conflict, ModelVersion, NotFound, Registry
 
 router = APIRouter(prefix="/v1", tags=["registry"])
@@ -28,6 +33,8 @@ def get_relay(request: Request) -> OutboxRelay:
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 RelayDep = Annotated[OutboxRelay, Depends(get_relay)]
+#: First in every changing endpoint's signature: who calls is settled before anything is read.
+Operator = Annotated[Identity, require(Role.operator)]
 
 
 class ModelSummary(BaseModel):
@@ -56,8 +63,10 @@ class VersionView(BaseModel):
 
 
 class AuditView(BaseModel):
+    id: int
     at: datetime
     actor: str
+    actor_role: str | None
     action: str
     model_name: str
     version: int | None
@@ -65,11 +74,21 @@ class AuditView(BaseModel):
     reason: str
     correlation_id: str | None
     decision: dict[str, Any] | None = None
+    row_hash: str | None
 
 
 class ChangeBody(BaseModel):
+    """Why; who is the caller's token, not anything the body says."""
+
     reason: str = ""
-    actor: str = "api"
+
+
+class PinView(BaseModel):
+    model_name: str
+    version: int
+    actor: str
+    reason: str
+    at: datetime
 
 
 def _view(row: ModelVersion, aliases: dict[str, int]) -> VersionView:
@@ -84,7 +103,7 @@ def _versions_or_404(registry: Registry, name: str) -> list[ModelVersion]:
     return versions
 
 
-@router.get("/models")
+@router.get("/models", dependencies=[READ])
 async def list_models(registry: RegistryDep) -> list[ModelSummary]:
     out = []
     for name in registry.models():
@@ -100,13 +119,13 @@ async def list_models(registry: RegistryDep) -> list[ModelSummary]:
     return out
 
 
-@router.get("/models/{name}/versions")
+@router.get("/models/{name}/versions", dependencies=[READ])
 async def list_versions(name: str, registry: RegistryDep) -> list[VersionView]:
     aliases = registry.aliases(name)
     return [_view(v, aliases) for v in _versions_or_404(registry, name)]
 
 
-@router.get("/models/{name}/aliases/{alias}")
+@router.get("/models/{name}/aliases/{alias}", dependencies=[READ])
 async def get_alias(name: str, alias: str, registry: RegistryDep) -> VersionView:
     aliases = registry.aliases(name)
     if alias not in aliases:
@@ -128,7 +147,7 @@ def _http_errors() -> Iterator[None]:
 
 @router.post("/models/{name}/versions/{version}/promote")
 async def promote(
-    name: str, version: int, registry: RegistryDep, relay: RelayDep, body: ChangeBody | None = None
+    who: Operator, name: str, version: int, registry: RegistryDep, relay: RelayDep, body: ChangeBody | None = None
 ) -> VersionView:
     """Make a version champion by hand; the same path, audit row and event as a gate promotion."""
     body = body or ChangeBody()
@@ -136,7 +155,14 @@ async def promote(
         row = registry.version(s, name, version)
         reason = body.reason or "manual promotion"
         registry.promote(
-            s, row, actor=body.actor, reason=reason, causation_id=None, correlation_id=row.correlation_id, decision=None
+            s,
+            row,
+            actor=who.name,
+            actor_role=who.role,
+            reason=reason,
+            causation_id=None,
+            correlation_id=row.correlation_id,
+            decision=None,
         )
         s.commit()
     relay.wakeup.set()
@@ -144,15 +170,45 @@ async def promote(
 
 
 @router.post("/models/{name}/rollback")
-async def rollback(name: str, registry: RegistryDep, relay: RelayDep, body: ChangeBody | None = None) -> VersionView:
+async def rollback(
+    who: Operator, name: str, registry: RegistryDep, relay: RelayDep, body: ChangeBody | None = None
+) -> VersionView:
+    """Back to the previous champion in the version history; again, one more step back."""
     body = body or ChangeBody()
     with _http_errors(), registry.session() as s:
-        registry.rollback(s, name, actor=body.actor, reason=body.reason or "manual rollback")
+        registry.rollback(s, name, actor=who.name, actor_role=who.role, reason=body.reason or "manual rollback")
         s.commit()
     relay.wakeup.set()
     return await get_alias(name, "champion", registry)
 
 
-@router.get("/audit")
+@router.post("/models/{name}/pin")
+async def pin(who: Operator, name: str, registry: RegistryDep, body: ChangeBody | None = None) -> PinView:
+    """Keep the current champion: the gate's promotions are refused, and people must unpin to move it."""
+    body = body or ChangeBody()
+    with _http_errors(), registry.session() as s:
+        row = registry.pin(s, name, actor=who.name, actor_role=who.role, reason=body.reason)
+        s.commit()
+    return PinView.model_validate(row, from_attributes=True)
+
+
+@router.post("/models/{name}/unpin", status_code=status.HTTP_204_NO_CONTENT)
+async def unpin(who: Operator, name: str, registry: RegistryDep, body: ChangeBody | None = None) -> None:
+    body = body or ChangeBody()
+    with _http_errors(), registry.session() as s:
+        registry.unpin(s, name, actor=who.name, actor_role=who.role, reason=body.reason)
+        s.commit()
+
+
+@router.get("/models/{name}/pin", dependencies=[READ])
+async def get_pin(name: str, registry: RegistryDep) -> PinView:
+    with registry.session() as s:
+        row = registry.pinned(s, name)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name!r} is not pinned")
+    return PinView.model_validate(row, from_attributes=True)
+
+
+@router.get("/audit", dependencies=[READ])
 async def audit(registry: RegistryDep, model: str | None = None, limit: int = 200) -> list[AuditView]:
     return [AuditView.model_validate(e, from_attributes=True) for e in registry.audit(model, limit)]

@@ -12,9 +12,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
+from driftloop.http import READ
 from driftloop.services.registry.store import AuditEntry, ModelVersion, Registry
 
-router = APIRouter(tags=["dashboard"])
+router = APIRouter(tags=["dashboard"], dependencies=[READ])
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}

@@ -1,4 +1,4 @@
-"""Version numbering: a pure function, so the registry's one numbering rule is tested on its own.
+"""Version numbering, the rollback step and the audit chain: pure functions, each tested on its own.
 
 The promotion gate lives in ``driftloop.services.registry.gate``. REST
 promotions and event-driven promotions both end in ``store.promote``; what
@@ -8,7 +8,12 @@ records.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 
 def next_version(existing: Iterable[int]) -> int:
@@ -18,3 +23,120 @@ def next_version(existing: Iterable[int]) -> int:
     (1, 4)
     """
     return max(existing, default=0) + 1
+
+
+#: The audit fields a row's hash covers, in the order they are hashed.
+AUDIT_FIELDS = (
+    "at",
+    "actor",
+    "actor_role",
+    "action",
+    "model_name",
+    "version",
+    "previous_version",
+    "reason",
+    "correlation_id",
+    "decision",
+)
+
+
+def audit_digest(prev_hash: str, fields: Mapping[str, Any]) -> str:
+    """SHA-256 over the previous row's hash and this row's content, as canonical JSON.
+
+    Times are hashed as UTC ISO strings to the microsecond, so a row reads
+    back to the same hash on SQLite (naive) and PostgreSQL alike.
+
+    >>> from datetime import datetime
+    >>> row = {"at": datetime(2026, 1, 1), "actor": "alice", "action": "promoted", "version": 2}
+    >>> audit_digest("", row) == audit_digest("", {**row, "at": datetime(2026, 1, 1, tzinfo=UTC)})
+    True
+    >>> audit_digest("", row) == audit_digest("", {**row, "version": 3})
+    False
+    """
+    content = {name: _canonical(fields.get(name)) for name in AUDIT_FIELDS}
+    payload = json.dumps({"prev": prev_hash, "row": content}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return value
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One audit row as the chain check sees it; the hashes are None on rows from before the chain."""
+
+    id: int
+    fields: Mapping[str, Any]
+    prev_hash: str | None
+    row_hash: str | None
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    checked: int
+    unchained: int
+    broken_at: int | None = None
+    problem: str = ""
+
+    @property
+    def intact(self) -> bool:
+        return self.broken_at is None
+
+
+def verify_chain(links: Iterable[ChainLink], head: str | None) -> ChainReport:
+    """Walk the rows in id order; name the first whose hash or link is wrong.
+
+    Rows written before the chain existed (no hashes) may only come first.
+    ``head`` is the hash the registry last appended, so removing the newest
+    rows is caught too.
+
+    >>> from datetime import datetime
+    >>> a = {"at": datetime(2026, 1, 1), "actor": "gate", "action": "promoted"}
+    >>> h1 = audit_digest("", a)
+    >>> h2 = audit_digest(h1, {**a, "action": "rolled_back"})
+    >>> rows = [ChainLink(1, a, "", h1), ChainLink(2, {**a, "action": "rolled_back"}, h1, h2)]
+    >>> verify_chain(rows, h2).intact
+    True
+    >>> verify_chain([rows[0], ChainLink(2, {**a, "actor": "mallory", "action": "rolled_back"}, h1, h2)], h2)
+    ChainReport(checked=2, unchained=0, broken_at=2, problem='its content does not match its hash')
+    """
+    previous: str | None = None
+    checked = unchained = 0
+    for link in links:
+        checked += 1
+        if link.row_hash is None or link.prev_hash is None:
+            if previous is not None:
+                return ChainReport(checked, unchained, link.id, "it has no hash, after chained rows")
+            unchained += 1
+            continue
+        if link.prev_hash != (previous or ""):
+            return ChainReport(checked, unchained, link.id, "it does not link to the row before it")
+        if audit_digest(link.prev_hash, link.fields) != link.row_hash:
+            return ChainReport(checked, unchained, link.id, "its content does not match its hash")
+        previous = link.row_hash
+    if (previous or "") != (head or ""):
+        return ChainReport(checked, unchained, 0, "the newest rows are missing: the chain ends before its head")
+    return ChainReport(checked, unchained)
+
+
+def rollback_target(current: int, history: Mapping[int, str]) -> int | None:
+    """The previous champion: the newest version below ``current`` that was champion and was not rolled back.
+
+    ``history`` maps each version to its status; a version replaced as
+    champion is ``archived``, one rolled back from is ``rolled_back``. So
+    rolling back again goes one further step back, never forward.
+
+    >>> history = {1: "archived", 2: "archived", 3: "rejected", 4: "champion"}
+    >>> rollback_target(4, history)
+    2
+    >>> rollback_target(2, {**history, 4: "rolled_back", 2: "champion"})
+    1
+    >>> rollback_target(1, {1: "champion", 2: "rolled_back"}) is None
+    True
+    """
+    earlier = [v for v, status in history.items() if v < current and status == "archived"]
+    return max(earlier, default=None)

@@ -146,6 +146,15 @@ class RunHandler:
             decision = decision.model_copy(update={"reason": f"{unscored}: the challenger is judged alone"})
         with self.registry.session() as s:
             row = self.registry.register(s, run, sha256)
+            pin = self.registry.pinned(s, run.model_name)
+            if decision.passed and pin is not None:
+                decision = decision.model_copy(
+                    update={
+                        "passed": False,
+                        "reason": f"{decision.reason}, but champion v{pin.version} is pinned by {pin.actor}"
+                        + (f": {pin.reason}" if pin.reason else ""),
+                    }
+                )
             row.gate = decision.model_dump(mode="json")
             if not decision.passed:
                 self.registry.reject(s, row, decision, run.event_id)

@@ -5,6 +5,13 @@ the outbox) in the same transaction: there is no promotion without a trace,
 and no announced promotion that did not happen. It also bumps the model's
 alias revision in that transaction, and the events carry it, so a consumer
 can order alias changes that reach it out of order.
+
+The audit log is append-only and hash-chained: each row stores the hash of
+the row before it and of its own content (``domain.audit_digest``), and
+``audit_chain`` holds the newest hash. Appends queue behind that one row's
+lock, so the chain never forks, and database triggers refuse any ``UPDATE``
+or ``DELETE`` of ``audit_log``; someone who drops the triggers and edits a
+row still breaks the chain, which ``verify_audit`` reports.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Engine, UniqueConstraint, update
+from sqlalchemy import JSON, Column, Engine, UniqueConstraint, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -27,7 +34,15 @@ from driftloop.contracts import (
 from driftloop.contracts.events import GateDecision
 from driftloop.db import create_tables as db_create_tables
 from driftloop.db import enqueue
-from driftloop.services.registry.domain import next_version
+from driftloop.services.registry.domain import (
+    AUDIT_FIELDS,
+    ChainLink,
+    ChainReport,
+    audit_digest,
+    next_version,
+    rollback_target,
+    verify_chain,
+)
 
 SOURCE = "registry"
 
@@ -80,7 +95,10 @@ class AuditEntry(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, index=True)
+    #: The token's name for a person's change; "gate" or "training" for the loop's own.
     actor: str
+    #: The token's role; None for the loop's own changes.
+    actor_role: str | None = None
     action: str
     model_name: str = Field(index=True)
     version: int | None = None
@@ -89,10 +107,60 @@ class AuditEntry(SQLModel, table=True):
     correlation_id: str | None = None
     #: The gate's decision with all its numbers, for promotions, rejections and approvals it decided.
     decision: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    #: None only on rows from before the chain.
+    prev_hash: str | None = None
+    row_hash: str | None = None
+
+
+class AuditChain(SQLModel, table=True):
+    """The chain's head: one row whose lock orders appends and whose hash is the newest row's."""
+
+    __tablename__ = "audit_chain"
+
+    name: str = Field(primary_key=True)
+    head_hash: str = ""
+    length: int = 0
+
+
+class ModelPin(SQLModel, table=True):
+    """A pinned champion: the gate may not replace it, and people must unpin before they move it."""
+
+    __tablename__ = "model_pins"
+
+    model_name: str = Field(primary_key=True)
+    version: int
+    actor: str
+    reason: str = ""
+    at: datetime = Field(default_factory=utcnow)
+
+
+_APPEND_ONLY = {
+    "sqlite": [
+        "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
+        "BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$ LANGUAGE plpgsql",
+        "DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log",
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+        "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
+    ],
+}
 
 
 def create_tables(engine: Engine) -> None:
-    db_create_tables(engine, [ModelVersion, Alias, AliasRevision, AuditEntry])
+    db_create_tables(engine, [ModelVersion, Alias, AliasRevision, AuditEntry, AuditChain, ModelPin])
+    statements = _APPEND_ONLY.get(engine.dialect.name, [])
+    if statements:
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                # Replicas starting together would race on the trigger; one at a time, by a transaction lock.
+                connection.execute(text("SELECT pg_advisory_xact_lock(7340033)"))
+            for statement in statements:
+                connection.execute(text(statement))
 
 
 class NotFound(LookupError):
@@ -142,6 +210,50 @@ class Registry:
         with self.session() as s:
             return s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
 
+    def pinned(self, s: Session, model: str) -> ModelPin | None:
+        return s.get(ModelPin, model)
+
+    def _audit(self, s: Session, entry: AuditEntry) -> AuditEntry:
+        """Append a row to the chain inside the caller's transaction.
+
+        The head row is locked first (a single ``UPDATE``, as for alias
+        revisions), so concurrent appends from replicas link one after the
+        other.
+        """
+        chain = AuditChain.__table__  # type: ignore[attr-defined]
+        lock = update(chain).where(chain.c.name == "audit").values(length=chain.c.length + 1)
+        if not s.connection().execute(lock).rowcount:
+            try:
+                with s.begin_nested():
+                    s.add(AuditChain(name="audit", head_hash="", length=1))
+            except IntegrityError:
+                s.connection().execute(lock)
+        head = s.get(AuditChain, "audit", populate_existing=True)
+        assert head is not None
+        entry.at = utcnow()
+        entry.prev_hash = head.head_hash
+        entry.row_hash = audit_digest(head.head_hash, entry.model_dump(include=set(AUDIT_FIELDS)))
+        head.head_hash = entry.row_hash
+        s.add(head)
+        s.add(entry)
+        return entry
+
+    def verify_audit(self) -> ChainReport:
+        """Check the whole audit chain, oldest row first, against the head."""
+        with self.session() as s:
+            head = s.get(AuditChain, "audit")
+            rows = s.exec(select(AuditEntry).order_by(col(AuditEntry.id))).all()
+            links = [
+                ChainLink(
+                    id=row.id or 0,
+                    fields=row.model_dump(include=set(AUDIT_FIELDS)),
+                    prev_hash=row.prev_hash,
+                    row_hash=row.row_hash,
+                )
+                for row in rows
+            ]
+        return verify_chain(links, head.head_hash if head else None)
+
     def audit(self, model: str | None = None, limit: int = 200) -> list[AuditEntry]:
         with self.session() as s:
             query = select(AuditEntry).order_by(col(AuditEntry.id).desc()).limit(limit)
@@ -172,7 +284,8 @@ class Registry:
         )
         s.add(row)
         s.flush()
-        s.add(
+        self._audit(
+            s,
             AuditEntry(
                 actor="training",
                 action="registered",
@@ -180,7 +293,7 @@ class Registry:
                 version=row.version,
                 reason=f"run {run.run_id}",
                 correlation_id=run.correlation_id,
-            )
+            ),
         )
         enqueue(
             s,
@@ -245,21 +358,25 @@ class Registry:
         causation_id: str | None,
         correlation_id: str,
         decision: GateDecision | None,
+        actor_role: str | None = None,
     ) -> ModelPromoted:
         """Move ``champion`` to ``row``: the one path for gate and operator promotions alike."""
         revision = self._bump_revision(s, row.model_name)
         previous = self.champion(s, row.model_name)
         if previous is not None and previous.version == row.version:
             raise Conflict(f"{row.model_name} v{row.version} is already champion")
+        self._refuse_if_pinned(s, row.model_name)
         if previous is not None:
             previous.status = "archived"
             s.add(previous)
         row.status = "champion"
         s.add(row)
         self._set_alias(s, row.model_name, "champion", row.version)
-        s.add(
+        self._audit(
+            s,
             AuditEntry(
                 actor=actor,
+                actor_role=actor_role,
                 action="promoted",
                 model_name=row.model_name,
                 version=row.version,
@@ -267,7 +384,7 @@ class Registry:
                 reason=reason,
                 correlation_id=correlation_id,
                 decision=decision.model_dump(mode="json") if decision else None,
-            )
+            ),
         )
         event = ModelPromoted(
             correlation_id=correlation_id,
@@ -288,7 +405,8 @@ class Registry:
         champion = self.champion(s, row.model_name)
         row.status = "rejected"
         s.add(row)
-        s.add(
+        self._audit(
+            s,
             AuditEntry(
                 actor="gate",
                 action="rejected",
@@ -298,7 +416,7 @@ class Registry:
                 reason=decision.reason,
                 correlation_id=row.correlation_id,
                 decision=decision.model_dump(mode="json"),
-            )
+            ),
         )
         enqueue(
             s,
@@ -319,7 +437,8 @@ class Registry:
         row.status = "challenger"
         s.add(row)
         self._set_alias(s, row.model_name, "challenger", row.version)
-        s.add(
+        self._audit(
+            s,
             AuditEntry(
                 actor="gate",
                 action="awaiting_approval",
@@ -328,41 +447,45 @@ class Registry:
                 reason=decision.reason,
                 correlation_id=row.correlation_id,
                 decision=decision.model_dump(mode="json"),
-            )
+            ),
         )
 
-    def rollback(self, s: Session, model: str, *, actor: str, reason: str) -> ModelRolledBack:
-        """Give ``champion`` back to the version it was taken from by the current champion's promotion."""
+    def rollback(
+        self, s: Session, model: str, *, actor: str, reason: str, actor_role: str | None = None
+    ) -> ModelRolledBack:
+        """Give ``champion`` back to the previous champion in the version history, one step back each time.
+
+        The version rolled back from is marked ``rolled_back``, so the next
+        rollback steps past it to the champion before, never forward again.
+        """
         revision = self._bump_revision(s, model)
         current = self.champion(s, model)
         if current is None:
             raise NotFound(f"{model} has no champion")
-        promoted = s.exec(
-            select(AuditEntry)
-            .where(
-                AuditEntry.model_name == model,
-                col(AuditEntry.action).in_(("promoted", "rolled_back")),
-                AuditEntry.version == current.version,
-            )
-            .order_by(col(AuditEntry.id).desc())
-        ).first()
-        if promoted is None or promoted.previous_version is None:
+        self._refuse_if_pinned(s, model)
+        history = {
+            row.version: row.status for row in s.exec(select(ModelVersion).where(ModelVersion.model_name == model))
+        }
+        target_version = rollback_target(current.version, history)
+        if target_version is None:
             raise Conflict(f"{model} v{current.version} has no previous champion to roll back to")
-        target = self.version(s, model, promoted.previous_version)
-        current.status, target.status = "archived", "champion"
+        target = self.version(s, model, target_version)
+        current.status, target.status = "rolled_back", "champion"
         s.add(current)
         s.add(target)
         self._set_alias(s, model, "champion", target.version)
-        s.add(
+        self._audit(
+            s,
             AuditEntry(
                 actor=actor,
+                actor_role=actor_role,
                 action="rolled_back",
                 model_name=model,
                 version=target.version,
                 previous_version=current.version,
                 reason=reason,
                 correlation_id=current.correlation_id,
-            )
+            ),
         )
         event = ModelRolledBack(
             correlation_id=current.correlation_id,
@@ -377,3 +500,50 @@ class Registry:
         )
         enqueue(s, SOURCE, event, model)
         return event
+
+    def _refuse_if_pinned(self, s: Session, model: str) -> None:
+        pin = self.pinned(s, model)
+        if pin is not None:
+            raise Conflict(
+                f"{model} v{pin.version} is pinned by {pin.actor} ({pin.reason or 'no reason given'}): unpin it first"
+            )
+
+    def pin(self, s: Session, model: str, *, actor: str, actor_role: str | None, reason: str) -> ModelPin:
+        """Keep the current champion until someone unpins it: the gate's promotions are refused meanwhile."""
+        champion = self.champion(s, model)
+        if champion is None:
+            raise NotFound(f"{model} has no champion to pin")
+        if self.pinned(s, model) is not None:
+            raise Conflict(f"{model} is already pinned")
+        pin = ModelPin(model_name=model, version=champion.version, actor=actor, reason=reason)
+        s.add(pin)
+        self._audit(
+            s,
+            AuditEntry(
+                actor=actor,
+                actor_role=actor_role,
+                action="pinned",
+                model_name=model,
+                version=champion.version,
+                reason=reason,
+                correlation_id=champion.correlation_id,
+            ),
+        )
+        return pin
+
+    def unpin(self, s: Session, model: str, *, actor: str, actor_role: str | None, reason: str) -> None:
+        pin = self.pinned(s, model)
+        if pin is None:
+            raise Conflict(f"{model} is not pinned")
+        s.delete(pin)
+        self._audit(
+            s,
+            AuditEntry(
+                actor=actor,
+                actor_role=actor_role,
+                action="unpinned",
+                model_name=model,
+                version=pin.version,
+                reason=reason,
+            ),
+        )

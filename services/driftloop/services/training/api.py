@@ -8,7 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel
 
+from driftloop.auth import Identity, Role
 from driftloop.contracts import RetrainRequested
+from driftloop.http import READ, require
 from driftloop.runtime import Runtime
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.services.training.store import RunStore
@@ -31,7 +33,8 @@ RunsDep = Annotated[RunStore, Depends(get_runs)]
 
 
 class RetrainBody(BaseModel):
-    requested_by: str = "api"
+    """Who asks is the caller's token, not anything the body says."""
+
     since: datetime | None = None
 
 
@@ -58,21 +61,23 @@ class RunView(BaseModel):
 
 
 @router.post("/models/{name}/retrain", status_code=status.HTTP_202_ACCEPTED)
-async def retrain(name: str, runtime: RuntimeDep, body: RetrainBody | None = None) -> RetrainAccepted:
+async def retrain(
+    who: Annotated[Identity, require(Role.operator)], name: str, runtime: RuntimeDep, body: RetrainBody | None = None
+) -> RetrainAccepted:
     if name not in {m.name for m in runtime.config.models}:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {name!r} in the configuration")
     body = body or RetrainBody()
-    request = RetrainRequested(model_name=name, reason="manual", requested_by=body.requested_by, since=body.since)
+    request = RetrainRequested(model_name=name, reason="manual", requested_by=who.name, since=body.since)
     await runtime.bus.publish(request, key=name)
     return RetrainAccepted(request_id=request.event_id, model_name=name)
 
 
-@router.get("/runs")
+@router.get("/runs", dependencies=[READ])
 async def list_runs(runs: RunsDep, model: str | None = None, limit: int = 100) -> list[RunView]:
     return [RunView.model_validate(r, from_attributes=True) for r in runs.list(model, limit)]
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", dependencies=[READ])
 async def get_run(run_id: str, runs: RunsDep) -> RunView:
     run = runs.get(run_id)
     if run is None:
