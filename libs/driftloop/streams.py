@@ -212,15 +212,21 @@ class Emitter:
 
     async def deadletter(self, event: faust.EventT[Any], exc: PoisonMessage, stage: str) -> None:
         message = event.message
+        value = message.value or b""
+        raw = message.headers.items() if isinstance(message.headers, Mapping) else message.headers or ()
+        headers = {k: bytes(v).decode("utf-8", "replace") for k, v in raw}
         record: DeadLetter = deadletter_for(
             source_topic=message.topic.removeprefix(self.settings.topic_prefix),
-            payload=record_head(message.value or b"", self.settings.max_record_bytes),
+            payload=(head := record_head(value, self.settings.max_record_bytes)),
             reason=exc.reason,
             stage=stage,
             key=message.key.decode("utf-8", "replace") if message.key else None,
             partition=message.partition,
             offset=message.offset,
             errors=exc.errors,
+            original_event_id=headers.get("ce_id"),
+            headers=headers,
+            truncated=len(head) < len(value),
         )
         await self.emit(record, record.key)
         DEADLETTERS.labels(self.settings.service, stage).inc()
