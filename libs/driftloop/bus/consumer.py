@@ -110,7 +110,7 @@ class _Membership(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop.joined = True
 
 
-def _record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
+def as_record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
     return Record(
         topic=msg.topic.removeprefix(prefix),
         partition=msg.partition,
@@ -289,7 +289,7 @@ class ConsumerLoop:
         oversized: list[tuple[Record, str]] = []
         done: set[str] = set()
         for msg in messages:
-            record = _record(msg, self.settings.topic_prefix)
+            record = as_record(msg, self.settings.topic_prefix)
             if too_large := oversized_record(len(record.value), self.settings.max_record_bytes):
                 oversized.append((record, too_large))
                 continue
@@ -497,7 +497,7 @@ async def replay(
             for tp, messages in batches.items():
                 for msg in messages:
                     live = tp not in behind or msg.offset >= behind[tp]
-                    record = _record(msg, settings.topic_prefix)
+                    record = as_record(msg, settings.topic_prefix)
                     if too_large := oversized_record(len(record.value), settings.max_record_bytes):
                         # Followers have no group to dead-letter for; the topic's group consumers do that.
                         log.warning("record skipped", topic=topic, offset=record.offset, reason=too_large)

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from driftloop.broker import local_broker
-from driftloop.cli import offline, ops
+from driftloop.cli import deadletters, offline, ops
 from driftloop.cli.stack import SERVICES, Stack, parse_replicas
 from driftloop.logging import configure_logging
 from driftloop.settings import DriftloopSettings, ServiceSettings
@@ -29,6 +29,7 @@ app.add_typer(contracts_app, name="contracts")
 console = Console()
 ops.register(app)
 offline.register(app)
+deadletters.register(app)
 
 
 @app.command()
