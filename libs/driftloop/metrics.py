@@ -13,5 +13,10 @@ MESSAGES_CONSUMED = Counter(
 )
 MESSAGES_PRODUCED = Counter("driftloop_messages_produced_total", "Records produced.", ["service", "topic"])
 DEADLETTERS = Counter("driftloop_deadletters_total", "Records sent to the dead-letter topic.", ["service", "stage"])
+RETRIES = Counter(
+    "driftloop_retries_total",
+    "Records held back for a retry because a dependency (broker, database, object store) was unavailable.",
+    ["service", "stage", "reason"],
+)
 HANDLER_SECONDS = Histogram("driftloop_handler_seconds", "Time to handle one record.", ["service", "topic"])
 CONSUMER_LAG = Gauge("driftloop_consumer_lag", "Records behind the partition end.", ["service", "topic"])

@@ -62,6 +62,9 @@ class DriftloopSettings(BaseSettings):
     )
     #: A consumer with records waiting whose position has not moved for this long is not ready (stalled).
     consumer_stall_seconds: float = 60.0
+    #: While a dependency is down, a consumer retries after this long, doubling each time up to the cap below.
+    retry_backoff_seconds: float = Field(default=0.5, gt=0)
+    retry_backoff_max_seconds: float = Field(default=30.0, gt=0)
     #: How long a single-writer lease (outbox relay, claimed training run) lasts unless its holder renews it.
     lease_seconds: float = 15.0
     # Who may do what (applied in driftloop.http): mutating endpoints always need a token.

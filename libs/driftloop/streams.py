@@ -20,12 +20,13 @@ from aiokafka.admin import NewTopic
 from pydantic import BaseModel, ValidationError
 
 from driftloop.bus import PoisonMessage, cloudevent_headers, deadletter_for
+from driftloop.bus.faults import Verdict, backoff_delay, bisect, classify, poison_of
 from driftloop.bus.progress import ProgressWatch
 from driftloop.bus.topics import create_missing
 from driftloop.contracts import TOPICS, Contract, DeadLetter, topic_for
 from driftloop.limits import oversized_record, record_head
 from driftloop.logging import get_logger
-from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
+from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED, RETRIES
 from driftloop.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -201,28 +202,105 @@ class Emitter:
     async def guard(
         self, event: faust.EventT[Any], stage: str, handle: Callable[[faust.EventT[Any]], Awaitable[None]]
     ) -> None:
-        """Run one event's handler so that no record can crash the agent.
+        """Run one event's handler so that no record can crash the agent, and no outage can lose one.
 
         A crashed faust agent acknowledges the record it choked on, which
-        would lose it silently; here it goes to the dead-letter topic instead.
-        A record over ``max_record_bytes`` goes there before the handler sees it.
+        would lose it silently. Here an unavailable dependency is waited out
+        (the event stays unacknowledged meanwhile) and a bad record goes to the
+        dead-letter topic, as in ``driftloop.bus.faults``. A record over
+        ``max_record_bytes`` goes there before the handler sees it.
         """
         try:
             self.check_size(event)
-            await handle(event)
         except PoisonMessage as exc:
             await self.deadletter(event, exc, stage)
-        except Exception as exc:
-            log.exception("stream handler failed", stage=stage)
-            await self.deadletter(event, PoisonMessage(f"handler failed: {exc!r}"), stage)
+            return
+
+        async def handle_one(events: Sequence[faust.EventT[Any]]) -> None:
+            await handle(events[0])
+
+        await self.guard_batch([event], stage, handle_one)
+
+    async def guard_batch(
+        self,
+        events: Sequence[faust.EventT[Any]],
+        stage: str,
+        handle: Callable[[Sequence[faust.EventT[Any]]], Awaitable[None]],
+    ) -> None:
+        """Run a batch handler until it succeeds: retry while a dependency is down, split it to find bad records.
+
+        The handler dead-letters the records it can tell are bad (``parse_each``);
+        one that makes it fail is found by bisecting the batch and dead-lettered
+        with the error. While the broker, database or object store is
+        unavailable the agent waits with capped exponential back-off and tries
+        the whole batch again, for as long as it takes: its events are not
+        acknowledged, so faust commits none of them. ``handle`` must be safe to
+        run again on events it has partly handled.
+        """
+
+        async def run(batch: list[faust.EventT[Any]]) -> list[tuple[faust.EventT[Any], PoisonMessage]]:
+            await handle(batch)
+            return []
+
+        async def give_up(event: faust.EventT[Any], error: BaseException) -> PoisonMessage:
+            log.error("stream handler failed on one record", stage=stage, error=repr(error))
+            return poison_of(error)
+
+        attempt = 0
+        while True:
+            try:
+                rejected = await bisect(list(events), run, give_up)
+            except Exception as exc:
+                attempt += 1
+                await self._wait_out(stage, classify(exc), exc, attempt)
+                continue
+            for event, poison in rejected:
+                await self.deadletter(event, poison, stage)
+            return
+
+    async def guard_parsed(
+        self,
+        events: Sequence[faust.EventT[Any]],
+        model: type[M],
+        stage: str,
+        handle: Callable[[Sequence[tuple[faust.EventT[Any], M]]], Awaitable[None]],
+    ) -> None:
+        """Dead-letter the events that do not parse as ``model`` (once), and ``guard_batch`` the rest with payloads."""
+        pairs = await self.parse_pairs(events, model, stage)
+        payloads = {id(event): payload for event, payload in pairs}
+
+        async def run(batch: Sequence[faust.EventT[Any]]) -> None:
+            await handle([(event, payloads[id(event)]) for event in batch])
+
+        if pairs:
+            await self.guard_batch([event for event, _ in pairs], stage, run)
+
+    async def _wait_out(self, stage: str, verdict: Verdict, exc: BaseException, attempt: int) -> None:
+        delay = backoff_delay(attempt, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds)
+        RETRIES.labels(self.settings.service, stage, verdict.reason).inc()
+        log.warning(
+            "dependency unavailable; retrying the batch",
+            stage=stage,
+            reason=verdict.reason,
+            attempt=attempt,
+            retry_in=round(delay, 3),
+            error=repr(exc),
+        )
+        await asyncio.sleep(delay)
 
     async def parse_each(self, events: Sequence[faust.EventT[Any]], model: type[M], stage: str) -> list[M]:
         """The events' payloads as ``model``, in order; the ones that do not fit are dead-lettered."""
-        parsed: list[M] = []
+        return [parsed for _, parsed in await self.parse_pairs(events, model, stage)]
+
+    async def parse_pairs(
+        self, events: Sequence[faust.EventT[Any]], model: type[M], stage: str
+    ) -> list[tuple[faust.EventT[Any], M]]:
+        """Each event that fits ``model`` with its payload, in order; the others are dead-lettered."""
+        parsed: list[tuple[faust.EventT[Any], M]] = []
         for event in events:
             try:
                 self.check_size(event)
-                parsed.append(parse(model, event.value))
+                parsed.append((event, parse(model, event.value)))
             except PoisonMessage as exc:
                 await self.deadletter(event, exc, stage)
         return parsed
@@ -233,15 +311,21 @@ class Emitter:
 
     async def deadletter(self, event: faust.EventT[Any], exc: PoisonMessage, stage: str) -> None:
         message = event.message
+        value = message.value or b""
+        raw = message.headers.items() if isinstance(message.headers, Mapping) else message.headers or ()
+        headers = {k: bytes(v).decode("utf-8", "replace") for k, v in raw}
         record: DeadLetter = deadletter_for(
             source_topic=message.topic.removeprefix(self.settings.topic_prefix),
-            payload=record_head(message.value or b"", self.settings.max_record_bytes),
+            payload=(head := record_head(value, self.settings.max_record_bytes)),
             reason=exc.reason,
             stage=stage,
             key=message.key.decode("utf-8", "replace") if message.key else None,
             partition=message.partition,
             offset=message.offset,
             errors=exc.errors,
+            original_event_id=headers.get("ce_id"),
+            headers=headers,
+            truncated=len(head) < len(value),
         )
         await self.emit(record, record.key)
         DEADLETTERS.labels(self.settings.service, stage).inc()

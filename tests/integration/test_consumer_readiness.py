@@ -1,4 +1,4 @@
-"""A consumer is ready once it is in its group, and stops being ready when a batch fails on every try."""
+"""A consumer is ready once it is in its group, and stops being ready while a dependency of its batches is down."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def test_readiness_follows_group_membership_and_progress(settings: Driftlo
 
     async def handler(records: list[Record]) -> list[tuple[Record, PoisonMessage]]:
         if broken.is_set():
-            raise RuntimeError("the model server is down")
+            raise ConnectionRefusedError("the model server is down")
         handled.extend(r.event_id or "" for r in records)
         return []
 

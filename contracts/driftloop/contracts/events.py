@@ -88,6 +88,12 @@ class DeadLetter(_Typed):
     offset: int | None = None
     key: str | None = None
     payload: str = Field(description="The original record value, decoded as UTF-8 with escapes.")
+    payload_truncated: bool = Field(
+        default=False, description="Only the head of an oversized value is kept; the whole one stays at its offset."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="The original record's headers, so a replay carries its event id."
+    )
     reason: str
     errors: list[FieldError] = Field(default_factory=list)
     stage: str = Field(description="Which consumer rejected it, e.g. ingestion.validate.")

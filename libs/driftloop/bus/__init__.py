@@ -1,11 +1,14 @@
 """Typed Kafka plumbing over aiokafka: publish with CloudEvents headers, consume safely.
 
 The consumer commits an offset only after its handler finished (the effect is
-durable), retries with backoff, dead-letters what can never succeed with the
-reason, and skips records whose ``event_id`` it has already handled.
+durable), waits out an unavailable dependency with back-off for as long as it
+takes, dead-letters what can never succeed with the reason (see
+``driftloop.bus.faults``), and skips records whose ``event_id`` it has already
+handled.
 """
 
-from driftloop.bus.consumer import ConsumerLoop, Deduper, MemoryDeduper, PoisonMessage, Record, replay
+from driftloop.bus.consumer import ConsumerLoop, Deduper, MemoryDeduper, Record, replay
+from driftloop.bus.faults import PoisonMessage, classify
 from driftloop.bus.metadata import TopicUnavailable, topic_partitions
 from driftloop.bus.producer import Bus, cloudevent_headers, deadletter_for
 from driftloop.bus.topics import ensure_topics
@@ -18,6 +21,7 @@ __all__ = [
     "PoisonMessage",
     "Record",
     "TopicUnavailable",
+    "classify",
     "cloudevent_headers",
     "deadletter_for",
     "ensure_topics",

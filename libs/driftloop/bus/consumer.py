@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ValidationError
 
+from driftloop.bus.faults import PoisonMessage, Verdict, backoff_delay, bisect, classify, poison_of
 from driftloop.bus.metadata import topic_partitions
 from driftloop.bus.producer import Bus, deadletter_for
 from driftloop.bus.progress import ProgressWatch
@@ -20,25 +21,11 @@ from driftloop.contracts import FieldError, parse_internal
 from driftloop.contracts.events import InternalEvent
 from driftloop.limits import oversized_record, record_head
 from driftloop.logging import get_logger
-from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED
+from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED, RETRIES
 from driftloop.settings import DriftloopSettings
 
 log = get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
-
-
-class PoisonMessage(Exception):
-    """A record that can never be handled: dead-letter it at once, without retries."""
-
-    def __init__(self, reason: str, errors: list[FieldError] | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.errors = errors or []
-
-    @classmethod
-    def from_validation(cls, exc: ValidationError) -> PoisonMessage:
-        errors = [FieldError(field=".".join(str(p) for p in e["loc"]) or "$", message=e["msg"]) for e in exc.errors()]
-        return cls("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
 
 
 @dataclass(frozen=True)
@@ -107,6 +94,14 @@ class MemoryDeduper:
             self._ids.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class _Held:
+    """A partition paused because a dependency was down: failures in a row, and when to try again."""
+
+    attempt: int
+    until: float
+
+
 class _Membership(ConsumerRebalanceListener):  # type: ignore[misc]
     """Tells the loop when it is in its group: an assignment, even an empty one, means the join finished."""
 
@@ -115,13 +110,15 @@ class _Membership(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.loop.joined = False
+        # A partition assigned again starts unpaused at its last commit, which is where it was held.
+        self.loop._held.clear()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.loop.progress.assigned(assigned, time.monotonic())
         self.loop.joined = True
 
 
-def _record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
+def as_record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
     return Record(
         topic=msg.topic.removeprefix(prefix),
         partition=msg.partition,
@@ -182,6 +179,7 @@ class ConsumerLoop:
         self._polled_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._held: dict[TopicPartition, _Held] = {}
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -268,65 +266,175 @@ class ConsumerLoop:
             else:
                 consumer.seek(tp, committed)
 
+    def _resume_due(self, consumer: AIOKafkaConsumer) -> None:
+        """Let partitions whose back-off has run out be fetched again, from the record that failed."""
+        now = time.monotonic()
+        assigned = consumer.assignment()
+        for tp, held in self._held.items():
+            if held.until <= now and tp in assigned:
+                consumer.resume(tp)
+
+    def _poll_timeout_ms(self) -> int:
+        """Poll no longer than the next resume is due, so a back-off is not stretched by an idle poll."""
+        if not self._held:
+            return 500
+        wait = min(h.until for h in self._held.values()) - time.monotonic()
+        return int(min(0.5, max(0.01, wait)) * 1000)
+
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
-        batches = await consumer.getmany(timeout_ms=500, max_records=500)
+        self._resume_due(consumer)
+        batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=500)
         if consumer.assignment():
             self.assigned.set()
         for tp, messages in batches.items():
-            records, oversized, done = [], [], set()
-            for msg in messages:
-                record = _record(msg, self.settings.topic_prefix)
-                if too_large := oversized_record(len(record.value), self.settings.max_record_bytes):
-                    oversized.append((record, too_large))
-                    continue
-                key = self.dedupe_key(record)
-                if key and (key in done or self.deduper.seen(key)):
-                    MESSAGES_CONSUMED.labels(self.service, record.topic, "duplicate").inc()
-                    continue
-                records.append(record)
-                if key:
-                    done.add(key)
+            await self._take(consumer, tp, messages)
+
+    async def _take(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        """Handle one partition's records and commit what is done; hold the partition if a dependency is down."""
+        records: list[tuple[Record, str | None]] = []
+        oversized: list[tuple[Record, str]] = []
+        done: set[str] = set()
+        for msg in messages:
+            record = as_record(msg, self.settings.topic_prefix)
+            if too_large := oversized_record(len(record.value), self.settings.max_record_bytes):
+                oversized.append((record, too_large))
+                continue
+            key = self.dedupe_key(record)
+            if key and (key in done or self.deduper.seen(key)):
+                MESSAGES_CONSUMED.labels(self.service, record.topic, "duplicate").inc()
+                continue
+            records.append((record, key))
+            if key:
+                done.add(key)
+        stopped: tuple[int, BaseException] | None = None
+        try:
             async with self.bus.acknowledged():
                 for record, reason in oversized:
                     await self._deadletter(record, reason, [])
                     MESSAGES_CONSUMED.labels(self.service, record.topic, "deadletter").inc()
                 if records:
-                    await (self._handle_batch(records) if self.batch_handler else self._handle_each(records))
-            await consumer.commit({tp: messages[-1].offset + 1})
-            # Only now is the effect durable; a batch that failed above is re-read and not skipped as seen.
-            for key in done:
+                    batch = [record for record, _ in records]
+                    if self.batch_handler:
+                        await self._handle_batch(batch)
+                    else:
+                        stopped = await self._handle_each(batch)
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict.kind != "retry":
+                raise
+            # Some output of the batch did not reach the broker, or the handler found a dependency down.
+            self._hold(consumer, tp, messages[0].offset, verdict, exc)
+            return
+        if stopped is not None:
+            index, error = stopped
+            failed = records[index][0]
+            # The records before the failed one are done: commit them, and hold the partition at it.
+            await consumer.commit({tp: failed.offset})
+            self._forget(key for _, key in records[:index])
+            self._hold(consumer, tp, failed.offset, classify(error), error)
+            return
+        await consumer.commit({tp: messages[-1].offset + 1})
+        self._held.pop(tp, None)
+        # Only now is the effect durable; a batch that failed above is re-read and not skipped as seen.
+        self._forget(done)
+
+    def _forget(self, keys: Iterable[str | None]) -> None:
+        """Remember the keys of committed records, so their redeliveries are skipped."""
+        for key in keys:
+            if key:
                 self.deduper.mark(key)
+
+    def _hold(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, verdict: Verdict, exc: BaseException
+    ) -> None:
+        """Pause ``tp`` at ``offset`` for a back-off that doubles with each failure in a row, up to its cap.
+
+        Nothing from ``offset`` on is committed, so a crash meanwhile loses
+        nothing; the loop keeps polling, so the group does not evict it and
+        the other partitions go on.
+        """
+        previous = self._held.get(tp)
+        attempt = previous.attempt + 1 if previous else 1
+        delay = backoff_delay(attempt, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds)
+        self._held[tp] = _Held(attempt, time.monotonic() + delay)
+        consumer.seek(tp, offset)
+        consumer.pause(tp)
+        stage = f"{self.service}.{tp.topic.removeprefix(self.settings.topic_prefix)}"
+        RETRIES.labels(self.service, stage, verdict.reason).inc()
+        log.warning(
+            "dependency unavailable; partition paused",
+            stage=stage,
+            partition=tp.partition,
+            offset=offset,
+            reason=verdict.reason,
+            attempt=attempt,
+            retry_in=round(delay, 3),
+            error=repr(exc),
+        )
 
     async def _handle_batch(self, records: list[Record]) -> None:
         assert self.batch_handler is not None
         started = time.perf_counter()
-        rejected = await self.batch_handler(records)
+        rejected = await bisect(records, self.batch_handler, self._retry_alone)
         for record, poison in rejected:
             await self._deadletter(record, poison.reason, poison.errors)
         HANDLER_SECONDS.labels(self.service, records[0].topic).observe(time.perf_counter() - started)
         MESSAGES_CONSUMED.labels(self.service, records[0].topic, "ok").inc(len(records) - len(rejected))
         MESSAGES_CONSUMED.labels(self.service, records[0].topic, "deadletter").inc(len(rejected))
 
-    async def _handle_each(self, records: list[Record]) -> None:
-        for record in records:
+    async def _retry_alone(self, record: Record, error: BaseException) -> PoisonMessage | None:
+        """The last attempts of a record whose batch handler fails on it alone; why it is rejected, or None."""
+        assert self.batch_handler is not None
+        for attempt in range(2, self.attempts + 1):
+            log.warning("handler failed, retrying", topic=record.topic, attempt=attempt - 1, error=repr(error))
+            await asyncio.sleep(self.backoff_seconds * 2 ** (attempt - 2))
+            try:
+                rejected = await self.batch_handler([record])
+            except Exception as exc:
+                if classify(exc).kind != "fault":
+                    raise
+                error = exc
+                continue
+            return rejected[0][1] if rejected else None
+        log.error("handler gave up", topic=record.topic, offset=record.offset, error=repr(error))
+        return PoisonMessage(f"handler failed {self.attempts} times: {error!r}")
+
+    async def _handle_each(self, records: list[Record]) -> tuple[int, BaseException] | None:
+        """Handle records in order; stop at the first whose dependency is down and say which, and why."""
+        for index, record in enumerate(records):
             started = time.perf_counter()
-            outcome = await self._attempt(record)
+            try:
+                outcome = await self._attempt(record)
+            except Exception as exc:
+                if classify(exc).kind != "retry":
+                    raise
+                return index, exc
             HANDLER_SECONDS.labels(self.service, record.topic).observe(time.perf_counter() - started)
             MESSAGES_CONSUMED.labels(self.service, record.topic, outcome).inc()
+        return None
 
     async def _attempt(self, record: Record) -> str:
-        """Handle with retries; return the outcome label. Never raises: one record can't stop the loop."""
+        """Handle one record; return the outcome label, or raise what says a dependency is down.
+
+        A bad record is dead-lettered at once; an unexplained failure gets
+        ``attempts`` tries before the record is dead-lettered, so one record
+        cannot stop the loop.
+        """
+        assert self.handler is not None
         for attempt in range(1, self.attempts + 1):
             try:
-                assert self.handler is not None
                 await self.handler(record)
                 return "ok"
-            except PoisonMessage as exc:
-                await self._deadletter(record, exc.reason, exc.errors)
-                return "deadletter"
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
+                verdict = classify(exc)
+                if verdict.kind == "retry":
+                    raise
+                if verdict.kind == "poison":
+                    poison = poison_of(exc)
+                    await self._deadletter(record, poison.reason, poison.errors)
+                    return "deadletter"
                 if attempt == self.attempts:
                     log.exception("handler gave up", topic=record.topic, offset=record.offset)
                     await self._deadletter(record, f"handler failed {attempt} times: {exc!r}", [])
@@ -339,7 +447,7 @@ class ConsumerLoop:
         await self.bus.deadletter(
             deadletter_for(
                 source_topic=record.topic,
-                payload=record_head(record.value, self.settings.max_record_bytes),
+                payload=(head := record_head(record.value, self.settings.max_record_bytes)),
                 reason=reason,
                 stage=f"{self.service}.{record.topic}",
                 key=record.key,
@@ -347,6 +455,8 @@ class ConsumerLoop:
                 offset=record.offset,
                 errors=errors,
                 original_event_id=record.event_id,
+                headers=record.headers,
+                truncated=len(head) < len(record.value),
             )
         )
 
@@ -395,7 +505,7 @@ async def replay(
             for tp, messages in batches.items():
                 for msg in messages:
                     live = tp not in behind or msg.offset >= behind[tp]
-                    record = _record(msg, settings.topic_prefix)
+                    record = as_record(msg, settings.topic_prefix)
                     if too_large := oversized_record(len(record.value), settings.max_record_bytes):
                         # Followers have no group to dead-letter for; the topic's group consumers do that.
                         log.warning("record skipped", topic=topic, offset=record.offset, reason=too_large)

@@ -52,6 +52,8 @@ def deadletter_for(
     offset: int | None = None,
     errors: list[FieldError] | None = None,
     original_event_id: str | None = None,
+    headers: dict[str, str] | None = None,
+    truncated: bool = False,
 ) -> DeadLetter:
     return DeadLetter(
         source_topic=source_topic,
@@ -59,6 +61,8 @@ def deadletter_for(
         offset=offset,
         key=key,
         payload=payload.decode("utf-8", errors="backslashreplace"),
+        payload_truncated=truncated,
+        headers=headers or {},
         reason=reason,
         errors=errors or [],
         stage=stage,

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from driftloop.broker import local_broker
-from driftloop.cli import governance, offline, ops
+from driftloop.cli import deadletters, governance, offline, ops
 from driftloop.cli.stack import SERVICES, Stack, parse_replicas
 from driftloop.logging import configure_logging
 from driftloop.settings import DriftloopSettings, ServiceSettings
@@ -30,6 +30,7 @@ console = Console()
 ops.register(app)
 governance.register(app)
 offline.register(app)
+deadletters.register(app)
 
 
 @app.command()

@@ -12,14 +12,11 @@ import faust
 from driftloop.artifacts import ArtifactStore
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import EventValidated, FeatureVector, LabelEvent
-from driftloop.logging import get_logger
 from driftloop.metrics import MESSAGES_CONSUMED
 from driftloop.offline import OfflineStore, view_feature_types
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
 from driftloop.streams import Emitter, raw_topic, settled, state_table, stream_app
-
-log = get_logger(__name__)
 
 
 @dataclass
@@ -35,18 +32,17 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
     online = state_table(app, "online", batched=True)
     offline = {v.name: OfflineStore(store, v.name, view_feature_types(config, v.name)) for v in config.feature_views}
 
-    async def on_batch(events: Sequence[faust.EventT[Any]]) -> None:
+    async def on_batch(batch: Sequence[tuple[faust.EventT[Any], EventValidated]]) -> None:
         """Fold a batch into the entities' state: each entity's state is read and written once per batch.
 
         Tables are written only after every vector of the batch was handed to
-        the producer, so a batch that fails half-way changed no state and is
-        redone event by event.
+        the producer, so a batch that fails half-way changed no state and can
+        be redone, whole or in halves.
         """
-        events = await settled(app, events)
         states: dict[str, EntityState] = {}
         latest: dict[str, dict[str, Any]] = {}
         duplicates = 0
-        for validated in await emitter.parse_each(events, EventValidated, "features.compute"):
+        for _, validated in batch:
             entity = validated.entity_id
             if entity not in states:
                 states[entity] = EntityState.from_dict(entities.get(entity))
@@ -73,18 +69,30 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
         for entity, views in latest.items():
             online[entity] = views
         MESSAGES_CONSUMED.labels("features", "events.validated", "duplicate").inc(duplicates)
-        MESSAGES_CONSUMED.labels("features", "events.validated", "ok").inc(len(events) - duplicates)
+        MESSAGES_CONSUMED.labels("features", "events.validated", "ok").inc(len(batch) - duplicates)
 
     @app.agent(raw_topic(app, settings, "events.validated"))
     async def compute(stream: faust.StreamT[Any]) -> None:
         batches = cast("faust.Stream[Any]", stream).take_events(settings.compute_batch, within=settings.compute_within)
         async for events in batches:
-            try:
-                await on_batch(events)
-            except Exception:
-                log.exception("feature batch failed; redoing it event by event", events=len(events))
-                for event in events:
-                    await emitter.guard(event, "features.compute", lambda e: on_batch([e]))
+            await emitter.guard_parsed(await settled(app, events), EventValidated, "features.compute", on_batch)
+
+    async def append_vectors(batch: Sequence[tuple[faust.EventT[Any], FeatureVector]]) -> None:
+        """Append the vectors to their views' datasets; a retry writes the same files again, not new rows."""
+        vectors: dict[str, list[FeatureVector]] = {}
+        for _, vector in batch:
+            vectors.setdefault(vector.feature_view, []).append(vector)
+        first = batch[0][0].message
+        for view, rows in vectors.items():
+            if view in offline:
+                # Parquet encoding and the object store's round trip stay off the event loop.
+                await asyncio.to_thread(offline[view].append_vectors, rows, first.partition, first.offset)
+
+    async def append_labels(batch: Sequence[tuple[faust.EventT[Any], LabelEvent]]) -> None:
+        labels = [label for _, label in batch]
+        first = batch[0][0].message
+        for store_ in offline.values():
+            await asyncio.to_thread(store_.append_labels, labels, first.partition, first.offset)
 
     @app.agent(raw_topic(app, settings, "features"))
     async def write_offline(stream: faust.StreamT[Any]) -> None:
@@ -92,14 +100,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
             settings.offline_batch, within=settings.offline_flush_seconds
         )
         async for events in batches:
-            vectors: dict[str, list[FeatureVector]] = {}
-            for vector in await emitter.parse_each(events, FeatureVector, "features.offline"):
-                vectors.setdefault(vector.feature_view, []).append(vector)
-            first = events[0].message
-            for view, rows in vectors.items():
-                if view in offline:
-                    # Parquet encoding and the object store's round trip stay off the event loop.
-                    await asyncio.to_thread(offline[view].append_vectors, rows, first.partition, first.offset)
+            await emitter.guard_parsed(events, FeatureVector, "features.offline", append_vectors)
             MESSAGES_CONSUMED.labels("features", "features", "ok").inc(len(events))
 
     @app.agent(raw_topic(app, settings, "labels"))
@@ -108,11 +109,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
             settings.offline_batch, within=settings.offline_flush_seconds
         )
         async for events in batches:
-            labels = await emitter.parse_each(events, LabelEvent, "features.labels")
-            first = events[0].message
-            if labels:
-                for store_ in offline.values():
-                    await asyncio.to_thread(store_.append_labels, labels, first.partition, first.offset)
+            await emitter.guard_parsed(events, LabelEvent, "features.labels", append_labels)
             MESSAGES_CONSUMED.labels("features", "labels", "ok").inc(len(events))
 
     return FeatureStreams(app=app, online=online)

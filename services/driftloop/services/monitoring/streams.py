@@ -155,12 +155,16 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
     @app.agent(raw_topic(app, settings, "predictions"))
     async def route_predictions(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
-            await route(events, prediction_record, "monitoring.predictions")
+            await emitter.guard_batch(
+                events, "monitoring.predictions", lambda b: route(b, prediction_record, "monitoring.predictions")
+            )
 
     @app.agent(raw_topic(app, settings, "labels"))
     async def route_labels(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
-            await route(events, label_record, "monitoring.labels")
+            await emitter.guard_batch(
+                events, "monitoring.labels", lambda b: route(b, label_record, "monitoring.labels")
+            )
 
     # Stage 2: join.
 
@@ -212,7 +216,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
     @app.agent(joins)
     async def join_records(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
-            await on_join_batch(events)
+            await emitter.guard_batch(events, "monitoring.join", on_join_batch)
 
     # Stage 3: track.
 
@@ -330,17 +334,17 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
     @app.agent(raw_topic(app, settings, "training.runs"))
     async def watch_runs(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
-            await on_turn_ended(events)
+            await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
 
     @app.agent(raw_topic(app, settings, "registry.events"))
     async def watch_registry(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
-            await on_turn_ended(events)
+            await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
 
     @app.agent(outcomes)
     async def track_outcomes(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
-            await on_outcomes(events)
+            await emitter.guard_batch(events, "monitoring.outcomes", on_outcomes)
 
     return streams
 
