@@ -6,6 +6,7 @@ reason, and skips records whose ``event_id`` it has already handled.
 """
 
 from driftloop.bus.consumer import ConsumerLoop, Deduper, MemoryDeduper, PoisonMessage, Record, replay
+from driftloop.bus.follow import FollowerFailed, follower_state, wait_caught_up
 from driftloop.bus.metadata import TopicUnavailable, topic_partitions
 from driftloop.bus.producer import Bus, cloudevent_headers, deadletter_for
 from driftloop.bus.topics import ensure_topics
@@ -22,5 +23,8 @@ __all__ = [
     "deadletter_for",
     "ensure_topics",
     "replay",
+    "FollowerFailed",
+    "follower_state",
+    "wait_caught_up",
     "topic_partitions",
 ]
