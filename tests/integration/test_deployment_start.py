@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from driftloop.services.deployment.main import FollowerFailed, create_app
+from driftloop.bus import FollowerFailed
+from driftloop.services.deployment.main import create_app
 from driftloop.services.deployment.settings import DeploymentSettings
 from driftloop.settings import DriftloopSettings
 from tests.support import running

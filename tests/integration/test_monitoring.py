@@ -1,4 +1,5 @@
-"""The monitoring service (faust) on a real broker: joins late labels, counts once, detects concept drift."""
+"""The monitoring service (faust) on a real broker: joins late labels, counts once, detects concept and data
+drift, estimates accuracy without labels."""
 
 from __future__ import annotations
 
@@ -9,17 +10,23 @@ from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from driftloop.artifacts import open_store
 from driftloop.bus import Bus
 from driftloop.contracts import (
     DeadLetter,
     DriftDetected,
     DriftUnresolved,
+    FeatureVector,
     LabelEvent,
+    ModelPromoted,
+    ModelVersionRegistered,
     Prediction,
     TrainingRunFailed,
     parse_internal,
     utcnow,
 )
+from driftloop.contracts.events import DataWindow
+from driftloop.reference import Calibration, ReferenceSample, feature_columns, sample_indices
 from driftloop.services.monitoring.main import create_app
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.settings import DriftloopSettings
@@ -27,6 +34,7 @@ from driftloop.streams import PARTITIONS
 from tests.support import read_topic, running
 
 MODEL = "loan-approval"
+FEATURES = ["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan"]
 
 
 async def test_late_labels_join_duplicates_count_once_and_drift_is_detected_with_evidence(
@@ -280,3 +288,107 @@ async def test_a_failed_drift_run_is_announced_and_the_drift_raised_again_while_
     assert again.event_id != drift.event_id and again.model_version == 1
     assert again.change_point_time == drift.change_point_time, "the new run trains on the whole new regime"
     assert again.observations >= drift.observations + 200, "raised again only after the back-off"
+
+
+def _application(rng: random.Random, age_shift: float = 0.0) -> dict[str, float | int]:
+    return {
+        "salary": rng.uniform(20_000, 150_000),
+        "commission": rng.choice([0.0, rng.uniform(10_000, 75_000)]),
+        "age": rng.uniform(20, 80) + age_shift,
+        "elevel": rng.randint(0, 4),
+        "car": rng.randint(1, 20),
+        "zipcode": rng.randint(0, 8),
+        "hvalue": rng.uniform(50_000, 900_000),
+        "hyears": rng.randint(1, 30),
+        "loan": rng.uniform(0, 500_000),
+    }
+
+
+#: A calibrated model: of the predictions served with probability ``1 - 1/k``, every k-th is wrong.
+_WRONG_EVERY = (3, 4, 10, 30)
+
+
+def _served(rng: random.Random, count: int) -> tuple[list[float], list[bool]]:
+    """Probabilities drawn from the levels, and whether each prediction was right, exactly as the level says."""
+    seen = dict.fromkeys(_WRONG_EVERY, 0)
+    probabilities, right = [], []
+    for k in (rng.choice(_WRONG_EVERY) for _ in range(count)):
+        seen[k] += 1
+        probabilities.append(1 - 1 / k)
+        right.append(seen[k] % k != 0)
+    return probabilities, right
+
+
+async def test_a_covariate_shift_of_one_feature_is_data_drift_on_it_and_the_estimate_covers_the_accuracy(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    """The champion's reference comes from the artifact store the registry's events point at; the stream's
+    feature vectors (age shifted halfway) and its predictions (stationary, labelled) arrive on every partition."""
+    rng = random.Random(5)
+    holdout, holdout_right = _served(rng, 600)
+    reference = ReferenceSample(
+        MODEL,
+        "run-1",
+        feature_columns([_application(rng) for _ in range(2000)], FEATURES, sample_indices(2000, 2000, "run-1")),
+        predictions=[rng.randint(0, 1) for _ in holdout],
+        probabilities=list(holdout),
+        correct=holdout_right,
+        calibration=Calibration.fit(holdout, holdout_right),
+    )
+    uri = open_store(settings).put(f"models/{MODEL}/run-1/reference.json", reference.to_bytes())
+    now = utcnow()
+    window = DataWindow(start=now - timedelta(hours=1), end=now, rows=2000, train_rows=1400, holdout_rows=600)
+    registered = ModelVersionRegistered(
+        model_name=MODEL, version=1, run_id="run-1", artifact_uri="file:///m", metrics={}, data_window=window
+    )
+    await bus.publish(registered.model_copy(update={"reference_uri": uri}), MODEL)
+    await bus.publish(ModelPromoted(model_name=MODEL, version=1, artifact_uri="file:///m", actor="gate"), MODEL)
+
+    count, start = 2000, now - timedelta(minutes=10)
+    served, served_right = _served(rng, count)
+    async with bus.acknowledged():
+        for i in range(count):
+            event_time = start + timedelta(milliseconds=100 * i)
+            features = _application(rng, age_shift=25.0 if i >= count // 2 else 0.0)
+            vector = FeatureVector(
+                entity_id=f"c{i % 97}", event_time=event_time, feature_view="applications", features=features
+            )
+            await bus.publish(vector, vector.entity_id, wait=False)
+            label = rng.randint(0, 1)
+            correct = served_right[i]
+            prediction = Prediction(
+                source_event_id=f"ev{i}",
+                model_name=MODEL,
+                model_version=1,
+                channel="stream",
+                prediction=label if correct else 1 - label,
+                probability=served[i],
+                label=label,
+                event_time=event_time,
+            )
+            await bus.publish(prediction, prediction.source_event_id, wait=False)
+
+    app = create_app(MonitoringSettings(**settings.model_dump()))
+    async with running(app) as client:
+        metrics: dict[str, Any] = {}
+        for _ in range(150):
+            metrics = (await client.get(f"/v1/models/{MODEL}/metrics")).json()
+            watch = app.state.streams.watch(MODEL)
+            seen = watch.detector.observations if watch is not None and watch.detector is not None else 0
+            if metrics.get("observations") == count and metrics.get("estimated_accuracy") and seen == 2 * count:
+                break
+            await asyncio.sleep(0.3)
+        exposition = (await client.get("/metrics")).text
+        drifts = [DriftDetected.model_validate_json(r.value) for r in await read_topic(settings, "drift", 99, 3)]
+
+    assert [(d.kind, d.feature, d.model_version) for d in drifts] == [("data", "age", 1)], "no concept drift"
+    drift = drifts[0]
+    assert drift.evidence["p_adjusted"] <= 0.01 and drift.evidence["psi"] >= 0.1 and "ks" in drift.evidence
+    assert count <= drift.observations < 2 * count, "found in the shifted half"
+    realized = sum(served_right) / count
+    assert metrics["observations"] == count and metrics["accuracy"] == realized
+    lower, upper = metrics["estimated_interval"]
+    assert lower <= realized <= upper, (realized, metrics["estimated_accuracy"], lower, upper)
+    assert lower <= metrics["estimated_accuracy"] <= upper and upper - lower < 0.1
+    assert metrics["versions"][0]["estimated_accuracy"] == metrics["estimated_accuracy"]
+    assert f'driftloop_estimated_accuracy{{model="{MODEL}"}} {metrics["estimated_accuracy"]}' in exposition

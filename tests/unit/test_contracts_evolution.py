@@ -9,12 +9,13 @@ from typing import Literal
 import pytest
 from pydantic import ValidationError
 
+from driftloop.aliases import Target
 from driftloop.artifacts import open_store
 from driftloop.bus import Bus, Record
 from driftloop.config import load_config
 from driftloop.contracts import DataEvent, Envelope, LabelEvent, ModelPromoted, parse_internal
 from driftloop.contracts.events import GateDecision
-from driftloop.services.deployment.domain import ServingTable, Target
+from driftloop.services.deployment.domain import ServingTable
 from driftloop.services.deployment.handlers import Rollouts
 from driftloop.services.deployment.settings import DeploymentSettings
 

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
+from driftloop.aliases import Target
 from driftloop.contracts import ModelPromoted, ModelRolledBack
-from driftloop.services.deployment.domain import Target
 
 
 def _promoted(version: int, revision: int | None) -> ModelPromoted:

@@ -9,6 +9,7 @@ handled.
 
 from driftloop.bus.consumer import ConsumerLoop, Deduper, MemoryDeduper, Record, replay
 from driftloop.bus.faults import PoisonMessage, classify
+from driftloop.bus.follow import FollowerFailed, follower_state, wait_caught_up
 from driftloop.bus.metadata import TopicUnavailable, topic_partitions
 from driftloop.bus.producer import Bus, cloudevent_headers, deadletter_for
 from driftloop.bus.topics import ensure_topics
@@ -26,5 +27,8 @@ __all__ = [
     "deadletter_for",
     "ensure_topics",
     "replay",
+    "FollowerFailed",
+    "follower_state",
+    "wait_caught_up",
     "topic_partitions",
 ]

@@ -85,8 +85,11 @@ class DemoResult:
     #: Predictions of the demo's events received, per model version.
     by_version: Counter[int] = field(default_factory=Counter)
     events: list[Any] = field(default_factory=list)
-    #: How many events had been sent when each drift event was seen.
+    #: How many events had been sent when each concept-drift event was seen.
     drift_positions: list[int] = field(default_factory=list)
+    #: Data-drift events (per feature) and how many events had been sent when each was seen. They start no
+    #: training run unless ``drift.data.retrain`` is on, so the loop turn follows the concept drift.
+    data_drifts: list[tuple[int, DriftDetected]] = field(default_factory=list)
     #: Accuracy of the old and the new champion on the same events after the promotion.
     old_on_new_concept: float | None = None
     new_on_new_concept: float | None = None
@@ -153,6 +156,9 @@ class Demo:
         if getattr(event, "model_name", None) != self.options.model:
             return
         result.events.append(event)
+        if isinstance(event, DriftDetected) and event.kind == "data":
+            result.data_drifts.append((result.events_sent, event))
+            return
         if isinstance(event, DriftDetected):
             result.drift_positions.append(result.events_sent)
         if isinstance(event, DriftDetected) and result.drift_event is None and self.drift_sent_at is not None:

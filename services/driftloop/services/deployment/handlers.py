@@ -6,6 +6,7 @@ import asyncio
 
 from pydantic import ValidationError
 
+from driftloop.aliases import Target
 from driftloop.artifacts import ArtifactStore, read_verified
 from driftloop.bus import Bus, PoisonMessage, Record
 from driftloop.config import DriftloopConfig
@@ -22,7 +23,7 @@ from driftloop.contracts import (
 )
 from driftloop.logging import get_logger
 from driftloop.modeling import ModelArtifact
-from driftloop.services.deployment.domain import Served, ServingTable, Target
+from driftloop.services.deployment.domain import Served, ServingTable
 from driftloop.services.deployment.metrics import PREDICTIONS, SERVING_VERSION
 from driftloop.services.deployment.settings import DeploymentSettings
 

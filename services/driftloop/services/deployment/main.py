@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from driftloop.artifacts import open_store
-from driftloop.bus import ConsumerLoop, replay
+from driftloop.bus import ConsumerLoop, follower_state, replay, wait_caught_up
 from driftloop.config import DriftloopConfig
 from driftloop.http import service_app
 from driftloop.logging import get_logger
@@ -19,39 +19,6 @@ from driftloop.services.deployment.serving import MicroBatcher, Serving
 from driftloop.services.deployment.settings import DeploymentSettings
 
 log = get_logger(__name__)
-
-
-class FollowerFailed(RuntimeError):
-    """Deployment cannot know which model to serve: following ``registry.events`` stopped or never caught up."""
-
-
-async def wait_caught_up(follower: asyncio.Task[None], caught_up: asyncio.Event, timeout: float) -> None:
-    """Wait for the registry's history, or fail at once when the follower dies instead of hanging."""
-    waiter = asyncio.create_task(caught_up.wait())
-    try:
-        done, _ = await asyncio.wait({follower, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    if waiter in done:
-        return
-    if follower in done:
-        failure = follower.exception() if not follower.cancelled() else None
-        log.error("cannot follow registry.events", error=repr(failure))
-        raise FollowerFailed(f"deployment cannot follow registry.events: {failure!r}") from failure
-    follower.cancel()
-    log.error("registry.events not caught up in time", timeout_seconds=timeout)
-    raise FollowerFailed(f"deployment did not catch up with registry.events within {timeout:.0f}s")
-
-
-def follower_state(follower: asyncio.Task[None] | None) -> bool | str:
-    """Readiness of the registry follower: True while it runs, else why it stopped."""
-    if follower is None:
-        return "not started"
-    if not follower.done():
-        return True
-    if follower.cancelled():
-        return "stopped"
-    return f"stopped: {follower.exception()!r}"
 
 
 def create_app(settings: DeploymentSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -69,7 +36,7 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
             follower = asyncio.create_task(
                 replay(settings, "registry.events", rollouts.on_record, rollouts.on_caught_up), name="registry-follower"
             )
-            await wait_caught_up(follower, rollouts.caught_up, settings.catch_up_timeout_seconds)
+            await wait_caught_up(follower, rollouts.caught_up, settings.catch_up_timeout_seconds, "deployment")
             consumer = ConsumerLoop(
                 settings,
                 runtime.bus,

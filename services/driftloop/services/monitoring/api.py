@@ -1,13 +1,13 @@
-"""What monitoring knows about a model: its rolling accuracy and its drift state, per version.
+"""What monitoring knows about a model: its rolling accuracy, its estimated accuracy and its drift state.
 
-Answers come from the ``tracks`` table, so a replica answers for the models
-whose outcome partition it holds; the others answer 404 for them.
+Answers come from the ``tracks`` and ``watches`` tables, so a replica answers
+for the models whose partitions it holds; the others answer 404 for them.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel
@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from driftloop.contracts import DriftDetected
 from driftloop.http import READ
 from driftloop.services.monitoring.domain import ModelMonitor, ModelTrack
+from driftloop.services.monitoring.estimation import AccuracyEstimate
 from driftloop.services.monitoring.streams import MonitorStreams
 
 router = APIRouter(prefix="/v1", tags=["monitoring"], dependencies=[READ])
@@ -34,6 +35,10 @@ class VersionMetrics(BaseModel):
     accuracy: float | None
     rolling_accuracy: float | None
     rolling_window: int
+    #: Accuracy estimated from the served probabilities (CBPE), for the champion only, once its window is full.
+    estimated_accuracy: float | None = None
+    #: The estimate's interval at ``drift.estimation.level``: [lower, upper].
+    estimated_interval: tuple[float, float] | None = None
 
 
 class ModelMetrics(VersionMetrics):
@@ -62,14 +67,32 @@ def _track(streams: MonitorStreams, name: str) -> tuple[ModelTrack, ModelMonitor
     return track, track.current
 
 
-def _figures(monitor: ModelMonitor) -> VersionMetrics:
-    return VersionMetrics(
+def _figures(monitor: ModelMonitor, estimated: tuple[int, AccuracyEstimate] | None) -> VersionMetrics:
+    figures = VersionMetrics(
         model_version=monitor.version,
         observations=monitor.observations,
         accuracy=monitor.accuracy,
         rolling_accuracy=monitor.rolling_accuracy,
         rolling_window=monitor.window,
     )
+    return _with_estimate(figures, estimated)
+
+
+def _with_estimate(figures: VersionMetrics, estimated: tuple[int, AccuracyEstimate] | None) -> VersionMetrics:
+    if estimated is None or estimated[0] != figures.model_version:
+        return figures
+    return figures.model_copy(update=_estimate_fields(estimated[1]))
+
+
+def _estimate_fields(estimate: AccuracyEstimate) -> dict[str, Any]:
+    return {"estimated_accuracy": estimate.accuracy, "estimated_interval": (estimate.lower, estimate.upper)}
+
+
+def _estimated(streams: MonitorStreams, name: str) -> tuple[int, AccuracyEstimate] | None:
+    watch = streams.watch(name)
+    if watch is None or watch.version is None or (estimate := watch.estimate()) is None:
+        return None
+    return watch.version, estimate
 
 
 def _when(seconds: float | None) -> datetime | None:
@@ -78,12 +101,26 @@ def _when(seconds: float | None) -> datetime | None:
 
 @router.get("/models/{name}/metrics")
 async def metrics(name: str, streams: StreamsDep) -> ModelMetrics:
-    track, current = _track(streams, name)
-    return ModelMetrics(
-        model_name=name,
-        **_figures(current).model_dump(),
-        versions=[_figures(m) for _, m in sorted(track.monitors.items())],
-    )
+    """The latest labelled version's figures at the top; the estimate is the champion's, which labels may
+    not have reached yet: then the top level is the champion with its estimate alone."""
+    estimated = _estimated(streams, name)
+    track = streams.track(name)
+    if track is None or track.current is None:
+        if estimated is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no predictions of {name!r} seen yet")
+        empty = VersionMetrics(
+            model_version=estimated[0],
+            observations=0,
+            accuracy=None,
+            rolling_accuracy=None,
+            rolling_window=streams.rolling_window,
+        )
+        return ModelMetrics(model_name=name, **_with_estimate(empty, estimated).model_dump(), versions=[])
+    versions = [_figures(m, estimated) for _, m in sorted(track.monitors.items())]
+    top = _figures(track.current, None)
+    if estimated is not None:
+        top = top.model_copy(update=_estimate_fields(estimated[1]))
+    return ModelMetrics(model_name=name, **top.model_dump(), versions=versions)
 
 
 @router.get("/models/{name}/drift")

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from driftloop.artifacts import open_store
+from driftloop.bus import follower_state, replay, wait_caught_up
 from driftloop.config import DriftloopConfig
 from driftloop.http import service_app
 from driftloop.runtime import open_runtime
 from driftloop.services.monitoring.api import router
+from driftloop.services.monitoring.references import References
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.services.monitoring.streams import MonitorStreams, build
 from driftloop.streams import StreamHealth, started
@@ -17,20 +22,34 @@ from driftloop.streams import StreamHealth, started
 def create_app(settings: MonitoringSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
     settings = settings or MonitoringSettings()
     streams: MonitorStreams | None = None
+    follower: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal streams
+        nonlocal streams, follower
         async with open_runtime(settings, config) as runtime:
-            streams = build(settings, runtime.config)
+            models = {m.name for m in runtime.config.models}
+            references = References(models, open_store(settings), runtime.config.drift.data)
+            follower = asyncio.create_task(
+                replay(settings, "registry.events", references.on_record, references.on_caught_up),
+                name="registry-follower",
+            )
+            # Rows are judged against the champion the registry names, so its history comes first.
+            await wait_caught_up(follower, references.caught_up, settings.catch_up_timeout_seconds, "monitoring")
+            streams = build(settings, runtime.config, references)
             app.state.streams = streams
-            async with started(streams.app, settings):
-                yield
+            try:
+                async with started(streams.app, settings):
+                    yield
+            finally:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
 
     health = StreamHealth(settings.consumer_stall_seconds)
 
     async def readiness() -> dict[str, bool | str]:
-        return {"streams": health(streams.app if streams else None)}
+        return {"streams": health(streams.app if streams else None), "registry": follower_state(follower)}
 
     app = service_app("monitoring", lifespan, readiness, settings)
     app.include_router(router)

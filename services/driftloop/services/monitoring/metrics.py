@@ -12,3 +12,8 @@ UNRESOLVED = Gauge(
     "1 while the current version's drift was not resolved by a new version (failed run, rejected challenger).",
     ["model"],
 )
+ESTIMATED_ACCURACY = Gauge(
+    "driftloop_estimated_accuracy", "Accuracy of the champion estimated from served probabilities (CBPE).", ["model"]
+)
+ESTIMATED_LOWER = Gauge("driftloop_estimated_accuracy_lower", "Lower bound of the estimated accuracy.", ["model"])
+ESTIMATED_UPPER = Gauge("driftloop_estimated_accuracy_upper", "Upper bound of the estimated accuracy.", ["model"])

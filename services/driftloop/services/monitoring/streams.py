@@ -19,6 +19,12 @@ Three stages, each working a batch at a time:
    track through the same topic, in order with the outcomes, and re-arms the
    monitor (``domain.ModelMonitor.rearm``), with a ``DriftUnresolved`` event.
 
+Beside them, data drift and the estimated accuracy need no labels: feature
+vectors of each model's view and the champion's predictions are re-keyed by
+model onto the ``rows`` topic, a batch of a source partition per record, and
+each model's ``datawatch.DataWatch`` folds them in against its champion's
+reference sample (``references.References``).
+
 All state is JSON in changelog-backed tables: a crash, a restart or a
 rebalance resumes from the changelog. The in-process copies of the tracks are
 a cache, checked against the table's stamp before use.
@@ -41,12 +47,15 @@ from driftloop.config import DriftloopConfig
 from driftloop.contracts import (
     DriftDetected,
     DriftUnresolved,
+    FeatureVector,
     Prediction,
     PromotionRejected,
     TrainingRunFailed,
     parse_internal,
 )
 from driftloop.logging import get_logger
+from driftloop.services.monitoring.datadrift import PREDICTION, PROBABILITY, FeatureDrift
+from driftloop.services.monitoring.datawatch import FEATURES, PREDICTIONS, DataWatch, Row, RowBatch, Source
 from driftloop.services.monitoring.domain import Detected, ModelTrack, Rearmed
 from driftloop.services.monitoring.join import (
     JoinEntry,
@@ -60,12 +69,16 @@ from driftloop.services.monitoring.join import (
 )
 from driftloop.services.monitoring.metrics import (
     DRIFTS,
+    ESTIMATED_ACCURACY,
+    ESTIMATED_LOWER,
+    ESTIMATED_UPPER,
     EXPIRED_JOINS,
     OUTCOMES,
     PENDING_JOINS,
     ROLLING_ACCURACY,
     UNRESOLVED,
 )
+from driftloop.services.monitoring.references import References
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.streams import Emitter, parse, raw_topic, settled, state_table, stream_app
 from driftloop.validation import Invalid, validate_label
@@ -83,21 +96,27 @@ class MonitorStreams:
     app: faust.App
     pending: faust.types.TableT[Any, Any]
     tracks: faust.types.TableT[Any, Any]
+    watches: faust.types.TableT[Any, Any]
     #: A model's track as the table holds it, or None before its first outcome.
     track: Callable[[str], ModelTrack | None]
+    #: A model's data watch as this replica last saw it, or None before its first rows.
+    watch: Callable[[str], DataWatch | None]
+    rolling_window: int
 
 
 def _time(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
-def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStreams:
+def build(settings: MonitoringSettings, config: DriftloopConfig, references: References) -> MonitorStreams:
     app = stream_app(settings, "monitoring")
     emitter = Emitter(app, settings)
     pending = state_table(app, "pending", batched=True)
     tracks = state_table(app, "tracks", batched=True)
+    watches = state_table(app, "watches", batched=True)
     joins = raw_topic(app, settings, "driftloop-monitoring-join", internal=True)
     outcomes = raw_topic(app, settings, "driftloop-monitoring-outcomes", internal=True)
+    rows_topic = raw_topic(app, settings, "driftloop-monitoring-rows", internal=True)
     policy = config.drift
     horizon = settings.label_horizon.total_seconds()
     expiries: dict[int, JoinExpiry] = {}
@@ -114,7 +133,30 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
         cache[model] = (stored["stamp"], track)
         return track
 
-    streams = MonitorStreams(app=app, pending=pending, tracks=tracks, track=load)
+    watch_cache: dict[str, tuple[str, DataWatch]] = {}
+
+    def cached_watch(model: str) -> DataWatch | None:
+        """This replica's watch of ``model`` while no other replica has written one since; it may be ahead of
+        the table by up to ``data_checkpoint_batches`` batches."""
+        stored = watches.get(model)
+        cached = watch_cache.get(model)
+        if cached is not None and (stored is None or cached[0] == stored["stamp"]):
+            return cached[1]
+        if stored is None:
+            return None
+        version = stored["version"]
+        reference = references.cached(model, version) if version is not None else None
+        return DataWatch.from_dict(stored, model, reference, policy.data, policy.estimation)
+
+    streams = MonitorStreams(
+        app=app,
+        pending=pending,
+        tracks=tracks,
+        watches=watches,
+        track=load,
+        watch=cached_watch,
+        rolling_window=policy.accuracy_window,
+    )
 
     # Stage 1: route.
 
@@ -152,12 +194,60 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
             if record is not None:
                 await joins.send(key=record.event_id.encode(), value=orjson.dumps(record.to_dict()))
 
+    async def send_rows(source: Source, rows: dict[tuple[str, int], list[Row]]) -> None:
+        """One record per model and source partition, split so that no record grows past a bounded size."""
+        size = settings.data_rows_per_record
+        for (model, partition), found in rows.items():
+            for start in range(0, len(found), size):
+                batch = RowBatch(model, source, partition, found[start : start + size])
+                await rows_topic.send(key=model.encode(), value=orjson.dumps(batch.to_dict()))
+
+    def prediction_rows(events: Sequence[faust.EventT[Any]]) -> dict[tuple[str, int], list[Row]]:
+        """The champion's predictions as rows of the prediction columns; unreadable ones are the join's to
+        dead-letter."""
+        rows: dict[tuple[str, int], list[Row]] = {}
+        for event in events:
+            try:
+                prediction = parse(Prediction, event.value)
+            except PoisonMessage:
+                continue
+            if prediction.role != "champion":
+                continue
+            values = {PREDICTION: prediction.prediction, PROBABILITY: prediction.probability}
+            row: Row = (event.message.offset, prediction.model_version, values)
+            rows.setdefault((prediction.model_name, event.message.partition), []).append(row)
+        return rows
+
     @app.agent(raw_topic(app, settings, "predictions"))
     async def route_predictions(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
             await emitter.guard_batch(
                 events, "monitoring.predictions", lambda b: route(b, prediction_record, "monitoring.predictions")
             )
+            await send_rows(PREDICTIONS, prediction_rows(events))
+
+    views: dict[str, list[tuple[str, list[str]]]] = {}
+    for spec in config.models:
+        views.setdefault(spec.feature_view, []).append((spec.name, spec.features))
+
+    def feature_rows(events: Sequence[faust.EventT[Any]]) -> dict[tuple[str, int], list[Row]]:
+        """Each vector as a row of every model that reads its view, with that model's features only. A vector
+        that does not parse is skipped: deployment, which scores this topic, dead-letters it."""
+        rows: dict[tuple[str, int], list[Row]] = {}
+        for event in events:
+            try:
+                vector = parse(FeatureVector, event.value)
+            except PoisonMessage:
+                continue
+            for model, names in views.get(vector.feature_view, []):
+                row: Row = (event.message.offset, None, {n: vector.features.get(n) for n in names})
+                rows.setdefault((model, event.message.partition), []).append(row)
+        return rows
+
+    @app.agent(raw_topic(app, settings, "features"))
+    async def route_features(stream: faust.StreamT[Any]) -> None:
+        async for events in _batches(stream, settings):
+            await send_rows(FEATURES, feature_rows(events))
 
     @app.agent(raw_topic(app, settings, "labels"))
     async def route_labels(stream: faust.StreamT[Any]) -> None:
@@ -345,6 +435,89 @@ def build(settings: MonitoringSettings, config: DriftloopConfig) -> MonitorStrea
     async def track_outcomes(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
             await emitter.guard_batch(events, "monitoring.outcomes", on_outcomes)
+
+    # Beside the track: data drift and the estimated accuracy.
+
+    async def watch_of(model: str) -> DataWatch:
+        stored = watches.get(model)
+        cached = watch_cache.get(model)
+        if cached is not None and (stored is None or cached[0] == stored["stamp"]):
+            return cached[1]
+        if stored is None:
+            return DataWatch(model, policy.data, policy.estimation)
+        version = stored["version"]
+        reference = await references.reference(model, version) if version is not None else None
+        return DataWatch.from_dict(stored, model, reference, policy.data, policy.estimation)
+
+    def data_drift_event(watch: DataWatch, observations: int, finding: FeatureDrift) -> DriftDetected:
+        version = watch.version or 0
+        name = f"{watch.model_name}:{version}:{finding.feature}:{observations}"
+        event_id = uuid.uuid5(_DRIFT_NAMESPACE, name).hex
+        return DriftDetected(
+            event_id=event_id,
+            correlation_id=event_id,
+            model_name=watch.model_name,
+            model_version=version,
+            kind="data",
+            feature=finding.feature,
+            detector=f"{finding.statistic}(alpha={policy.data.alpha}, min_psi={policy.data.min_psi})",
+            observations=observations,
+            window=finding.window_rows,
+            evidence=finding.evidence(),
+        )
+
+    unsaved: dict[str, int] = {}
+
+    async def on_rows(events: Sequence[faust.EventT[Any]]) -> None:
+        touched: dict[str, DataWatch] = {}
+        urgent: set[str] = set()
+        for event in events:
+            try:
+                batch = RowBatch.from_dict(orjson.loads(event.value))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                await emitter.deadletter(event, PoisonMessage(f"not a row batch: {exc!r}"), "monitoring.rows")
+                continue
+            model = batch.model
+            if model not in touched:
+                touched[model] = await watch_of(model)
+            watch = touched[model]
+            champion = references.champion(model)
+            if champion is not None and champion != watch.version:
+                watch.switch(champion, await references.reference(model, champion))
+                urgent.add(model)
+            for observations, finding in watch.apply(batch):
+                drift = data_drift_event(watch, observations, finding)
+                await emitter.emit(drift, model)
+                DRIFTS.labels(model, "data").inc()
+                log.warning("data drift detected", model=model, version=drift.model_version, feature=drift.feature)
+                urgent.add(model)
+        for model, watch in touched.items():
+            unsaved[model] = unsaved.get(model, 0) + 1
+            if model in urgent or unsaved[model] >= settings.data_checkpoint_batches:
+                stamp = uuid.uuid4().hex
+                watches[model] = {**watch.to_dict(), "stamp": stamp}
+                watch_cache[model] = (stamp, watch)
+                unsaved[model] = 0
+            else:
+                stored = watches.get(model)
+                watch_cache[model] = (stored["stamp"] if stored else "", watch)
+            if (estimate := watch.estimate()) is not None:
+                ESTIMATED_ACCURACY.labels(model).set(estimate.accuracy)
+                ESTIMATED_LOWER.labels(model).set(estimate.lower)
+                ESTIMATED_UPPER.labels(model).set(estimate.upper)
+
+    @app.agent(rows_topic)
+    async def track_rows(stream: faust.StreamT[Any]) -> None:
+        """Data drift and the estimate per model.
+
+        The watch reaches its table at most every ``data_checkpoint_batches``
+        batches (at once after a finding or a new champion): its windows are a
+        sample of the stream, so a crash may lose the rows of the batches since
+        the last checkpoint, which only delays a check. The rows' marks go with
+        the windows, so rows re-read after a crash count once.
+        """
+        async for events in _batches(stream, settings):
+            await on_rows(events)
 
     return streams
 
