@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -61,13 +62,26 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+_CREATE_ATTEMPTS = 8
+
+
 def create_tables(engine: Engine, models: list[type[SQLModel]]) -> None:
-    """Create missing tables and columns; two services sharing one database may race here, so retry once."""
+    """Create missing tables and columns.
+
+    Replicas and services sharing one database race here: each checks which
+    tables exist, then creates the missing ones, and a table another process
+    created in between fails the CREATE. Every retry finds more of them there,
+    so a few attempts settle it.
+    """
     tables: list[Table] = [m.__table__ for m in (*models, OutboxRecord, LeaseRecord)]  # type: ignore[attr-defined]
-    try:
-        SQLModel.metadata.create_all(engine, tables=tables)
-    except (OperationalError, ProgrammingError, IntegrityError):
-        SQLModel.metadata.create_all(engine, tables=tables)
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            SQLModel.metadata.create_all(engine, tables=tables)
+            break
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == _CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
     add_missing_columns(engine, tables)
 
 
