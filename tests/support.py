@@ -20,6 +20,7 @@ from driftloop.contracts import (
     DataEvent,
     DeadLetter,
     DriftDetected,
+    DriftUnresolved,
     EventValidated,
     FeatureVector,
     FieldError,
@@ -123,6 +124,14 @@ def samples() -> list[Contract]:
             accuracy_after=0.5,
             change_point_time=now,
             evidence={"width": 120.0},
+        ),
+        DriftUnresolved(
+            model_name="m",
+            model_version=1,
+            drift_event_id="d1",
+            reason="training run r1 failed: database down",
+            attempts=1,
+            rearm_after=200,
         ),
         RetrainRequested(model_name="m", reason="manual", requested_by="ops"),
         TrainingRunCompleted(
