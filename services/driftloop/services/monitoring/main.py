@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from driftloop.artifacts import open_store
-from driftloop.bus import follower_state, replay, wait_caught_up
+from driftloop.bus import ConsumerLoop, follower_state, replay, wait_caught_up
 from driftloop.config import DriftloopConfig
 from driftloop.http import service_app
 from driftloop.runtime import open_runtime
 from driftloop.services.monitoring.api import router
 from driftloop.services.monitoring.references import References
+from driftloop.services.monitoring.routing import Router
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.services.monitoring.streams import MonitorStreams, build
 from driftloop.streams import StreamHealth, started
@@ -23,10 +24,11 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
     settings = settings or MonitoringSettings()
     streams: MonitorStreams | None = None
     follower: asyncio.Task[None] | None = None
+    router_loop: ConsumerLoop | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal streams, follower
+        nonlocal streams, follower, router_loop
         async with open_runtime(settings, config) as runtime:
             models = {m.name for m in runtime.config.models}
             references = References(models, open_store(settings), runtime.config.drift.data)
@@ -38,9 +40,21 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
             await wait_caught_up(follower, references.caught_up, settings.catch_up_timeout_seconds, "monitoring")
             streams = build(settings, runtime.config, references)
             app.state.streams = streams
+            router_loop = ConsumerLoop(
+                settings,
+                runtime.bus,
+                service="monitoring",
+                topics=["predictions", "labels"],
+                group="monitoring-route",
+                batch_handler=Router(runtime.bus, runtime.config.dataset.label),
+            )
             try:
                 async with started(streams.app, settings):
-                    yield
+                    await router_loop.start()
+                    try:
+                        yield
+                    finally:
+                        await router_loop.stop()
             finally:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -49,7 +63,11 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
     health = StreamHealth(settings.consumer_stall_seconds)
 
     async def readiness() -> dict[str, bool | str]:
-        return {"streams": health(streams.app if streams else None), "registry": follower_state(follower)}
+        return {
+            "streams": health(streams.app if streams else None),
+            "router": router_loop.health() if router_loop is not None else "not started",
+            "registry": follower_state(follower),
+        }
 
     app = service_app("monitoring", lifespan, readiness, settings)
     app.include_router(router)

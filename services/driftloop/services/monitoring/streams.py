@@ -2,11 +2,8 @@
 
 Three stages, each working a batch at a time:
 
-1. *route*: predictions and labels are checked (labels against the dataset's
-   label spec, as ingestion checks them over HTTP; bad ones are dead-lettered)
-   and re-keyed by event id onto one internal topic. A producer may key its
-   labels any way it likes; after this hop an event's records share one
-   partition, in one order that a replay repeats.
+1. *route* (``routing.py``, on the bus): predictions and labels checked and
+   re-keyed by event id onto the join topic.
 2. *join*: one entry per event id in the ``pending`` table (``join.py``);
    the outcomes a record completes are sent, keyed by model, and acknowledged
    before the entries are written. Entries expire ``label_horizon`` of event
@@ -60,8 +57,6 @@ from driftloop.services.monitoring.domain import Detected, ModelTrack, Rearmed
 from driftloop.services.monitoring.join import (
     JoinEntry,
     JoinExpiry,
-    JoinRecord,
-    LabelRecord,
     Outcome,
     PredictionRecord,
     join,
@@ -79,9 +74,9 @@ from driftloop.services.monitoring.metrics import (
     UNRESOLVED,
 )
 from driftloop.services.monitoring.references import References
+from driftloop.services.monitoring.routing import JOIN_TOPIC
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.streams import Emitter, parse, raw_topic, settled, state_table, stream_app
-from driftloop.validation import Invalid, validate_label
 
 log = get_logger(__name__)
 
@@ -104,17 +99,13 @@ class MonitorStreams:
     rolling_window: int
 
 
-def _time(value: datetime) -> float:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-
-
 def build(settings: MonitoringSettings, config: DriftloopConfig, references: References) -> MonitorStreams:
     app = stream_app(settings, "monitoring")
     emitter = Emitter(app, settings)
     pending = state_table(app, "pending", batched=True)
     tracks = state_table(app, "tracks", batched=True)
     watches = state_table(app, "watches", batched=True)
-    joins = raw_topic(app, settings, "driftloop-monitoring-join", internal=True)
+    joins = raw_topic(app, settings, JOIN_TOPIC, internal=True)
     outcomes = raw_topic(app, settings, "driftloop-monitoring-outcomes", internal=True)
     rows_topic = raw_topic(app, settings, "driftloop-monitoring-rows", internal=True)
     policy = config.drift
@@ -158,41 +149,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
         rolling_window=policy.accuracy_window,
     )
 
-    # Stage 1: route.
-
-    def prediction_record(event: faust.EventT[Any]) -> JoinRecord | None:
-        prediction = parse(Prediction, event.value)
-        if prediction.role != "champion":
-            return None
-        return PredictionRecord(
-            event_id=prediction.source_event_id,
-            model=prediction.model_name,
-            version=prediction.model_version,
-            prediction=prediction.prediction,
-            label=prediction.label,
-            event_time=_time(prediction.event_time or prediction.occurred_at),
-        )
-
-    def label_record(event: faust.EventT[Any]) -> JoinRecord:
-        """A label without ``label_time`` is stamped with its record's timestamp, when it was produced."""
-        try:
-            label = validate_label(orjson.loads(event.value), config.dataset.label)
-        except orjson.JSONDecodeError as exc:
-            raise PoisonMessage(f"malformed JSON: {exc}") from exc
-        except Invalid as exc:
-            raise PoisonMessage(str(exc), exc.errors) from exc
-        at = _time(label.label_time) if label.label_time else event.message.timestamp
-        return LabelRecord(label.event_id, label.label, at)
-
-    async def route(events: Sequence[faust.EventT[Any]], read: Callable[..., JoinRecord | None], stage: str) -> None:
-        for event in events:
-            try:
-                record = read(event)
-            except PoisonMessage as exc:
-                await emitter.deadletter(event, exc, stage)
-                continue
-            if record is not None:
-                await joins.send(key=record.event_id.encode(), value=orjson.dumps(record.to_dict()))
+    # Stage 1, routing, runs on the bus (``routing.py``); here the rows for data drift are re-keyed by model.
 
     async def send_rows(source: Source, rows: dict[tuple[str, int], list[Row]]) -> None:
         """One record per model and source partition, split so that no record grows past a bounded size."""
@@ -221,9 +178,6 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
     @app.agent(raw_topic(app, settings, "predictions"))
     async def route_predictions(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
-            await emitter.guard_batch(
-                events, "monitoring.predictions", lambda b: route(b, prediction_record, "monitoring.predictions")
-            )
             await send_rows(PREDICTIONS, prediction_rows(events))
 
     views: dict[str, list[tuple[str, list[str]]]] = {}
@@ -248,13 +202,6 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
     async def route_features(stream: faust.StreamT[Any]) -> None:
         async for events in _batches(stream, settings):
             await send_rows(FEATURES, feature_rows(events))
-
-    @app.agent(raw_topic(app, settings, "labels"))
-    async def route_labels(stream: faust.StreamT[Any]) -> None:
-        async for events in _batches(stream, settings):
-            await emitter.guard_batch(
-                events, "monitoring.labels", lambda b: route(b, label_record, "monitoring.labels")
-            )
 
     # Stage 2: join.
 
