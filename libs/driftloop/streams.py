@@ -122,6 +122,29 @@ class StreamHealth:
         return True
 
 
+def _recovered(app: faust.App) -> bool:
+    """In its group, not rebalancing, and every table rebuilt from its changelog."""
+    # faust's TableManager has the recovery its interface type leaves out.
+    recovery: Any = getattr(app.tables, "recovery")  # noqa: B009
+    return bool(
+        app.rebalancing_count and not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
+    )
+
+
+async def recovered(app: faust.App, timeout: float) -> None:
+    """Wait until the app has joined its group and rebuilt its tables, before feeding its topics.
+
+    Records that reach a faust agent's topic while faust is still starting
+    can be fetched, passed over and not fetched again until a restart; a
+    producer in the same process waits for this first.
+    """
+    deadline = time.monotonic() + timeout
+    while not _recovered(app):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"faust app {app.conf.id} did not finish recovering in {timeout:.0f}s")
+        await asyncio.sleep(0.05)
+
+
 async def settled(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[faust.EventT[Any]]:
     """The batch's events that may touch tables now: after any recovery, on partitions still ours.
 
@@ -134,9 +157,7 @@ async def settled(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[f
     rebalance, or of partitions that went to another replica, are dropped:
     the partition's owner reads them again from its committed offset.
     """
-    # faust's TableManager has the recovery its interface type leaves out.
-    recovery: Any = getattr(app.tables, "recovery")  # noqa: B009
-    while app.rebalancing or recovery.in_recovery or not recovery.completed.is_set():
+    while not _recovered(app):
         await asyncio.sleep(0.05)
     assigned, generation = app.consumer.assignment(), app.consumer_generation_id
     return [e for e in events if e.message.tp in assigned and e.message.generation_id == generation]

@@ -17,7 +17,7 @@ from driftloop.services.monitoring.references import References
 from driftloop.services.monitoring.routing import Router
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.services.monitoring.streams import MonitorStreams, build
-from driftloop.streams import StreamHealth, started
+from driftloop.streams import StreamHealth, recovered, started
 
 
 def create_app(settings: MonitoringSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -50,6 +50,7 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
             )
             try:
                 async with started(streams.app, settings):
+                    await recovered(streams.app, settings.catch_up_timeout_seconds)
                     await router_loop.start()
                     try:
                         yield
