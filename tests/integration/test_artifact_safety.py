@@ -21,19 +21,6 @@ from driftloop.settings import DriftloopSettings
 ROWS = [{"x": float(i % 9), "colour": "red" if i % 2 else "blue"} for i in range(90)]
 
 
-@pytest.fixture(params=["local", "s3"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> DriftloopSettings:
-    if request.param == "local":
-        return DriftloopSettings(artifact_uri=f"file://{tmp_path}/artifacts")
-    s3: DriftloopSettings = request.getfixturevalue("s3_settings")
-    return s3
-
-
-@pytest.fixture
-def store(store_settings: DriftloopSettings) -> ArtifactStore:
-    return open_store(store_settings)
-
-
 def _model(threshold: float) -> bytes:
     pipeline = build_pipeline("logistic_regression", {})
     pipeline.fit(select(ROWS, ["x", "colour"]), [int(r["x"] > threshold) for r in ROWS])  # type: ignore[operator]

@@ -7,7 +7,6 @@ is checked against both.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
@@ -15,19 +14,6 @@ from driftloop.artifacts import ArtifactNotFound, ArtifactStore, open_store
 from driftloop.settings import DriftloopSettings
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture(params=["local", "s3"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> DriftloopSettings:
-    if request.param == "local":
-        return DriftloopSettings(artifact_uri=f"file://{tmp_path}/artifacts")
-    s3: DriftloopSettings = request.getfixturevalue("s3_settings")
-    return s3
-
-
-@pytest.fixture
-def store(store_settings: DriftloopSettings) -> ArtifactStore:
-    return open_store(store_settings)
 
 
 def test_put_returns_a_uri_of_the_store_scheme_and_the_blob_reads_back_by_uri_and_by_key(

@@ -37,19 +37,6 @@ models:
 """
 
 
-@pytest.fixture(params=["local", "s3"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> DriftloopSettings:
-    if request.param == "local":
-        return DriftloopSettings(artifact_uri=f"file://{tmp_path}/artifacts")
-    s3: DriftloopSettings = request.getfixturevalue("s3_settings")
-    return s3
-
-
-@pytest.fixture
-def store(store_settings: DriftloopSettings) -> ArtifactStore:
-    return open_store(store_settings)
-
-
 def vector(i: int, event_time: datetime, written: datetime | None = None, label: int | None = None) -> FeatureVector:
     return FeatureVector(
         event_id=f"e{i}",
