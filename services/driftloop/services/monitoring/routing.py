@@ -34,9 +34,9 @@ def epoch(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
-def prediction_record(value: bytes) -> JoinRecord | None:
+def prediction_record(record: Record) -> JoinRecord | None:
     """A champion's prediction as a join record; a challenger's is not joined here."""
-    prediction = Record(topic="predictions", partition=0, offset=0, key=None, value=value).parse(Prediction)
+    prediction = record.parse(Prediction)
     if prediction.role != "champion":
         return None
     return PredictionRecord(
@@ -73,7 +73,7 @@ class Router:
         for record in records:
             try:
                 joined = (
-                    prediction_record(record.value)
+                    prediction_record(record)
                     if record.topic == "predictions"
                     else label_record(record.value, record.timestamp, self.spec)
                 )
