@@ -209,6 +209,31 @@ class Emitter:
             self._topics[name] = raw_topic(self.app, self.settings, name)
         return self._topics[name]
 
+    async def emit_all(self, events: Sequence[tuple[Contract, str | None]]) -> None:
+        """Send a batch's records straight to the producer and wait until the broker has them all.
+
+        faust's own ``Topic.send`` wraps every record in futures and buffers
+        that cost more than the record; a stateful batch that writes its
+        tables only after this returns loses nothing if it dies half-way.
+        """
+        producer = self.app.producer
+        pending = []
+        for event, key in events:
+            name = topic_for(type(event))
+            headers = cloudevent_headers(event, f"driftloop/{self.settings.service}", key)
+            pending.append(
+                await producer.send(
+                    self.settings.topic(name),
+                    key.encode() if key is not None else None,
+                    event.model_dump_json().encode(),
+                    None,
+                    None,
+                    headers,
+                )
+            )
+            MESSAGES_PRODUCED.labels(self.settings.service, name).inc()
+        await asyncio.gather(*pending)
+
     async def emit(self, event: Contract, key: str | None) -> None:
         name = topic_for(type(event))
         headers = cloudevent_headers(event, f"driftloop/{self.settings.service}", key)

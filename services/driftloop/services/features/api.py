@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 
@@ -24,7 +24,7 @@ StreamsDep = Annotated[FeatureStreams, Depends(get_streams)]
 @router.get("/features/{entity_id}")
 async def get_features(entity_id: str, streams: StreamsDep, view: str | None = None) -> dict[str, FeatureVector]:
     """Latest vector per view (or only ``view``); 404 when the entity has never been seen."""
-    latest: dict[str, Any] | None = streams.online.get(entity_id)
+    latest = streams.latest(entity_id)
     if not latest or (view is not None and view not in latest):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no features for entity {entity_id!r}")
     chosen = {view: latest[view]} if view else latest

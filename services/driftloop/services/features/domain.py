@@ -14,7 +14,7 @@ False
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from driftloop.config import FeatureView
@@ -55,7 +55,8 @@ class EntityState:
         return vector
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow copies: ``dataclasses.asdict`` deep-copies every value and was a fifth of a batch's time.
+        return {"count": self.count, "sums": dict(self.sums), "seen": dict(self.seen), "recent": list(self.recent)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EntityState:

@@ -22,35 +22,45 @@ from driftloop.streams import Emitter, raw_topic, settled, state_table, stream_a
 @dataclass
 class FeatureStreams:
     app: faust.App
-    online: faust.types.TableT[Any, Any]  # entity_id -> {view name: latest vector}
+    #: entity_id -> {"state": the running aggregates, "views": {view name: latest vector}}.
+    entities: faust.types.TableT[Any, Any]
+
+    def latest(self, entity_id: str) -> dict[str, Any] | None:
+        """The entity's latest vector per view, as JSON, or None before its first event."""
+        entry = self.entities.get(entity_id)
+        return entry.get("views") if entry else None
 
 
 def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactStore) -> FeatureStreams:
     app = stream_app(settings, "features")
     emitter = Emitter(app, settings)
+    # One entry per entity holds both its state and its latest vectors: one changelog record per entity and batch.
     entities = state_table(app, "entities", batched=True)
-    online = state_table(app, "online", batched=True)
     offline = {v.name: OfflineStore(store, v.name, view_feature_types(config, v.name)) for v in config.feature_views}
 
     async def on_batch(batch: Sequence[tuple[faust.EventT[Any], EventValidated]]) -> None:
         """Fold a batch into the entities' state: each entity's state is read and written once per batch.
 
-        Tables are written only after every vector of the batch was handed to
-        the producer, so a batch that fails half-way changed no state and can
-        be redone, whole or in halves.
+        Tables are written only after the broker acknowledged every vector of
+        the batch, so a batch that fails half-way changed no state and can be
+        redone, whole or in halves.
         """
         states: dict[str, EntityState] = {}
         latest: dict[str, dict[str, Any]] = {}
+        vectors: list[tuple[FeatureVector, str]] = []
+        fresh: dict[str, dict[str, FeatureVector]] = {}
         duplicates = 0
         for _, validated in batch:
             entity = validated.entity_id
             if entity not in states:
-                states[entity] = EntityState.from_dict(entities.get(entity))
+                stored = entities.get(entity) or {}
+                states[entity] = EntityState.from_dict(stored.get("state"))
+                latest[entity] = dict(stored.get("views") or {})
             state = states[entity]
             if not state.observe(validated.event_id, validated.features):
                 duplicates += 1
                 continue
-            views = latest.setdefault(entity, dict(online.get(entity) or {}))
+            views = fresh.setdefault(entity, {})
             for view in config.feature_views:
                 out = FeatureVector(
                     event_id=validated.event_id,
@@ -62,12 +72,12 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
                     features=state.vector(view, config.passthrough(view), validated.features),
                     label=validated.label,
                 )
-                await emitter.emit(out, entity)
-                views[view.name] = out.model_dump(mode="json")
-        for entity, state in states.items():
-            entities[entity] = state.to_dict()
-        for entity, views in latest.items():
-            online[entity] = views
+                vectors.append((out, entity))
+                views[view.name] = out
+        await emitter.emit_all(vectors)
+        for entity, views in fresh.items():
+            latest[entity].update({name: vector.model_dump(mode="json") for name, vector in views.items()})
+            entities[entity] = {"state": states[entity].to_dict(), "views": latest[entity]}
         MESSAGES_CONSUMED.labels("features", "events.validated", "duplicate").inc(duplicates)
         MESSAGES_CONSUMED.labels("features", "events.validated", "ok").inc(len(batch) - duplicates)
 
@@ -112,4 +122,4 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
             await emitter.guard_parsed(events, LabelEvent, "features.labels", append_labels)
             MESSAGES_CONSUMED.labels("features", "labels", "ok").inc(len(events))
 
-    return FeatureStreams(app=app, online=online)
+    return FeatureStreams(app=app, entities=entities)
