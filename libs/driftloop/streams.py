@@ -221,18 +221,16 @@ class Emitter:
         for event, key in events:
             name = topic_for(type(event))
             headers = cloudevent_headers(event, f"driftloop/{self.settings.service}", key)
-            pending.append(
-                await producer.send(
-                    self.settings.topic(name),
-                    key.encode() if key is not None else None,
-                    event.model_dump_json().encode(),
-                    None,
-                    None,
-                    headers,
-                )
-            )
+            value, raw_key = event.model_dump_json().encode(), key.encode() if key is not None else None
+            pending.append(await producer.send(self.settings.topic(name), raw_key, value, None, None, headers))
             MESSAGES_PRODUCED.labels(self.settings.service, name).inc()
         await asyncio.gather(*pending)
+
+    async def send_all(self, topic: faust.TopicT, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """``emit_all`` for internal records (key, value) without contract or headers."""
+        producer = self.app.producer
+        name = topic.get_topic_name()
+        await asyncio.gather(*[await producer.send(name, key, value, None, None, None) for key, value in records])
 
     async def emit(self, event: Contract, key: str | None) -> None:
         name = topic_for(type(event))

@@ -44,9 +44,9 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
                 settings,
                 runtime.bus,
                 service="monitoring",
-                topics=["predictions", "labels"],
+                topics=["predictions", "labels", "features"],
                 group="monitoring-route",
-                batch_handler=Router(runtime.bus, runtime.config.dataset.label),
+                batch_handler=Router(runtime.bus, runtime.config, settings.data_rows_per_record),
             )
             try:
                 async with started(streams.app, settings):

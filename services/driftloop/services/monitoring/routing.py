@@ -1,10 +1,15 @@
-"""Stage 1, routing: predictions and labels re-keyed by event id onto monitoring's join topic.
+"""Stage 1, routing: predictions and labels re-keyed by event id onto monitoring's join topic, and the rows
+data drift reads re-keyed by model.
 
 A producer may key its labels any way it likes; after this hop an event's
 records share one partition of the join topic, in one order that a replay
 repeats. Labels read from Kafka are checked against the dataset's label spec
 exactly as ingestion checks them over HTTP (``driftloop.validation``), so a
 string "1" for an int label is dead-lettered rather than never matching.
+
+The same pass turns feature vectors and the champion's predictions into
+rows of each model's data watch (``datawatch.RowBatch``), one record per
+model and source partition, so every input topic is read once.
 
 The stage holds no state, so it runs on the bus's ``ConsumerLoop`` rather
 than in faust: the loop commits an offset only once every record the batch
@@ -21,24 +26,25 @@ from datetime import UTC, datetime
 import orjson
 
 from driftloop.bus import Bus, PoisonMessage, Record
-from driftloop.config import LabelSpec
-from driftloop.contracts import Prediction
+from driftloop.config import DriftloopConfig, LabelSpec
+from driftloop.contracts import FeatureVector, Prediction
+from driftloop.services.monitoring.datadrift import PREDICTION, PROBABILITY
+from driftloop.services.monitoring.datawatch import FEATURES, PREDICTIONS, Row, RowBatch, Source
 from driftloop.services.monitoring.join import JoinRecord, LabelRecord, PredictionRecord
 from driftloop.validation import Invalid, validate_label
 
 #: Monitoring's own topic of join records, keyed by event id.
 JOIN_TOPIC = "driftloop-monitoring-join"
+#: Monitoring's own topic of data-drift rows, keyed by model.
+ROWS_TOPIC = "driftloop-monitoring-rows"
 
 
 def epoch(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
-def prediction_record(record: Record) -> JoinRecord | None:
-    """A champion's prediction as a join record; a challenger's is not joined here."""
-    prediction = record.parse(Prediction)
-    if prediction.role != "champion":
-        return None
+def prediction_record(prediction: Prediction) -> PredictionRecord:
+    """A champion's prediction as a join record."""
     return PredictionRecord(
         event_id=prediction.source_event_id,
         model=prediction.model_name,
@@ -62,24 +68,58 @@ def label_record(value: bytes, produced: datetime | None, spec: LabelSpec) -> Jo
 
 
 class Router:
-    """The batch handler: every record becomes a join record, or a dead letter with the reason."""
+    """The batch handler: every record becomes a join record or rows, or a dead letter with the reason."""
 
-    def __init__(self, bus: Bus, spec: LabelSpec) -> None:
+    def __init__(self, bus: Bus, config: DriftloopConfig, rows_per_record: int) -> None:
         self.bus = bus
-        self.spec = spec
+        self.spec = config.dataset.label
+        self.rows_per_record = rows_per_record
+        #: Per feature view, the models that read it and the features each reads.
+        self.views: dict[str, list[tuple[str, list[str]]]] = {}
+        for model in config.models:
+            self.views.setdefault(model.feature_view, []).append((model.name, model.features))
 
     async def __call__(self, records: list[Record]) -> list[tuple[Record, PoisonMessage]]:
         bad: list[tuple[Record, PoisonMessage]] = []
+        rows: dict[tuple[Source, str, int], list[Row]] = {}
         for record in records:
+            if record.topic == "features":
+                self.feature_rows(record, rows)
+                continue
             try:
-                joined = (
-                    prediction_record(record)
-                    if record.topic == "predictions"
-                    else label_record(record.value, record.timestamp, self.spec)
-                )
+                joined = self.join_record(record, rows)
             except PoisonMessage as exc:
                 bad.append((record, exc))
                 continue
             if joined is not None:
                 await self.bus.send(JOIN_TOPIC, orjson.dumps(joined.to_dict()), joined.event_id, [], wait=False)
+        for (source, model, partition), found in rows.items():
+            for start in range(0, len(found), self.rows_per_record):
+                batch = RowBatch(model, source, partition, found[start : start + self.rows_per_record])
+                await self.bus.send(ROWS_TOPIC, orjson.dumps(batch.to_dict()), model, [], wait=False)
         return bad
+
+    def join_record(self, record: Record, rows: dict[tuple[Source, str, int], list[Row]]) -> JoinRecord | None:
+        """A label, or a champion's prediction (also a row of its model's prediction columns); a challenger's
+        prediction is neither."""
+        if record.topic != "predictions":
+            return label_record(record.value, record.timestamp, self.spec)
+        prediction = record.parse(Prediction)
+        if prediction.role != "champion":
+            return None
+        values = {PREDICTION: prediction.prediction, PROBABILITY: prediction.probability}
+        rows.setdefault((PREDICTIONS, prediction.model_name, record.partition), []).append(
+            (record.offset, prediction.model_version, values)
+        )
+        return prediction_record(prediction)
+
+    def feature_rows(self, record: Record, rows: dict[tuple[Source, str, int], list[Row]]) -> None:
+        """The vector as a row of every model that reads its view, with that model's features only. A vector
+        that does not parse is skipped: deployment, which scores this topic, dead-letters it."""
+        try:
+            vector = record.parse(FeatureVector)
+        except PoisonMessage:
+            return
+        for model, names in self.views.get(vector.feature_view, []):
+            row: Row = (record.offset, None, {n: vector.features.get(n) for n in names})
+            rows.setdefault((FEATURES, model, record.partition), []).append(row)

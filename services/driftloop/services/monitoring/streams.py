@@ -16,10 +16,10 @@ Three stages, each working a batch at a time:
    track through the same topic, in order with the outcomes, and re-arms the
    monitor (``domain.ModelMonitor.rearm``), with a ``DriftUnresolved`` event.
 
-Beside them, data drift and the estimated accuracy need no labels: feature
-vectors of each model's view and the champion's predictions are re-keyed by
-model onto the ``rows`` topic, a batch of a source partition per record, and
-each model's ``datawatch.DataWatch`` folds them in against its champion's
+Beside them, data drift and the estimated accuracy need no labels: routing
+also re-keys the feature vectors of each model's view and the champion's
+predictions by model onto the ``rows`` topic, a batch of a source partition
+per record, and each model's ``datawatch.DataWatch`` folds them in against its champion's
 reference sample (``references.References``).
 
 All state is JSON in changelog-backed tables: a crash, a restart or a
@@ -29,7 +29,6 @@ a cache, checked against the table's stamp before use.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -44,15 +43,13 @@ from driftloop.config import DriftloopConfig
 from driftloop.contracts import (
     DriftDetected,
     DriftUnresolved,
-    FeatureVector,
-    Prediction,
     PromotionRejected,
     TrainingRunFailed,
     parse_internal,
 )
 from driftloop.logging import get_logger
-from driftloop.services.monitoring.datadrift import PREDICTION, PROBABILITY, FeatureDrift
-from driftloop.services.monitoring.datawatch import FEATURES, PREDICTIONS, DataWatch, Row, RowBatch, Source
+from driftloop.services.monitoring.datadrift import FeatureDrift
+from driftloop.services.monitoring.datawatch import DataWatch, RowBatch
 from driftloop.services.monitoring.domain import Detected, ModelTrack, Rearmed
 from driftloop.services.monitoring.join import (
     JoinEntry,
@@ -74,9 +71,9 @@ from driftloop.services.monitoring.metrics import (
     UNRESOLVED,
 )
 from driftloop.services.monitoring.references import References
-from driftloop.services.monitoring.routing import JOIN_TOPIC
+from driftloop.services.monitoring.routing import JOIN_TOPIC, ROWS_TOPIC
 from driftloop.services.monitoring.settings import MonitoringSettings
-from driftloop.streams import Emitter, parse, raw_topic, settled, state_table, stream_app
+from driftloop.streams import Emitter, raw_topic, settled, state_table, stream_app
 
 log = get_logger(__name__)
 
@@ -107,7 +104,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
     watches = state_table(app, "watches", batched=True)
     joins = raw_topic(app, settings, JOIN_TOPIC, internal=True)
     outcomes = raw_topic(app, settings, "driftloop-monitoring-outcomes", internal=True)
-    rows_topic = raw_topic(app, settings, "driftloop-monitoring-rows", internal=True)
+    rows_topic = raw_topic(app, settings, ROWS_TOPIC, internal=True)
     policy = config.drift
     horizon = settings.label_horizon.total_seconds()
     expiries: dict[int, JoinExpiry] = {}
@@ -149,61 +146,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
         rolling_window=policy.accuracy_window,
     )
 
-    # Stage 1, routing, runs on the bus (``routing.py``); here the rows for data drift are re-keyed by model.
-
-    async def send_rows(source: Source, rows: dict[tuple[str, int], list[Row]]) -> None:
-        """One record per model and source partition, split so that no record grows past a bounded size."""
-        size = settings.data_rows_per_record
-        for (model, partition), found in rows.items():
-            for start in range(0, len(found), size):
-                batch = RowBatch(model, source, partition, found[start : start + size])
-                await rows_topic.send(key=model.encode(), value=orjson.dumps(batch.to_dict()))
-
-    def prediction_rows(events: Sequence[faust.EventT[Any]]) -> dict[tuple[str, int], list[Row]]:
-        """The champion's predictions as rows of the prediction columns; unreadable ones are the join's to
-        dead-letter."""
-        rows: dict[tuple[str, int], list[Row]] = {}
-        for event in events:
-            try:
-                prediction = parse(Prediction, event.value)
-            except PoisonMessage:
-                continue
-            if prediction.role != "champion":
-                continue
-            values = {PREDICTION: prediction.prediction, PROBABILITY: prediction.probability}
-            row: Row = (event.message.offset, prediction.model_version, values)
-            rows.setdefault((prediction.model_name, event.message.partition), []).append(row)
-        return rows
-
-    @app.agent(raw_topic(app, settings, "predictions"))
-    async def route_predictions(stream: faust.StreamT[Any]) -> None:
-        async for events in _batches(stream, settings):
-            await send_rows(PREDICTIONS, prediction_rows(events))
-
-    views: dict[str, list[tuple[str, list[str]]]] = {}
-    for spec in config.models:
-        views.setdefault(spec.feature_view, []).append((spec.name, spec.features))
-
-    def feature_rows(events: Sequence[faust.EventT[Any]]) -> dict[tuple[str, int], list[Row]]:
-        """Each vector as a row of every model that reads its view, with that model's features only. A vector
-        that does not parse is skipped: deployment, which scores this topic, dead-letters it."""
-        rows: dict[tuple[str, int], list[Row]] = {}
-        for event in events:
-            try:
-                vector = parse(FeatureVector, event.value)
-            except PoisonMessage:
-                continue
-            for model, names in views.get(vector.feature_view, []):
-                row: Row = (event.message.offset, None, {n: vector.features.get(n) for n in names})
-                rows.setdefault((model, event.message.partition), []).append(row)
-        return rows
-
-    @app.agent(raw_topic(app, settings, "features"))
-    async def route_features(stream: faust.StreamT[Any]) -> None:
-        async for events in _batches(stream, settings):
-            await send_rows(FEATURES, feature_rows(events))
-
-    # Stage 2: join.
+    # Stage 1, routing, runs on the bus (``routing.py``). Stage 2: join.
 
     @pending.on_recover
     async def reindex() -> None:
@@ -235,10 +178,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
             latest[message.partition] = max(at, latest.get(message.partition, at))
         # Acknowledged before the entries say "scored": a crash in between repeats the outcomes, which the
         # tracker recognises by their source; the other order could lose them.
-        sent = [
-            await outcomes.send(key=o.model.encode(), value=orjson.dumps(o.to_dict()), force=True) for o in completed
-        ]
-        await asyncio.gather(*sent)
+        await emitter.send_all(outcomes, [(o.model.encode(), orjson.dumps(o.to_dict())) for o in completed])
         for key, entry in entries.items():
             pending[key] = entry.to_dict()
             expiries.setdefault(entry.partition, JoinExpiry(horizon)).track(key, entry.at)
