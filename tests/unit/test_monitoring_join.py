@@ -13,6 +13,7 @@ from driftloop.services.monitoring.join import (
     LabelRecord,
     Outcome,
     PredictionRecord,
+    SettledMarks,
     join,
     record_from_dict,
 )
@@ -112,3 +113,57 @@ def test_duplicates_never_score_twice_and_every_labelled_prediction_is_scored(
 def test_a_prediction_carrying_the_label_scores_the_other_models_waiting() -> None:
     _, outcomes = run([PredictionRecord("e1", "a", 1, 1, None, 1.0), PredictionRecord("e1", "b", 1, 0, 0, 1.0)])
     assert [(o.model, o.correct) for o in outcomes] == [("a", False), ("b", True)]
+
+
+def run_bounded(records: list[JoinRecord], keep: int) -> tuple[dict[str, dict[str, object]], list[Outcome], int]:
+    """The join as the stream runs it: settled entries beyond the newest ``keep`` are dropped, the rest kept.
+    Returns the table, the outcomes and the largest the table grew."""
+    table: dict[str, dict[str, object]] = {}
+    marks = SettledMarks(keep)
+    outcomes: list[Outcome] = []
+    largest = 0
+    for offset, record in enumerate(records):
+        stored = table.get(record.event_id)
+        entry, found = join(JoinEntry.from_dict(stored) if stored else None, record, 0)
+        newly = entry.settle(offset)
+        table[record.event_id] = entry.to_dict()
+        if newly:
+            marks.mark(record.event_id, offset)
+        for key in marks.overflow():
+            if key in table and JoinEntry.from_dict(table[key]).settled:
+                del table[key]
+        outcomes += found
+        largest = max(largest, len(table))
+    return table, outcomes, largest
+
+
+def test_settled_entries_beyond_the_kept_number_go_and_a_prompt_repeat_is_still_recognised() -> None:
+    """A long stream of labelled events keeps at most ``keep`` settled entries, and a routing batch repeated
+    right after the original (a crash before its commit) scores nothing twice."""
+    stream: list[JoinRecord] = []
+    for i in range(1000):
+        stream += [PredictionRecord(f"e{i}", "m", 1, i % 2, None, float(i)), LabelRecord(f"e{i}", 1, float(i))]
+    repeated = stream[:1200] + stream[1180:1200] + stream[1200:]
+    table, outcomes, largest = run_bounded(repeated, keep=50)
+    assert largest <= 51 and len(table) == 50
+    assert len(outcomes) == 1000 and len({o.event_id for o in outcomes}) == 1000
+
+
+def test_a_settled_entry_still_scores_a_later_model_until_it_is_dropped() -> None:
+    stream: list[JoinRecord] = [LabelRecord("e0", 1, 0.0), PredictionRecord("e0", "a", 1, 1, None, 0.0)]
+    stream.append(PredictionRecord("e0", "b", 1, 1, None, 0.0))
+    stream += [LabelRecord(f"x{i}", 1, 1.0) for i in range(5)]
+    stream += [PredictionRecord(f"x{i}", "a", 1, 1, None, 1.0) for i in range(5)]
+    table, outcomes, _ = run_bounded(stream, keep=2)
+    assert [(o.event_id, o.model) for o in outcomes[:2]] == [("e0", "a"), ("e0", "b")]
+    assert "e0" not in table and len(table) == 2, "scored for both models, then dropped in its turn"
+
+
+def test_marks_rebuilt_after_a_recovery_keep_their_settling_order() -> None:
+    entries = [
+        (k, JoinEntry(at=0.0, partition=0, has_label=True, label=1, done=["m:1"], settled_at=o))
+        for k, o in (("b", 7), ("a", 3), ("c", 9))
+    ]
+    entries.append(("w", JoinEntry(at=0.0, partition=0, has_label=False, waiting={"m:1": [1, 0.0]})))
+    marks = SettledMarks.rebuilt(1, entries)
+    assert marks.overflow() == ["a", "b"] and len(marks) == 1

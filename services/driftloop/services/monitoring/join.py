@@ -19,6 +19,7 @@ changelog finds its entry already updated and does nothing again.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,11 +115,29 @@ class JoinEntry:
     label: LabelValue | None = None
     waiting: dict[str, list[Any]] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
+    #: The join-topic offset at which the entry was first settled (see ``settle``).
+    settled_at: int | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Labelled, something scored and nothing waiting: the entry only guards against duplicates now."""
+        return self.has_label and bool(self.done) and not self.waiting
+
+    def settle(self, offset: int) -> bool:
+        """Stamp the entry with the offset that first settled it; True only that first time."""
+        if self.settled_at is not None or not self.settled:
+            return False
+        self.settled_at = offset
+        return True
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"at": self.at, "p": self.partition, "waiting": self.waiting, "done": self.done}
+        data: dict[str, Any] = {"at": self.at, "p": self.partition, "done": self.done}
+        if self.waiting:
+            data["waiting"] = self.waiting
         if self.has_label:
             data["label"] = self.label
+        if self.settled_at is not None:
+            data["s"] = self.settled_at
         return data
 
     @classmethod
@@ -130,6 +149,7 @@ class JoinEntry:
             label=data.get("label"),
             waiting=dict(data.get("waiting", {})),
             done=list(data.get("done", [])),
+            settled_at=data.get("s"),
         )
 
 
@@ -215,9 +235,65 @@ class JoinExpiry:
     def advance(self, at: float) -> list[str]:
         """Move the partition's stream time to ``at`` (it never goes back) and return the keys that expired."""
         self.latest = at if self.latest is None else max(self.latest, at)
-        keys = expired(self._index, self.latest - self.horizon)
+        keys = [key for key in expired(self._index, self.latest - self.horizon) if key in self._tracked]
         self._tracked.difference_update(keys)
         return keys
 
+    def forget(self, key: str) -> None:
+        """Stop tracking ``key`` (its entry went early); the index sheds forgotten keys once they are half of it.
+
+        >>> expiry = JoinExpiry(horizon=60.0)
+        >>> for k in "abc": expiry.track(k, 0.0)
+        >>> expiry.forget("a"); expiry.forget("b"); len(expiry), len(expiry._index), expiry.advance(100.0)
+        (1, 1, ['c'])
+        """
+        self._tracked.discard(key)
+        if len(self._index) > 2 * len(self._tracked):
+            self._index = [item for item in self._index if item[1] in self._tracked]
+            heapq.heapify(self._index)
+
     def __len__(self) -> int:
         return len(self._tracked)
+
+
+@dataclass
+class SettledMarks:
+    """The settled entries of one partition, oldest first, of which only the newest ``keep`` stay.
+
+    A settled entry exists only to recognise duplicates: a prediction or label
+    sent again, or routing repeating a batch after a crash, which would
+    otherwise score an event twice. Those repeats come within a batch or two
+    of the original, so the entry need not wait out the label horizon; kept
+    for the horizon, settled entries were nearly all of the join's memory
+    (an hour of traffic). Counting by entries rather than by time bounds the
+    memory whatever the event rate.
+
+    >>> marks = SettledMarks(keep=2)
+    >>> marks.mark("a", 10); marks.mark("b", 11); marks.mark("c", 12)
+    >>> marks.overflow(), len(marks)
+    (['a'], 2)
+    """
+
+    keep: int
+    _order: deque[tuple[int, str]] = field(default_factory=deque)
+
+    def mark(self, key: str, offset: int) -> None:
+        self._order.append((offset, key))
+
+    def overflow(self) -> list[str]:
+        """Forget and return the oldest marks beyond ``keep``: their entries may go, if still settled."""
+        gone = []
+        while len(self._order) > self.keep:
+            gone.append(self._order.popleft()[1])
+        return gone
+
+    @classmethod
+    def rebuilt(cls, keep: int, entries: list[tuple[str, JoinEntry]]) -> SettledMarks:
+        """The marks of a partition's recovered entries, in the order they were settled."""
+        marks = cls(keep)
+        for offset, key in sorted((e.settled_at, k) for k, e in entries if e.settled_at is not None and e.settled):
+            marks.mark(key, offset)
+        return marks
+
+    def __len__(self) -> int:
+        return len(self._order)

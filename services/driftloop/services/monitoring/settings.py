@@ -13,6 +13,9 @@ class MonitoringSettings(StreamSettings):
     #: join entries are dropped, so predictions that never get a label do not grow the state; a label
     #: later than this is not scored, and a duplicate prediction later than this is not recognised.
     label_horizon: timedelta = timedelta(hours=1)
+    #: Settled join entries (labelled and scored) kept per join partition to recognise duplicates; older ones
+    #: are dropped before the horizon. A repeat arriving after this many newer settled events is scored again.
+    settled_kept: int = Field(default=20_000, ge=1)
     #: Each stage handles up to this many records at a time, or what arrived within ``batch_within`` seconds.
     batch: int = 1000
     batch_within: float = 0.05

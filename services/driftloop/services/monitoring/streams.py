@@ -7,7 +7,8 @@ Three stages, each working a batch at a time:
 2. *join*: one entry per event id in the ``pending`` table (``join.py``);
    the outcomes a record completes are sent, keyed by model, and acknowledged
    before the entries are written. Entries expire ``label_horizon`` of event
-   time after they were first written.
+   time after they were first written; settled ones (labelled, scored,
+   nothing waiting) sooner, beyond the newest ``settled_kept`` per partition.
 3. *track*: each model's monitors (``domain.ModelTrack``) are one entry of
    the ``tracks`` table, read and written once per batch. The entry also
    holds how far each join partition's outcomes were applied, so a replayed
@@ -56,6 +57,7 @@ from driftloop.services.monitoring.join import (
     JoinExpiry,
     Outcome,
     PredictionRecord,
+    SettledMarks,
     join,
     record_from_dict,
 )
@@ -108,6 +110,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
     policy = config.drift
     horizon = settings.label_horizon.total_seconds()
     expiries: dict[int, JoinExpiry] = {}
+    marks: dict[int, SettledMarks] = {}
     cache: dict[str, tuple[str, ModelTrack]] = {}
 
     def load(model: str) -> ModelTrack | None:
@@ -151,13 +154,19 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
     @pending.on_recover
     async def reindex() -> None:
         expiries.clear()
+        recovered: dict[int, list[tuple[str, JoinEntry]]] = {}
         for key, value in pending.items():
             if isinstance(value, dict) and "at" in value:
-                expiries.setdefault(value["p"], JoinExpiry(horizon)).track(key, value["at"])
+                entry = JoinEntry.from_dict(value)
+                expiries.setdefault(entry.partition, JoinExpiry(horizon)).track(key, entry.at)
+                recovered.setdefault(entry.partition, []).append((key, entry))
+        marks.clear()
+        marks.update({p: SettledMarks.rebuilt(settings.settled_kept, found) for p, found in recovered.items()})
 
     async def on_join_batch(events: Sequence[faust.EventT[Any]]) -> None:
         events = await settled(app, events)
         entries: dict[str, JoinEntry] = {}
+        offsets: dict[str, int] = {}
         completed: list[Outcome] = []
         latest: dict[int, float] = {}
         for event in events:
@@ -172,7 +181,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
             if entry is None and (stored := pending.get(key)) is not None:
                 entry = JoinEntry.from_dict(stored)
             entry, found = join(entry, record, message.partition)
-            entries[key] = entry
+            entries[key], offsets[key] = entry, message.offset
             completed += [replace(o, source=(message.partition, message.offset, i)) for i, o in enumerate(found)]
             at = record.event_time if isinstance(record, PredictionRecord) else record.label_time
             latest[message.partition] = max(at, latest.get(message.partition, at))
@@ -180,14 +189,22 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
         # tracker recognises by their source; the other order could lose them.
         await emitter.send_all(outcomes, [(o.model.encode(), orjson.dumps(o.to_dict())) for o in completed])
         for key, entry in entries.items():
+            newly_settled = entry.settle(offsets[key])
             pending[key] = entry.to_dict()
             expiries.setdefault(entry.partition, JoinExpiry(horizon)).track(key, entry.at)
+            if newly_settled:
+                marks.setdefault(entry.partition, SettledMarks(settings.settled_kept)).mark(key, offsets[key])
         for partition, at in latest.items():
             gone = expiries.setdefault(partition, JoinExpiry(horizon)).advance(at)
             for key in gone:
                 if key in pending:
                     del pending[key]
             EXPIRED_JOINS.inc(len(gone))
+            for key in marks.setdefault(partition, SettledMarks(settings.settled_kept)).overflow():
+                stored = pending.get(key)
+                if stored is not None and JoinEntry.from_dict(stored).settled:
+                    del pending[key]
+                    expiries[partition].forget(key)
         PENDING_JOINS.set(sum(len(e) for e in expiries.values()))
 
     @app.agent(joins)
