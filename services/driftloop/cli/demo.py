@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +56,8 @@ class DemoOptions:
     eval_events: int = 800
     min_new_predictions: int = 300
     rate: float = 150.0
+    #: A label follows its event this many events later, as labels do in production (they are never early).
+    label_delay: int = 100
     seed: int = 7
     timeout: float = 300.0
     #: After the last event, how long to wait for predictions still on their way.
@@ -124,6 +126,7 @@ class Demo:
         self.tag = uuid.uuid4().hex[:8]
         self.result = DemoResult(drift_position=options.drift_at)
         self.rows: list[Row] = []
+        self.unlabelled: deque[Row] = deque()
         self.drift_sent_at: float | None = None
         self.rollouts: dict[int, RolloutCompleted] = {}
         self.newest_scored: int | None = None
@@ -200,19 +203,29 @@ class Demo:
         return consumer
 
     async def _send(self, producer: AIOKafkaProducer, row: Row) -> None:
+        """The row's event, and the labels now ``label_delay`` events old."""
         event = DataEvent(
             event_id=self.event_id(row.position),
             entity_id=f"applicant-{row.position % 500}",
             event_time=utcnow(),
             features=row.features,
         )
-        label = LabelEvent(event_id=event.event_id, label=row.label, label_time=utcnow())
         await producer.send(
             self.settings.topic("events.raw"), event.model_dump_json().encode(), key=event.entity_id.encode()
         )
-        await producer.send(
-            self.settings.topic("labels"), label.model_dump_json().encode(), key=event.event_id.encode()
-        )
+        self.unlabelled.append(row)
+        while len(self.unlabelled) > self.options.label_delay:
+            await self._send_label(producer, self.unlabelled.popleft())
+
+    async def _send_label(self, producer: AIOKafkaProducer, row: Row) -> None:
+        event_id = self.event_id(row.position)
+        label = LabelEvent(event_id=event_id, label=row.label, label_time=utcnow())
+        await producer.send(self.settings.topic("labels"), label.model_dump_json().encode(), key=event_id.encode())
+
+    async def _send_labels(self, producer: AIOKafkaProducer) -> None:
+        """Every label still held back: before the first training, and once the stream ends."""
+        while self.unlabelled:
+            await self._send_label(producer, self.unlabelled.popleft())
 
     async def _first_model(self, client: httpx.AsyncClient) -> None:
         self.status = "training the first model"
@@ -296,6 +309,7 @@ class Demo:
             async with httpx.AsyncClient(timeout=10.0, headers=self.headers) as client:
                 for row in agrawal_stream(self.options):
                     if row.position == self.options.warmup:
+                        await self._send_labels(producer)
                         await producer.flush()
                         await self._first_model(client)
                         started = time.monotonic() - row.position / self.options.rate
@@ -319,6 +333,7 @@ class Demo:
                     ahead = row.position / self.options.rate - (time.monotonic() - started)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
+                await self._send_labels(producer)
                 await producer.flush()
                 # Predictions trail the events: give the new version time to show up on the stream.
                 self.status = "waiting for the new version's predictions"

@@ -164,6 +164,7 @@ def demo(
     rate: Annotated[float, typer.Option(help="Events per second.")] = 150.0,
     drift_at: Annotated[int, typer.Option(help="Event number where the concept changes.")] = 3000,
     max_events: Annotated[int, typer.Option(help="Stop after this many events at the latest.")] = 12000,
+    label_delay: Annotated[int, typer.Option(help="Events between an event and its label.")] = 100,
     kafka: KafkaOption = False,
 ) -> None:
     """Stream a drifting data set into the stack (starting one if none runs) and watch the loop close."""
@@ -182,7 +183,7 @@ def demo(
                 stack.wait_ready()
             settings = stack.settings
             console.print(status_table(stack, stack.poll()))
-        options = DemoOptions(rate=rate, drift_at=drift_at, max_events=max_events)
+        options = DemoOptions(rate=rate, drift_at=drift_at, max_events=max_events, label_delay=label_delay)
         result = asyncio.run(run_demo(settings, options, urls))
         console.print(summary(result))
     finally:
