@@ -15,7 +15,7 @@ from driftloop.offline import TrainingRow
 from driftloop.reference import ReferenceSample
 from driftloop.services.monitoring.datadrift import PREDICTION, PROBABILITY, DataDriftDetector, ReferenceProfile
 from driftloop.services.monitoring.estimation import AccuracyEstimator
-from driftloop.services.training.domain import fit, reference_sample, time_split
+from driftloop.services.training.domain import fit, reference_sample, refit, time_split
 
 FEATURES = ["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan"]
 SPEC = ModelSpec(
@@ -111,3 +111,29 @@ def test_the_stored_calibration_estimates_the_accuracy_of_fresh_data(
     estimator.update(probabilities)
     estimate = estimator.estimate()
     assert estimate is not None and estimate.covers(float(correct.mean()))
+
+
+def test_a_refit_version_is_judged_against_its_own_probabilities_so_a_stationary_stream_is_not_drift() -> None:
+    """The served refit is surer of itself than the gated model: a reference of the gated model's probabilities
+    flagged ``@probability`` on data of the very same concept; the reference of the served model does not."""
+    rows = agrawal(3000, seed=1)
+    train, holdout = time_split(rows, 0.3)
+    gated = fit(SPEC, "run-1", train, holdout)
+    served = refit(SPEC, "run-1", rows)
+    fresh = agrawal(4000, seed=2)
+    labels, probabilities = served.predict([r.features for r in fresh])
+    stream = [
+        {**r.features, PREDICTION: y, PROBABILITY: p} for r, y, p in zip(fresh, labels, probabilities, strict=True)
+    ]
+
+    def findings(reference: ReferenceSample) -> set[str]:
+        policy = DataDriftPolicy()
+        detector = DataDriftDetector("loan-approval", 1, ReferenceProfile.from_sample(reference, policy), policy)
+        return {f.feature for check in detector.update(stream) for f in check.findings}  # type: ignore[arg-type]
+
+    of_gated = reference_sample(SPEC, "run-1", gated.artifact, rows, holdout, size=2000)
+    of_served = reference_sample(SPEC, "run-1", gated.artifact, rows, holdout, size=2000, served=served)
+    assert findings(of_gated) == {PROBABILITY}, "the mismatch this guards against"
+    assert findings(of_served) == set()
+    assert of_served.probabilities == served.predict([r.features for r in holdout])[1]
+    assert of_served.calibration == of_gated.calibration, "calibrated on the model that never saw the holdout"

@@ -95,13 +95,17 @@ def reference_sample(
     rows: Sequence[TrainingRow],
     holdout: Sequence[TrainingRow],
     size: int,
+    served: ModelArtifact | None = None,
 ) -> ReferenceSample:
     """What monitoring compares the live stream with: ``size`` rows of the window, and the holdout as served.
 
     The features are sampled from the whole window the version was built on.
-    The predictions come from the holdout only, the rows the model did not
-    learn from, so their probabilities look like those it serves; they are
-    also what the probabilities are calibrated on.
+    The prediction columns are the holdout scored by the model the version
+    serves (``served``, its refit, when there is one): a refit is more sure
+    of itself than the model the gate judged, and comparing its live
+    probabilities with the gated model's made prediction drift fire on a
+    stream whose concept had not changed. The calibration still comes from
+    the gated model, the only one that never saw the holdout.
 
     >>> from datetime import datetime, UTC
     >>> spec = ModelSpec(name="m", feature_view="v", features=["x"], estimator="logistic_regression")
@@ -113,17 +117,19 @@ def reference_sample(
     (40, 30, True, 100)
     """
     chosen = sample_indices(len(rows), size, run_id)
-    predictions, probabilities = artifact.predict([r.features for r in holdout])
-    correct = [prediction == row.label for prediction, row in zip(predictions, holdout, strict=True)]
-    served = [(p, c) for p, c in zip(probabilities, correct, strict=True) if p is not None]
+    features = [r.features for r in holdout]
+    gated, gated_probabilities = artifact.predict(features)
+    gated_correct = [prediction == row.label for prediction, row in zip(gated, holdout, strict=True)]
+    calibrated = [(p, c) for p, c in zip(gated_probabilities, gated_correct, strict=True) if p is not None]
+    predictions, probabilities = served.predict(features) if served is not None else (gated, gated_probabilities)
     return ReferenceSample(
         model_name=spec.name,
         run_id=run_id,
         features=feature_columns([r.features for r in rows], spec.features, chosen),
         predictions=predictions,
         probabilities=probabilities,
-        correct=correct,
-        calibration=Calibration.fit([p for p, _ in served], [c for _, c in served]),
+        correct=[prediction == row.label for prediction, row in zip(predictions, holdout, strict=True)],
+        calibration=Calibration.fit([p for p, _ in calibrated], [c for _, c in calibrated]),
         window_rows=len(rows),
     )
 

@@ -219,7 +219,7 @@ class RunWorker:
         prefix = f"models/{spec.name}/{run.run_id}"
         model = await asyncio.to_thread(result.artifact.to_bytes)
         artifact_uri = await asyncio.to_thread(self.store.put, f"{prefix}/model.skops", model)
-        refit_uri, refit_sha256 = None, None
+        refit_uri, refit_sha256, refitted = None, None, None
         if self.config.training.refit:
             refitted = await asyncio.to_thread(refit, spec, run.run_id, rows)
             refit_model = await asyncio.to_thread(refitted.to_bytes)
@@ -231,7 +231,14 @@ class RunWorker:
             "\n".join(json.dumps(holdout_record(r)) for r in holdout).encode(),
         )
         reference = await asyncio.to_thread(
-            reference_sample, spec, run.run_id, result.artifact, rows, holdout, self.config.drift.data.reference_rows
+            reference_sample,
+            spec,
+            run.run_id,
+            result.artifact,
+            rows,
+            holdout,
+            self.config.drift.data.reference_rows,
+            refitted,
         )
         reference_uri = await asyncio.to_thread(self.store.put, f"{prefix}/reference.json", reference.to_bytes())
         window = DataWindow(
