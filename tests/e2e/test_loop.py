@@ -9,43 +9,19 @@ without losing their state.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from driftloop.broker import free_port
 from driftloop.cli.demo import DemoOptions, run_demo
 from driftloop.cli.stack import SERVICES, Stack
 from driftloop.contracts import DriftDetected, ModelPromoted, RolloutCompleted, TrainingRunCompleted
-from driftloop.settings import DriftloopSettings
-from tests.fixtures.kafka import Broker
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "loan-approval"
 OPTIONS = DemoOptions(
     model=MODEL, warmup=1200, drift_at=3000, max_events=8000, eval_events=600, rate=100.0, timeout=240.0
 )
 RESTART_AT = 2200
-
-
-@pytest.fixture
-def stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
-    settings = DriftloopSettings(
-        kafka_bootstrap=broker.bootstrap,
-        topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.",
-        home=tmp_path / "home",
-        config=REPO / "driftloop.yaml",
-    )
-    stack = Stack(settings, ports={name: free_port() for name in SERVICES}, env={"DRIFTLOOP_LOG_FORMAT": "json"})
-    try:
-        stack.start()
-        stack.wait_ready()
-        yield stack
-    finally:
-        stack.stop()
 
 
 def _get(stack: Stack, service: str, path: str) -> httpx.Response:

@@ -393,6 +393,13 @@ async def test_a_covariate_shift_of_one_feature_is_data_drift_on_it_and_the_esti
             await asyncio.sleep(0.3)
         exposition = (await client.get("/metrics")).text
         drifts = [DriftDetected.model_validate_json(r.value) for r in await read_topic(settings, "drift", 99, 3)]
+        state = (await client.get(f"/v1/models/{MODEL}/drift")).json()
+        history = (await client.get(f"/v1/models/{MODEL}/history", headers={"Origin": "http://dashboard"})).json()
+        cors = (await client.get(f"/v1/models/{MODEL}/history", headers={"Origin": "http://dashboard"})).headers
+        preflight = await client.options(
+            f"/v1/models/{MODEL}/history",
+            headers={"Origin": "http://dashboard", "Access-Control-Request-Method": "POST"},
+        )
 
     assert [(d.kind, d.feature, d.model_version) for d in drifts] == [("data", "age", 1)], "no concept drift"
     drift = drifts[0]
@@ -405,3 +412,19 @@ async def test_a_covariate_shift_of_one_feature_is_data_drift_on_it_and_the_esti
     assert lower <= metrics["estimated_accuracy"] <= upper and upper - lower < 0.1
     assert metrics["versions"][0]["estimated_accuracy"] == metrics["estimated_accuracy"]
     assert f'driftloop_estimated_accuracy{{model="{MODEL}"}} {metrics["estimated_accuracy"]}' in exposition
+
+    # The data drift is listed beside the concept drifts, and the history shows it with the checks around it.
+    assert [e["event_id"] for e in state["events"]] == [drift.event_id]
+    assert [(d["kind"], d["feature"], d["event_id"]) for d in history["drifts"]] == [("data", "age", drift.event_id)]
+    age = [c for check in history["checks"] for c in check["columns"] if c["feature"] == "age"]
+    assert any(a["drifted"] for a in age) and not age[0]["drifted"], "the checks before the shift saw no drift"
+    assert all(check["model_version"] == 1 for check in history["checks"])
+    realized_points = [p for p in history["accuracy"] if p["realized"] is not None]
+    estimated = [p for p in history["accuracy"] if p["estimated"] is not None]
+    assert len(realized_points) >= 10 and all(p["model_version"] == 1 for p in realized_points)
+    assert estimated
+    assert all(low <= p["estimated"] <= high for p in estimated for low, high in [p["estimated_interval"]])
+    assert [p["at"] for p in history["accuracy"]] == sorted(p["at"] for p in history["accuracy"])
+    # The dashboard, on the registry's origin, may read it; nothing but reading is offered to other origins.
+    assert cors["access-control-allow-origin"] == "*"
+    assert preflight.status_code == 400

@@ -26,6 +26,7 @@ def test_the_domain_modules_have_examples() -> None:
     for name in (
         "driftloop.services.features.domain",
         "driftloop.services.monitoring.domain",
+        "driftloop.services.monitoring.history",
         "driftloop.services.monitoring.join",
         "driftloop.services.registry.domain",
         "driftloop.services.registry.gate",

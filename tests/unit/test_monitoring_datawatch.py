@@ -49,15 +49,15 @@ def _watch(rng: random.Random) -> DataWatch:
 def test_a_shift_of_one_feature_is_found_on_that_feature_once_and_repeated_rows_count_once() -> None:
     rng = random.Random(7)
     watch = _watch(rng)
-    assert watch.apply(RowBatch("m", FEATURES, 0, _features(rng, range(300)))) == []
+    assert watch.apply(RowBatch("m", FEATURES, 0, _features(rng, range(300))), at=0.0) == []
     shifted = _features(rng, range(300, 600), shift=1.5)
-    found = watch.apply(RowBatch("m", FEATURES, 0, shifted))
+    found = watch.apply(RowBatch("m", FEATURES, 0, shifted), at=0.0)
     assert [(n, f.feature, f.statistic) for n, f in found] == [(600, "x", "ks")]
     assert found[0][1].p_adjusted <= POLICY.alpha and found[0][1].psi >= POLICY.min_psi
-    assert watch.apply(RowBatch("m", FEATURES, 0, shifted)) == [], "a re-sent batch is dropped by its offsets"
+    assert watch.apply(RowBatch("m", FEATURES, 0, shifted), at=0.0) == [], "a re-sent batch is dropped by its offsets"
     assert watch.detector is not None and watch.detector.observations == 600
     # Another partition has marks of its own; the drifted feature is not reported again while it stays drifted.
-    assert watch.apply(RowBatch("m", FEATURES, 1, _features(rng, range(300), shift=1.5))) == []
+    assert watch.apply(RowBatch("m", FEATURES, 1, _features(rng, range(300), shift=1.5)), at=0.0) == []
     assert watch.marks == {"f:0": 599, "f:1": 299}
 
 
@@ -65,7 +65,7 @@ def test_only_the_champions_predictions_feed_the_estimate() -> None:
     rng = random.Random(8)
     watch = _watch(rng)
     rows: list[Row] = [(i, 1 if i % 2 else 2, {"@prediction": 1, "@probability": 0.9}) for i in range(300)]
-    watch.apply(RowBatch("m", PREDICTIONS, 0, rows))
+    watch.apply(RowBatch("m", PREDICTIONS, 0, rows), at=0.0)
     assert watch.estimator is not None and watch.estimator.observations == 150
     estimate = watch.estimate()
     assert estimate is not None and estimate.lower <= estimate.accuracy <= estimate.upper
@@ -77,8 +77,8 @@ def test_the_state_goes_through_json_and_a_new_champion_starts_afresh() -> None:
     reference = VersionReference.from_sample(_sample(rng), POLICY)
     watch = DataWatch("m", POLICY, ESTIMATION)
     watch.switch(1, reference)
-    watch.apply(RowBatch("m", FEATURES, 2, _features(rng, range(120))))
-    watch.apply(RowBatch("m", PREDICTIONS, 0, [(5, 1, {"@prediction": 0, "@probability": 0.7})]))
+    watch.apply(RowBatch("m", FEATURES, 2, _features(rng, range(120))), at=0.0)
+    watch.apply(RowBatch("m", PREDICTIONS, 0, [(5, 1, {"@prediction": 0, "@probability": 0.7})]), at=0.0)
     data = orjson.loads(orjson.dumps(watch.to_dict()))
     again = DataWatch.from_dict(data, "m", reference, POLICY, ESTIMATION)
     assert again.to_dict() == watch.to_dict()
@@ -86,7 +86,8 @@ def test_the_state_goes_through_json_and_a_new_champion_starts_afresh() -> None:
     again.switch(2, reference)
     assert again.detector is not None and again.detector.observations == 0 and again.version == 2
     again.switch(3, None)
-    assert again.detector is None and again.apply(RowBatch("m", FEATURES, 2, _features(rng, range(120, 130)))) == []
+    assert again.detector is None
+    assert again.apply(RowBatch("m", FEATURES, 2, _features(rng, range(120, 130))), at=0.0) == []
     assert again.marks["f:2"] == 129
 
 

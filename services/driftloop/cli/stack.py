@@ -150,6 +150,8 @@ class Stack:
             DRIFTLOOP_CONFIG=str(self.settings.config),
             DRIFTLOOP_TOPIC_PREFIX=self.settings.topic_prefix,
         )
+        # The dashboard (on the registry) sends browsers to monitoring's first replica, wherever it listens.
+        env["DRIFTLOOP_PORTS__MONITORING"] = str(self.port_of("monitoring", 0))
         for key, value in (
             ("DRIFTLOOP_DATABASE_URL", self.settings.database_url),
             ("DRIFTLOOP_ARTIFACT_URI", self.settings.artifact_uri),

@@ -1,4 +1,4 @@
-"""What monitoring knows about a model: its rolling accuracy, its estimated accuracy and its drift state.
+"""What monitoring knows about a model: its rolling accuracy, its estimated accuracy, its drift state and history.
 
 Answers come from the ``tracks`` and ``watches`` tables, so a replica answers
 for the models whose partitions it holds; the others answer 404 for them.
@@ -14,8 +14,10 @@ from pydantic import BaseModel
 
 from driftloop.contracts import DriftDetected
 from driftloop.http import READ
+from driftloop.services.monitoring.datawatch import DataWatch
 from driftloop.services.monitoring.domain import ModelMonitor, ModelTrack
 from driftloop.services.monitoring.estimation import AccuracyEstimate
+from driftloop.services.monitoring.history import merge_accuracy
 from driftloop.services.monitoring.streams import MonitorStreams
 
 router = APIRouter(prefix="/v1", tags=["monitoring"], dependencies=[READ])
@@ -57,7 +59,44 @@ class DriftState(BaseModel):
     change_point_time: datetime | None
     accuracy_before: float | None
     accuracy_after: float | None
+    #: Concept drifts of the track and data drifts of the data watch, oldest first.
     events: list[DriftDetected]
+
+
+class AccuracyPointView(BaseModel):
+    """The realized rolling accuracy, the estimate with its interval, or both, as monitoring saw them at ``at``."""
+
+    at: datetime
+    model_version: int
+    realized: float | None
+    estimated: float | None
+    estimated_interval: tuple[float, float] | None
+
+
+class ColumnResultView(BaseModel):
+    feature: str
+    statistic: str
+    value: float
+    p_adjusted: float
+    psi: float
+    drifted: bool
+
+
+class DriftCheckView(BaseModel):
+    """One data-drift check: every column compared with the version's reference."""
+
+    at: datetime
+    model_version: int
+    observations: int
+    columns: list[ColumnResultView]
+
+
+class ModelHistory(BaseModel):
+    model_name: str
+    accuracy: list[AccuracyPointView]
+    #: Drift events of both kinds, oldest first: the markers on the accuracy chart.
+    drifts: list[DriftDetected]
+    checks: list[DriftCheckView]
 
 
 def _track(streams: MonitorStreams, name: str) -> tuple[ModelTrack, ModelMonitor]:
@@ -99,6 +138,11 @@ def _when(seconds: float | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
 
 
+def _drifts(track: ModelTrack | None, watch: DataWatch | None) -> list[DriftDetected]:
+    kept = (track.drifts if track is not None else []) + (watch.history.drifts if watch is not None else [])
+    return sorted((DriftDetected.model_validate(d) for d in kept), key=lambda d: d.occurred_at)
+
+
 @router.get("/models/{name}/metrics")
 async def metrics(name: str, streams: StreamsDep) -> ModelMetrics:
     """The latest labelled version's figures at the top; the estimate is the champion's, which labels may
@@ -136,5 +180,35 @@ async def drift(name: str, streams: StreamsDep) -> DriftState:
         change_point_time=_when(evidence.change_point_time if evidence else None),
         accuracy_before=evidence.accuracy_before if evidence else None,
         accuracy_after=evidence.accuracy_after if evidence else None,
-        events=[DriftDetected.model_validate(d) for d in track.drifts],
+        events=_drifts(track, streams.watch(name)),
     )
+
+
+@router.get("/models/{name}/history")
+async def history(name: str, streams: StreamsDep) -> ModelHistory:
+    """What the dashboard draws: accuracy over time, the drifts raised and every data-drift check."""
+    track, watch = streams.track(name), streams.watch(name)
+    if track is None and watch is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no predictions of {name!r} seen yet")
+    realized = track.realized.points if track is not None else []
+    estimated = watch.history.estimates if watch is not None else []
+    accuracy = [
+        AccuracyPointView(
+            at=datetime.fromtimestamp(p.at, UTC),
+            model_version=p.version,
+            realized=p.realized,
+            estimated=p.estimated,
+            estimated_interval=(p.lower, p.upper) if p.lower is not None and p.upper is not None else None,
+        )
+        for p in merge_accuracy(realized, estimated)
+    ]
+    checks = [
+        DriftCheckView(
+            at=datetime.fromtimestamp(c.at, UTC),
+            model_version=c.version,
+            observations=c.observations,
+            columns=[ColumnResultView.model_validate(r, from_attributes=True) for r in c.columns],
+        )
+        for c in (watch.history.checks if watch is not None else [])
+    ]
+    return ModelHistory(model_name=name, accuracy=accuracy, drifts=_drifts(track, watch), checks=checks)

@@ -21,10 +21,15 @@ partition's mark, as outcomes are in ``domain.ModelTrack``.
 >>> watch = DataWatch("m", policy, AccuracyEstimation(window=50))
 >>> watch.switch(1, VersionReference.from_sample(sample, policy))
 >>> rows = [(i, None, {"x": rng.gauss(3, 1)}) for i in range(200)]
->>> [(f.feature, n) for n, f in watch.apply(RowBatch("m", FEATURES, 0, rows))]
+>>> [(f.feature, n) for n, f in watch.apply(RowBatch("m", FEATURES, 0, rows), at=10.0)]
 [('x', 200)]
->>> watch.apply(RowBatch("m", FEATURES, 0, rows)), watch.detector.observations
+>>> watch.apply(RowBatch("m", FEATURES, 0, rows), at=11.0), watch.detector.observations
 ([], 200)
+
+Every check, drifted or not, stays in the history with each column's result:
+
+>>> [(c.at, [(r.feature, r.drifted) for r in c.columns]) for c in watch.history.checks]
+[(10.0, [('x', True)])]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from driftloop.contracts.events import FeatureValue
 from driftloop.reference import Calibration, ReferenceSample
 from driftloop.services.monitoring.datadrift import PROBABILITY, DataDriftDetector, FeatureDrift, ReferenceProfile
 from driftloop.services.monitoring.estimation import AccuracyEstimate, AccuracyEstimator
+from driftloop.services.monitoring.history import DataHistory
 
 FEATURES: Final = "f"
 PREDICTIONS: Final = "p"
@@ -97,6 +103,8 @@ class DataWatch:
     detector: DataDriftDetector | None = None
     estimator: AccuracyEstimator | None = None
     marks: dict[str, int] = field(default_factory=dict)
+    #: Outlives the versions: a new champion starts new windows, not a new history.
+    history: DataHistory = field(default_factory=DataHistory)
 
     def switch(self, version: int, reference: VersionReference | None) -> None:
         self.version = version
@@ -106,8 +114,11 @@ class DataWatch:
         self.detector = DataDriftDetector(self.model_name, version, reference.profile, self.data_policy)
         self.estimator = AccuracyEstimator(self.model_name, version, reference.calibration, self.estimation_policy)
 
-    def apply(self, batch: RowBatch) -> list[tuple[int, FeatureDrift]]:
-        """Fold in a batch's new rows; return each drifted column newly found, with the rows seen when it was."""
+    def apply(self, batch: RowBatch, *, at: float) -> list[tuple[int, FeatureDrift]]:
+        """Fold in a batch's new rows; return each drifted column newly found, with the rows seen when it was.
+
+        Its checks and the estimate it leads to go into ``history`` as taken at ``at``.
+        """
         mark_key = f"{batch.source}:{batch.partition}"
         mark = self.marks.get(mark_key, -1)
         fresh = [row for row in batch.rows if row[0] > mark]
@@ -119,10 +130,15 @@ class DataWatch:
         if self.detector is None or not fresh:
             return []
         values = [row[2] for row in fresh]
+        version = self.detector.version
         if batch.source == PREDICTIONS and self.estimator is not None:
             probabilities = [v.get(PROBABILITY) for v in values]
             self.estimator.update([float(p) if isinstance(p, int | float) else None for p in probabilities])
-        return [(check.observations, f) for check in self.detector.update(values) for f in check.findings]
+            self.history.offer_estimate(at, version, self.estimator.observations, self.estimator.estimate())
+        checks = self.detector.update(values)
+        for check in checks:
+            self.history.record_check(at, version, check.observations, check.results)
+        return [(check.observations, f) for check in checks for f in check.findings]
 
     def estimate(self) -> AccuracyEstimate | None:
         return self.estimator.estimate() if self.estimator is not None else None
@@ -133,6 +149,7 @@ class DataWatch:
             "detector": self.detector.to_dict() if self.detector else None,
             "estimator": self.estimator.to_dict() if self.estimator else None,
             "marks": self.marks,
+            "history": self.history.to_dict(),
         }
 
     @classmethod
@@ -145,7 +162,14 @@ class DataWatch:
         estimation_policy: AccuracyEstimation,
     ) -> DataWatch:
         """The stored state; ``reference`` is that of the stored version (None when it cannot be had)."""
-        watch = cls(model_name, data_policy, estimation_policy, version=data["version"], marks=dict(data["marks"]))
+        watch = cls(
+            model_name,
+            data_policy,
+            estimation_policy,
+            version=data["version"],
+            marks=dict(data["marks"]),
+            history=DataHistory.from_dict(data.get("history")),
+        )
         if reference is not None and data["detector"] is not None:
             watch.detector = DataDriftDetector.from_dict(data["detector"], reference.profile, data_policy)
         if reference is not None and data["estimator"] is not None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from river.drift import ADWIN
 
+from driftloop.services.monitoring.history import RealizedSeries
 from driftloop.services.monitoring.join import Outcome
 
 
@@ -281,6 +282,7 @@ class ModelTrack:
     monitors: dict[int, ModelMonitor] = field(default_factory=dict)
     applied: dict[int, tuple[int, int]] = field(default_factory=dict)
     drifts: list[dict[str, Any]] = field(default_factory=list)
+    realized: RealizedSeries = field(default_factory=RealizedSeries)
 
     @property
     def current(self) -> ModelMonitor | None:
@@ -326,11 +328,19 @@ class ModelTrack:
             return None
         return Rearmed(current.version, mine[-1]["event_id"], current.attempts, backoff)
 
+    def sample(self, at: float) -> bool:
+        """Offer the current version's rolling accuracy to the history (``history.RealizedSeries.offer``)."""
+        current = self.current
+        if current is None:
+            return False
+        return self.realized.offer(at, current.version, current.observations, current.rolling_accuracy)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "monitors": {str(v): m.to_dict() for v, m in self.monitors.items()},
             "applied": {str(p): list(mark) for p, mark in self.applied.items()},
             "drifts": self.drifts,
+            "realized": self.realized.to_dict(),
         }
 
     @classmethod
@@ -345,4 +355,5 @@ class ModelTrack:
             }
             track.applied = {int(p): (mark[0], mark[1]) for p, mark in data["applied"].items()}
             track.drifts = list(data["drifts"])
+            track.realized = RealizedSeries.from_dict(data.get("realized"))
         return track

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from driftloop.artifacts import open_store
 from driftloop.bus import ConsumerLoop, follower_state, replay, wait_caught_up
@@ -72,4 +73,6 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
 
     app = service_app("monitoring", lifespan, readiness, settings)
     app.include_router(router)
+    # The dashboard is served by the registry, on another origin, and reads the history from here.
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"], allow_headers=["Authorization"])
     return app

@@ -30,6 +30,7 @@ a cache, checked against the table's stamp before use.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -300,7 +301,9 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                 attempts=notice.attempts,
                 rearm_after=notice.rearm_after,
             )
+        now = time.time()
         for model, track in touched.items():
+            track.sample(now)
             stamp = uuid.uuid4().hex
             tracks[model] = {**track.to_dict(), "stamp": stamp}
             cache[model] = (stamp, track)
@@ -375,6 +378,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
     async def on_rows(events: Sequence[faust.EventT[Any]]) -> None:
         touched: dict[str, DataWatch] = {}
         urgent: set[str] = set()
+        now = time.time()
         for event in events:
             try:
                 batch = RowBatch.from_dict(orjson.loads(event.value))
@@ -389,9 +393,10 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
             if champion is not None and champion != watch.version:
                 watch.switch(champion, await references.reference(model, champion))
                 urgent.add(model)
-            for observations, finding in watch.apply(batch):
+            for observations, finding in watch.apply(batch, at=now):
                 drift = data_drift_event(watch, observations, finding)
                 await emitter.emit(drift, model)
+                watch.history.keep_drift(drift.model_dump(mode="json"))
                 DRIFTS.labels(model, "data").inc()
                 log.warning("data drift detected", model=model, version=drift.model_version, feature=drift.feature)
                 urgent.add(model)

@@ -61,6 +61,7 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
         }
 
     app = service_app("registry", lifespan, readiness, settings)
+    app.state.settings = settings
     app.include_router(router)
     app.include_router(dashboard)
     return app

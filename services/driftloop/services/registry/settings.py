@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+from pydantic import Field
+
 from driftloop.settings import ServiceSettings
 
 
 class RegistrySettings(ServiceSettings):
     service: str = "registry"
+    monitoring_url: str = Field(
+        default="",
+        description="Where the dashboard's browsers reach monitoring; empty = the page's host, monitoring's port.",
+    )
