@@ -33,7 +33,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from driftloop.auth import Identity, Role, allows, token_hash
+from driftloop.auth import Identity, Role, allows, token_hash, token_id_of
+from driftloop.bearer import JwtSettings, JwtVerifier, TokenRefused
 from driftloop.db import TokenStore, make_engine
 from driftloop.limits import InputRefused, check_json
 from driftloop.settings import DriftloopSettings
@@ -97,12 +98,14 @@ def _replay(body: bytes, then: Message | None, receive: Receive) -> Receive:
 
 
 class Gatekeeper:
-    """Checks bearer tokens against the shared token table, trusting an answer for ``cache_seconds``.
+    """Checks bearer tokens: API tokens against the shared token table, JWTs against the provider's key.
 
-    The cache spares the database a read per request; it bounds how long a
-    revoked token still works on a service that saw it a moment before. The
-    engine is opened on the first check, so a service nobody calls with a
-    token never touches the database.
+    An API token's answer is trusted for ``cache_seconds``: the cache spares
+    the database a read per request, and bounds how long a revoked token
+    still works on a service that saw it a moment before. The engine is
+    opened on the first check, so a service nobody calls with a token never
+    touches the database. A JWT is checked afresh each time (a signature
+    check costs no round trip), so it stops working the moment it expires.
     """
 
     def __init__(self, settings: DriftloopSettings) -> None:
@@ -110,6 +113,15 @@ class Gatekeeper:
         self.reads_open = settings.read_access == "open"
         self._store: TokenStore | None = None
         self._known: dict[str, tuple[Identity, float]] = {}
+        jwt_settings = JwtSettings(
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            role_claim=settings.jwt_role_claim,
+            secret=settings.jwt_secret.get_secret_value(),
+            public_key_file=settings.jwt_public_key_file,
+            jwks_file=settings.jwt_jwks_file,
+        )
+        self._jwt = JwtVerifier(jwt_settings) if jwt_settings.enabled else None
 
     def _lookup(self, token: str) -> Identity | None:
         if self._store is None:
@@ -117,6 +129,9 @@ class Gatekeeper:
         return self._store.identify(token)
 
     async def identify(self, token: str) -> Identity | None:
+        """The token's identity; None for an unknown API token. A refused JWT raises ``TokenRefused``."""
+        if self._jwt is not None and token_id_of(token) is None:
+            return self._jwt.identify(token)
         key = token_hash(token)
         known = self._known.get(key)
         if known is not None and known[1] > time.monotonic():
@@ -133,7 +148,10 @@ class Gatekeeper:
             self._store.engine.dispose()
 
 
-_bearer = HTTPBearer(auto_error=False, description="An API token: `driftloop token create --role ROLE`.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API token (`driftloop token create --role ROLE`) or, when configured, the identity provider's JWT.",
+)
 
 
 def require(role: Role) -> Any:
@@ -152,7 +170,10 @@ def require(role: Role) -> Any:
         challenge = {"WWW-Authenticate": "Bearer"}
         if credentials is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"needs a bearer token of role {role}", challenge)
-        identity = await gate.identify(credentials.credentials)
+        try:
+            identity = await gate.identify(credentials.credentials)
+        except TokenRefused as exc:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), challenge) from exc
         if identity is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", challenge)
         if not allows(identity.role, role):

@@ -74,6 +74,15 @@ class DriftloopSettings(BaseSettings):
     token_cache_seconds: float = Field(
         default=5.0, ge=0, description="How long a service trusts a verified token before reading it again."
     )
+    # OAuth2 bearer tokens (JWT) beside the API tokens: any of the three keys turns them on.
+    jwt_issuer: str = Field(default="", description="The `iss` a JWT must carry; empty = not checked.")
+    jwt_audience: str = Field(default="", description="The `aud` a JWT must carry; empty = not checked.")
+    jwt_secret: SecretStr = Field(default=SecretStr(""), description="HS256 shared secret of the identity provider.")
+    jwt_public_key_file: Path | None = Field(default=None, description="RS256 public key (PEM) of the provider.")
+    jwt_jwks_file: Path | None = Field(default=None, description="The provider's JWKS, saved as a file.")
+    jwt_role_claim: str = Field(
+        default="role", description="Claim holding the role (or a list of roles); dots reach into nested claims."
+    )
     # Input limits, the same for every service (applied in driftloop.http and by the consumers).
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, gt=0, description="Largest HTTP request body; past it 413, counted as it streams in."
