@@ -7,6 +7,8 @@ at startup, and a bad file stops a service with the offending key named.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -41,6 +43,14 @@ class DatasetSchema(_Strict):
     #: Producers' clocks drift; events further in the future than this are rejected.
     max_clock_skew: timedelta = timedelta(minutes=5)
     allow_unknown_features: bool = False
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what a row of the dataset is (features, their types and bounds, the label).
+
+        Freshness limits are left out: they say which events are accepted, not what a row holds.
+        """
+        shape = self.model_dump(mode="json", include={"features", "label", "allow_unknown_features"})
+        return hashlib.sha256(json.dumps(shape, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def categorical(self) -> list[str]:
         """Features whose values name groups rather than amounts: the gate checks each of their values."""
@@ -165,8 +175,13 @@ class PromotionPolicy(_Strict):
     #: apart on a 300-row holdout in about 7 % of trials, since one of them is a little better;
     #: 0.01 keeps that at 3 % (``tests/bench/bench_gate.py``).
     min_improvement: float = Field(default=0.01, ge=0)
-    #: When true a version that passes the gate waits for an operator's POST .../promote.
+    #: When true a version that passes the gate waits for an approver's POST .../approve (or .../reject).
     require_approval: bool = False
+    #: How long a version waits for a person (ISO-8601, e.g. PT4H); null waits for ever.
+    approval_timeout: timedelta | None = None
+    #: Past the timeout: the registry rejects the version itself ("approval timed out"), or it escalates
+    #: once (log, audit row, metric) and the version keeps waiting.
+    on_approval_timeout: Literal["reject", "escalate"] = "reject"
     #: One-sided confidence of the bounds the gate compares.
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     #: Bootstrap resamples of the holdout; the seed makes a decision repeatable from its inputs.

@@ -286,6 +286,11 @@ class ModelVersionRegistered(_Typed):
     reference_uri: str | None = Field(
         default=None, description="The reference sample of the run that built this version, when it has one."
     )
+    semver: str | None = Field(
+        default=None,
+        description="The version's semantic version (MAJOR.MINOR.PATCH): major when its features or dataset schema "
+        "changed, minor for a retrain on new data. Absent on events from before semantic versions.",
+    )
 
 
 class ModelPromoted(_Typed):
@@ -301,6 +306,11 @@ class ModelPromoted(_Typed):
         default=None,
         description="The model's alias revision after this change; it only goes up, so a consumer can ignore "
         "an older change that arrives late. Absent on events from before revisions existed.",
+    )
+    semver: str | None = Field(
+        default=None,
+        description="The version's semantic version (MAJOR.MINOR.PATCH): major when its features or dataset schema "
+        "changed, minor for a retrain on new data. Absent on events from before semantic versions.",
     )
 
 

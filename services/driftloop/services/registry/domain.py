@@ -1,4 +1,5 @@
-"""Version numbering, the rollback step and the audit chain: pure functions, each tested on its own.
+"""Version numbering (integer and semantic), the rollback step, approval deadlines and the audit chain: pure
+functions, each tested on its own.
 
 The promotion gate lives in ``driftloop.services.registry.gate``. REST
 promotions and event-driven promotions both end in ``store.promote``; what
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -140,3 +141,64 @@ def rollback_target(current: int, history: Mapping[int, str]) -> int | None:
     """
     earlier = [v for v, status in history.items() if v < current and status == "archived"]
     return max(earlier, default=None)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a version was built from, as far as its semantic version cares: its features and its dataset's shape."""
+
+    semver: str | None
+    feature_names: Sequence[str] | None
+    schema_fingerprint: str | None
+
+
+def next_semver(previous: Lineage | None, feature_names: Sequence[str], schema_fingerprint: str) -> str:
+    """The semantic version of a new version, from the one registered before it.
+
+    A different feature set or dataset schema is a major bump (a consumer of
+    the model must change what it sends); a retrain on new data with the same
+    inputs is a minor one. A previous version recorded before semantic
+    versions (no semver, features or fingerprint) counts as 1.0.0 with
+    unknown inputs, so the next is 2.0.0: nothing says its inputs are the same.
+
+    >>> next_semver(None, ["x", "y"], "s1")
+    '1.0.0'
+    >>> next_semver(Lineage("1.3.0", ["x", "y"], "s1"), ["y", "x"], "s1")
+    '1.4.0'
+    >>> before = Lineage("1.3.0", ["x"], "s1")
+    >>> next_semver(before, ["x", "y"], "s1"), next_semver(before, ["x"], "s2")
+    ('2.0.0', '2.0.0')
+    >>> next_semver(Lineage(None, None, None), ["x"], "s1")
+    '2.0.0'
+    """
+    if previous is None:
+        return "1.0.0"
+    major, minor, _ = (int(part) for part in (previous.semver or "1.0.0").split("."))
+    same_inputs = (
+        previous.feature_names is not None
+        and sorted(previous.feature_names) == sorted(feature_names)
+        and previous.schema_fingerprint == schema_fingerprint
+    )
+    return f"{major}.{minor + 1}.0" if same_inputs else f"{major + 1}.0.0"
+
+
+def approval_overdue(awaiting_since: datetime, now: datetime, timeout: timedelta | None) -> bool:
+    """Whether a version has waited for a person longer than ``timeout`` (None: never overdue).
+
+    >>> start = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> approval_overdue(start, start + timedelta(hours=2), timedelta(hours=1)), approval_overdue(start, start, None)
+    (True, False)
+    >>> approval_overdue(datetime(2026, 1, 1), start + timedelta(minutes=30), timedelta(hours=1))
+    False
+    """
+    if timeout is None:
+        return False
+    since = awaiting_since if awaiting_since.tzinfo else awaiting_since.replace(tzinfo=UTC)
+    return now - since >= timeout
+
+
+#: Aliases the loop moves itself; people set any other name.
+SYSTEM_ALIASES = frozenset({"champion", "challenger"})
+
+#: An operator alias: a letter, then letters, digits, ``-`` or ``_``; as MLflow clients accept them.
+ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
