@@ -84,6 +84,10 @@ async def test_every_mutating_endpoint_wants_a_token_and_a_big_enough_role(
             ("post", "/v1/models/m/rollback"): Role.operator,
             ("post", "/v1/models/m/pin"): Role.operator,
             ("post", "/v1/models/m/unpin"): Role.operator,
+            ("post", "/v1/models/m/versions/1/approve"): Role.approver,
+            ("post", "/v1/models/m/versions/1/reject"): Role.approver,
+            ("put", "/v1/models/m/aliases/m"): Role.operator,
+            ("delete", "/v1/models/m/aliases/m"): Role.operator,
         },
         # Scoring changes nothing an operator governs: it is a read, open unless reads need a token.
         "deployment": {("post", "/v1/models/m/predict"): Role.viewer, ("post", "/v2/models/m/infer"): Role.viewer},

@@ -96,6 +96,28 @@ def unpin(name: str, registry: RegistryUrl = "http://127.0.0.1:8004", reason: st
     console.print(f"{name} unpinned")
 
 
+Reason = Annotated[str, typer.Option(help="Why: kept in the audit log beside your token's name.")]
+
+
+def approve(name: str, version: int, reason: Reason, registry: RegistryUrl = "http://127.0.0.1:8004") -> None:
+    """Approve VERSION of NAME, waiting since it passed the gate: it becomes champion (approver role)."""
+    result = _call("POST", f"{registry}/v1/models/{name}/versions/{version}/approve", json={"reason": reason})
+    console.print(f"[green]{name} v{result['version']} approved and champion[/]")
+
+
+def reject(name: str, version: int, reason: Reason, registry: RegistryUrl = "http://127.0.0.1:8004") -> None:
+    """Reject VERSION of NAME, waiting since it passed the gate (approver role)."""
+    result = _call("POST", f"{registry}/v1/models/{name}/versions/{version}/reject", json={"reason": reason})
+    console.print(f"[yellow]{name} v{result['version']} rejected[/]")
+
+
+def approvals(registry: RegistryUrl = "http://127.0.0.1:8004", as_json: AsJson = False) -> None:
+    """List the versions waiting for an approver."""
+    rows = _call("GET", f"{registry}/v1/approvals")
+    columns = ["model_name", "version", "semver", "awaiting_since", "due_at", "escalated_at"]
+    console.print_json(json.dumps(rows)) if as_json else console.print(_table("pending approvals", rows, columns))
+
+
 def register(app: typer.Typer) -> None:
-    for command in (models, promote, rollback, pin, unpin, runs, retrain):
+    for command in (models, promote, rollback, pin, unpin, approve, reject, approvals, runs, retrain):
         app.command()(command)

@@ -1,4 +1,5 @@
-"""The registry's REST face: read models and versions, promote, roll back and pin, read the audit log.
+"""The registry's REST face: read models and versions, promote, roll back and pin, approve or reject the versions
+waiting for a person, set operators' aliases, read the audit log.
 
 Every change is made as the caller's token: its name and role are the audit's actor.
 """
@@ -7,15 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from pydantic import BaseModel, Field
 
 from driftloop.auth import Identity, Role
+from driftloop.config import PromotionPolicy
 from driftloop.db import OutboxRelay
 from driftloop.http import READ, require
+from driftloop.services.registry.domain import ALIAS_PATTERN
 from driftloop.services.registry.store import Conflict, ModelVersion, NotFound, Registry
 
 router = APIRouter(prefix="/v1", tags=["registry"])
@@ -31,10 +34,18 @@ def get_relay(request: Request) -> OutboxRelay:
     return relay
 
 
+def get_policy(request: Request) -> PromotionPolicy:
+    policy: PromotionPolicy = request.app.state.promotion
+    return policy
+
+
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 RelayDep = Annotated[OutboxRelay, Depends(get_relay)]
+PolicyDep = Annotated[PromotionPolicy, Depends(get_policy)]
 #: First in every changing endpoint's signature: who calls is settled before anything is read.
 Operator = Annotated[Identity, require(Role.operator)]
+Approver = Annotated[Identity, require(Role.approver)]
+AliasName = Annotated[str, Path(pattern=ALIAS_PATTERN)]
 
 
 class ModelSummary(BaseModel):
@@ -60,6 +71,8 @@ class VersionView(BaseModel):
     created_at: datetime
     gate: dict[str, Any] | None
     reference_uri: str | None = None
+    semver: str | None = None
+    feature_names: list[str] | None = None
 
 
 class AuditView(BaseModel):
@@ -81,6 +94,29 @@ class ChangeBody(BaseModel):
     """Why; who is the caller's token, not anything the body says."""
 
     reason: str = ""
+
+
+class DecisionBody(BaseModel):
+    """An approval or rejection must say why: the reason is the audit's record of the person's judgement."""
+
+    reason: str = Field(min_length=1)
+
+
+class AliasBody(BaseModel):
+    version: int
+    reason: str = ""
+
+
+class ApprovalView(BaseModel):
+    model_name: str
+    version: int
+    semver: str | None
+    correlation_id: str
+    awaiting_since: datetime | None
+    #: When the timeout acts on it; None without a timeout.
+    due_at: datetime | None
+    escalated_at: datetime | None
+    gate: dict[str, Any] | None
 
 
 class PinView(BaseModel):
@@ -212,3 +248,73 @@ async def get_pin(name: str, registry: RegistryDep) -> PinView:
 @router.get("/audit", dependencies=[READ])
 async def audit(registry: RegistryDep, model: str | None = None, limit: int = 200) -> list[AuditView]:
     return [AuditView.model_validate(e, from_attributes=True) for e in registry.audit(model, limit)]
+
+
+@router.get("/approvals", dependencies=[READ])
+async def approvals(registry: RegistryDep, policy: PolicyDep, model: str | None = None) -> list[ApprovalView]:
+    """Versions that passed the gate and wait for an approver, oldest first."""
+    timeout: timedelta | None = policy.approval_timeout
+    return [
+        ApprovalView(
+            model_name=row.model_name,
+            version=row.version,
+            semver=row.semver,
+            correlation_id=row.correlation_id,
+            awaiting_since=row.awaiting_since,
+            due_at=row.awaiting_since + timeout if row.awaiting_since and timeout else None,
+            escalated_at=row.escalated_at,
+            gate=row.gate,
+        )
+        for row in registry.pending(model)
+    ]
+
+
+@router.post("/models/{name}/versions/{version}/approve")
+async def approve(
+    who: Approver, name: str, version: int, body: DecisionBody, registry: RegistryDep, relay: RelayDep
+) -> VersionView:
+    """Promote a waiting version with the gate's decision; the approver is the audit's actor."""
+    with _http_errors(), registry.session() as s:
+        registry.approve(s, name, version, actor=who.name, actor_role=who.role, reason=body.reason)
+        s.commit()
+    relay.wakeup.set()
+    return await get_alias(name, "champion", registry)
+
+
+@router.post("/models/{name}/versions/{version}/reject")
+async def reject(
+    who: Approver, name: str, version: int, body: DecisionBody, registry: RegistryDep, relay: RelayDep
+) -> VersionView:
+    """Refuse a waiting version; the loop reads it as a rejected challenger, its drift still unresolved."""
+    with _http_errors(), registry.session() as s:
+        registry.refuse(s, name, version, actor=who.name, actor_role=who.role, reason=body.reason)
+        row = registry.version(s, name, version)
+        s.commit()
+    relay.wakeup.set()
+    return _view(row, registry.aliases(name))
+
+
+@router.get("/models/{name}/aliases", dependencies=[READ])
+async def list_aliases(name: str, registry: RegistryDep) -> dict[str, int]:
+    """Every alias of the model: ``champion`` and ``challenger`` moved by the loop, the rest by operators."""
+    _versions_or_404(registry, name)
+    return registry.aliases(name)
+
+
+@router.put("/models/{name}/aliases/{alias}")
+async def set_alias(who: Operator, name: str, alias: AliasName, body: AliasBody, registry: RegistryDep) -> VersionView:
+    """Point an operator's alias at a version; it names the version and never changes what is served."""
+    with _http_errors(), registry.session() as s:
+        registry.set_alias(s, name, alias, body.version, actor=who.name, actor_role=who.role, reason=body.reason)
+        s.commit()
+    return await get_alias(name, alias, registry)
+
+
+@router.delete("/models/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_alias(
+    who: Operator, name: str, alias: AliasName, registry: RegistryDep, body: ChangeBody | None = None
+) -> None:
+    body = body or ChangeBody()
+    with _http_errors(), registry.session() as s:
+        registry.delete_alias(s, name, alias, actor=who.name, actor_role=who.role, reason=body.reason)
+        s.commit()

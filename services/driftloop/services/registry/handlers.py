@@ -86,6 +86,7 @@ class RunHandler:
         policy: PromotionPolicy,
         relay: OutboxRelay,
         categorical: Sequence[str] = (),
+        schema_fingerprint: str = "",
     ) -> None:
         self.registry = registry
         self.evaluator = evaluator
@@ -93,6 +94,8 @@ class RunHandler:
         self.relay = relay
         #: Features the gate slices per value (the dataset's categorical ones).
         self.categorical = list(categorical)
+        #: The dataset schema's fingerprint in force when a version is registered: its semver compares it.
+        self.schema_fingerprint = schema_fingerprint
 
     async def __call__(self, record: Record) -> None:
         event = parse_internal(record.value)
@@ -145,7 +148,7 @@ class RunHandler:
         if unscored:
             decision = decision.model_copy(update={"reason": f"{unscored}: the challenger is judged alone"})
         with self.registry.session() as s:
-            row = self.registry.register(s, run, sha256)
+            row = self.registry.register(s, run, sha256, self.schema_fingerprint)
             pin = self.registry.pinned(s, run.model_name)
             if decision.passed and pin is not None:
                 decision = decision.model_copy(

@@ -13,6 +13,7 @@ from driftloop.db import OutboxRelay, make_engine, reachable
 from driftloop.http import service_app
 from driftloop.runtime import open_runtime
 from driftloop.services.registry.api import router
+from driftloop.services.registry.approvals import ApprovalWatch
 from driftloop.services.registry.dashboard import router as dashboard
 from driftloop.services.registry.handlers import Evaluator, RunHandler
 from driftloop.services.registry.settings import RegistrySettings
@@ -40,17 +41,22 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
                 runtime.config.promotion,
                 relay,
                 categorical=runtime.config.dataset.categorical(),
+                schema_fingerprint=runtime.config.dataset.fingerprint(),
             )
+            watch = ApprovalWatch(registry, runtime.config.promotion, relay, settings.approval_check_seconds)
             consumer = ConsumerLoop(
                 settings, runtime.bus, service="registry", topics=["training.runs"], group="registry", handler=handler
             )
             app.state.registry, app.state.relay = registry, relay
+            app.state.promotion = runtime.config.promotion
             relay.start()
+            watch.start()
             await consumer.start()
             try:
                 yield
             finally:
                 await consumer.stop()
+                await watch.stop()
                 await relay.stop()
                 engine.dispose()
 

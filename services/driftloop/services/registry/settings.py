@@ -11,3 +11,8 @@ class RegistrySettings(ServiceSettings):
         default="",
         description="Where the dashboard's browsers reach monitoring; empty = the page's host, monitoring's port.",
     )
+    approval_check_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often versions waiting for approval are held to promotion.approval_timeout.",
+    )

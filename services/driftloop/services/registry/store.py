@@ -36,9 +36,12 @@ from driftloop.db import create_tables as db_create_tables
 from driftloop.db import enqueue
 from driftloop.services.registry.domain import (
     AUDIT_FIELDS,
+    SYSTEM_ALIASES,
     ChainLink,
     ChainReport,
+    Lineage,
     audit_digest,
+    next_semver,
     next_version,
     rollback_target,
     verify_chain,
@@ -70,6 +73,15 @@ class ModelVersion(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     gate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     reference_uri: str | None = None
+    #: MAJOR.MINOR.PATCH beside the integer: major when the features or the dataset schema changed.
+    semver: str | None = None
+    #: The run's features and the dataset schema's fingerprint at registration, which the next semver compares.
+    feature_names: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    schema_fingerprint: str | None = None
+    #: Since when the version waits for a person's approval; None when it never did.
+    awaiting_since: datetime | None = None
+    #: When its wait past the approval timeout was escalated, once.
+    escalated_at: datetime | None = None
 
 
 class Alias(SQLModel, table=True):
@@ -261,16 +273,28 @@ class Registry:
                 query = query.where(AuditEntry.model_name == model)
             return list(s.exec(query).all())
 
-    def register(self, s: Session, run: TrainingRunCompleted, artifact_sha256: str) -> ModelVersion:
+    def register(
+        self, s: Session, run: TrainingRunCompleted, artifact_sha256: str, schema_fingerprint: str
+    ) -> ModelVersion:
         """Record the run's model as a new version; its parent is the champion of the moment.
 
         ``artifact_sha256`` is the checksum of the bytes the registry scored: every later load is held to it.
+        The semantic version follows from the newest version before it, whatever became of that one.
         """
-        existing = s.exec(select(ModelVersion.version).where(ModelVersion.model_name == run.model_name)).all()
+        latest = s.exec(
+            select(ModelVersion)
+            .where(ModelVersion.model_name == run.model_name)
+            .order_by(col(ModelVersion.version).desc())
+            .limit(1)
+        ).first()
         champion = self.champion(s, run.model_name)
+        previous = Lineage(latest.semver, latest.feature_names, latest.schema_fingerprint) if latest else None
         row = ModelVersion(
             model_name=run.model_name,
-            version=next_version(existing),
+            version=next_version([latest.version] if latest else []),
+            semver=next_semver(previous, run.feature_names, schema_fingerprint),
+            feature_names=list(run.feature_names),
+            schema_fingerprint=schema_fingerprint,
             run_id=run.run_id,
             artifact_uri=run.refit_artifact_uri or run.artifact_uri,
             artifact_sha256=artifact_sha256,
@@ -310,6 +334,7 @@ class Registry:
                 parent_version=row.parent_version,
                 data_window=run.data_window,
                 reference_uri=row.reference_uri,
+                semver=row.semver,
             ),
             row.model_name,
         )
@@ -397,18 +422,30 @@ class Registry:
             actor=actor,
             decision=decision,
             revision=revision,
+            semver=row.semver,
         )
         enqueue(s, SOURCE, event, row.model_name)
         return event
 
-    def reject(self, s: Session, row: ModelVersion, decision: GateDecision, causation_id: str) -> None:
+    def reject(
+        self,
+        s: Session,
+        row: ModelVersion,
+        decision: GateDecision,
+        causation_id: str | None,
+        *,
+        actor: str = "gate",
+        actor_role: str | None = None,
+    ) -> None:
+        """Refuse the version; training and monitoring read the event as the loop's turn ending unresolved."""
         champion = self.champion(s, row.model_name)
         row.status = "rejected"
         s.add(row)
         self._audit(
             s,
             AuditEntry(
-                actor="gate",
+                actor=actor,
+                actor_role=actor_role,
                 action="rejected",
                 model_name=row.model_name,
                 version=row.version,
@@ -435,6 +472,7 @@ class Registry:
     def hold_for_approval(self, s: Session, row: ModelVersion, decision: GateDecision) -> None:
         self._bump_revision(s, row.model_name)
         row.status = "challenger"
+        row.awaiting_since = utcnow()
         s.add(row)
         self._set_alias(s, row.model_name, "challenger", row.version)
         self._audit(
@@ -544,6 +582,131 @@ class Registry:
                 action="unpinned",
                 model_name=model,
                 version=pin.version,
+                reason=reason,
+            ),
+        )
+
+    def pending(self, model: str | None = None) -> list[ModelVersion]:
+        """Versions that passed the gate and wait for a person, oldest first."""
+        with self.session() as s:
+            query = select(ModelVersion).where(ModelVersion.status == "challenger").order_by(col(ModelVersion.id))
+            if model:
+                query = query.where(ModelVersion.model_name == model)
+            return list(s.exec(query).all())
+
+    def _take_pending(self, s: Session, model: str, version: int, status: str) -> ModelVersion:
+        """Move a waiting version to ``status``, or refuse if it no longer waits.
+
+        The move is one conditional ``UPDATE``, so two approvers, an approver
+        and the timeout, or two registry replicas cannot both decide it: the
+        second finds nothing waiting.
+        """
+        row = self.version(s, model, version)
+        table = ModelVersion.__table__  # type: ignore[attr-defined]
+        taken = s.connection().execute(
+            update(table).where(table.c.id == row.id, table.c.status == "challenger").values(status=status)
+        )
+        if not taken.rowcount:
+            raise Conflict(f"{model} v{version} is not awaiting approval (it is {row.status})")
+        s.refresh(row)
+        challenger = s.get(Alias, (model, "challenger"))
+        if challenger is not None and challenger.version == version:
+            s.delete(challenger)
+        return row
+
+    def approve(self, s: Session, model: str, version: int, *, actor: str, actor_role: str, reason: str) -> None:
+        """Promote a waiting version as the gate would have, with the approver as the audit's actor."""
+        row = self._take_pending(s, model, version, "challenger_approved")
+        decision = GateDecision.model_validate(row.gate) if row.gate else None
+        self.promote(
+            s,
+            row,
+            actor=actor,
+            actor_role=actor_role,
+            reason=f"approved: {reason}",
+            causation_id=None,
+            correlation_id=row.correlation_id,
+            decision=decision,
+        )
+
+    def refuse(self, s: Session, model: str, version: int, *, actor: str, actor_role: str | None, reason: str) -> None:
+        """Reject a waiting version: a person's reason, or the timeout's, on the gate's numbers."""
+        row = self._take_pending(s, model, version, "rejected")
+        gate = GateDecision.model_validate(row.gate) if row.gate else None
+        refusal = f"rejected by {actor}: {reason}"
+        decision = (
+            gate.model_copy(update={"passed": False, "reason": refusal})
+            if gate
+            else GateDecision(
+                metric="", challenger=0.0, champion=None, min_improvement=0.0, passed=False, reason=refusal
+            )
+        )
+        self.reject(s, row, decision, None, actor=actor, actor_role=actor_role)
+
+    def escalate(self, s: Session, model: str, version: int, *, waited: str) -> bool:
+        """Record once that a version waited past the timeout; False when it was already escalated or decided."""
+        row = self.version(s, model, version)
+        table = ModelVersion.__table__  # type: ignore[attr-defined]
+        marked = s.connection().execute(
+            update(table)
+            .where(table.c.id == row.id, table.c.status == "challenger", table.c.escalated_at.is_(None))
+            .values(escalated_at=utcnow())
+        )
+        if not marked.rowcount:
+            return False
+        self._audit(
+            s,
+            AuditEntry(
+                actor="registry",
+                action="approval_escalated",
+                model_name=model,
+                version=version,
+                reason=f"awaiting approval for {waited}",
+                correlation_id=row.correlation_id,
+            ),
+        )
+        return True
+
+    def set_alias(
+        self, s: Session, model: str, alias: str, version: int, *, actor: str, actor_role: str, reason: str
+    ) -> None:
+        """Point an operator's alias at a version; the system's aliases (and so serving) are never touched."""
+        if alias in SYSTEM_ALIASES:
+            raise Conflict(f"{alias!r} is moved by the registry itself: promote, approve or roll back instead")
+        target = self.version(s, model, version)
+        self._bump_revision(s, model)
+        current = s.get(Alias, (model, alias))
+        self._set_alias(s, model, alias, target.version)
+        self._audit(
+            s,
+            AuditEntry(
+                actor=actor,
+                actor_role=actor_role,
+                action=f"alias_set:{alias}",
+                model_name=model,
+                version=target.version,
+                previous_version=current.version if current else None,
+                reason=reason,
+                correlation_id=target.correlation_id,
+            ),
+        )
+
+    def delete_alias(self, s: Session, model: str, alias: str, *, actor: str, actor_role: str, reason: str) -> None:
+        if alias in SYSTEM_ALIASES:
+            raise Conflict(f"{alias!r} is moved by the registry itself")
+        current = s.get(Alias, (model, alias))
+        if current is None:
+            raise NotFound(f"{model} has no alias {alias!r}")
+        self._bump_revision(s, model)
+        s.delete(current)
+        self._audit(
+            s,
+            AuditEntry(
+                actor=actor,
+                actor_role=actor_role,
+                action=f"alias_deleted:{alias}",
+                model_name=model,
+                previous_version=current.version,
                 reason=reason,
             ),
         )
