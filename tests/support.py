@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
+import uvicorn
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
 from driftloop.auth import Role
+from driftloop.broker import free_port
 from driftloop.bus import Record
 from driftloop.bus.metadata import topic_partitions
 from driftloop.contracts import (
@@ -194,3 +196,22 @@ async def running(app: FastAPI, role: Role | None = Role.admin) -> AsyncIterator
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
             yield client
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """The app on a real port of this host, for clients that speak HTTP themselves (the CLI, MLflow's client).
+
+    Yields its base URL once uvicorn has started it (lifespan included).
+    """
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        await task

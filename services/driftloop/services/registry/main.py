@@ -16,6 +16,7 @@ from driftloop.services.registry.api import router
 from driftloop.services.registry.approvals import ApprovalWatch
 from driftloop.services.registry.dashboard import router as dashboard
 from driftloop.services.registry.handlers import Evaluator, RunHandler
+from driftloop.services.registry.mlflow_api import router as mlflow
 from driftloop.services.registry.settings import RegistrySettings
 from driftloop.services.registry.store import Registry, create_tables
 
@@ -70,4 +71,5 @@ def create_app(settings: RegistrySettings | None = None, config: DriftloopConfig
     app.state.settings = settings
     app.include_router(router)
     app.include_router(dashboard)
+    app.include_router(mlflow)
     return app
