@@ -45,7 +45,7 @@ def _register(registry: Registry, model: str, runs: int) -> None:
                 holdout_uri=f"file:///{model}/{i}/holdout",
                 duration_seconds=0.1,
             )
-            registry.register(s, run, "0" * 64)
+            registry.register(s, run, "0" * 64, "schema")
             s.flush()
         s.commit()
 
