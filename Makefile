@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_offline
 	$(BIN)/python -m tests.bench.bench_soak --broker $(BROKER)
 	$(BIN)/python -m tests.bench.bench_gate
+	$(BIN)/python -m tests.bench.bench_adapt --broker $(BROKER)
 
 clean:
 	rm -rf .driftloop

@@ -99,6 +99,16 @@ class Case:
         return f"{self.label:52} {self.holdout:>7} {cells[0]:>32} {cells[1]:>18} {cells[2]:>9}"
 
 
+def equally_good(seed: int, cases: Sequence[Case]) -> tuple[list[TrainingRow], list[TrainingRow], ModelArtifact]:
+    """One trial of two models trained on disjoint samples of one concept: its rows, holdout and champion."""
+    old = sea(0, 2 * TRAIN_ROWS + max(HOLDOUTS), seed)
+    champion, holdout = model(SEA, old[:TRAIN_ROWS]), old[2 * TRAIN_ROWS :]
+    peer = model(SEA, old[TRAIN_ROWS : 2 * TRAIN_ROWS])
+    for case in cases:
+        case.judge(holdout, peer, champion)
+    return old, holdout, champion
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -111,11 +121,7 @@ def main() -> None:
     started = time.perf_counter()
     for trial in range(args.trials):
         seed = 1000 + trial
-        old = sea(0, 2 * TRAIN_ROWS + max(HOLDOUTS), seed)
-        champion, holdout = model(SEA, old[:TRAIN_ROWS]), old[2 * TRAIN_ROWS :]
-        peer = model(SEA, old[TRAIN_ROWS : 2 * TRAIN_ROWS])
-        for case in equal:
-            case.judge(holdout, peer, champion)
+        old, holdout, champion = equally_good(seed, equal)
         more.judge(holdout, champion, model(SEA, old[: TRAIN_ROWS // 7]))
         new = sea(3, TRAIN_ROWS + max(HOLDOUTS), seed + 50_000)
         retrained = model(SEA, new[:TRAIN_ROWS])

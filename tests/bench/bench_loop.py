@@ -49,12 +49,12 @@ def bench_broker(kind: str, home: Path) -> BrokerProcess:
     return EmbeddedBroker(free_port(), log_path=home / "broker.log")
 
 
-def bench_settings(bootstrap: str, home: Path) -> DriftloopSettings:
+def bench_settings(bootstrap: str, home: Path, config: Path = REPO / "driftloop.yaml") -> DriftloopSettings:
     return DriftloopSettings(
         kafka_bootstrap=bootstrap,
         topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
         home=home / uuid.uuid4().hex[:8],
-        config=REPO / "driftloop.yaml",
+        config=config,
         log_level="WARNING",
     )
 
@@ -207,9 +207,9 @@ class LoopResult:
     lag_samples: list[int] = field(default_factory=list)
 
 
-def start_stack(bootstrap: str, home: Path, replicas: int = 1) -> Stack:
+def start_stack(bootstrap: str, home: Path, replicas: int = 1, config: Path = REPO / "driftloop.yaml") -> Stack:
     """All six services as processes, ``replicas`` of each, on free ports."""
-    settings = bench_settings(bootstrap, home)
+    settings = bench_settings(bootstrap, home, config)
     stack = Stack(
         settings,
         ports={child_name(service, r): free_port() for service in SERVICES for r in range(replicas)},

@@ -116,10 +116,21 @@ def agrawal_stream(options: DemoOptions) -> Iterator[Row]:
         yield Row(position, {k: (round(v, 2) if isinstance(v, float) else int(v)) for k, v in x.items()}, int(y))
 
 
+#: The rows a demo streams: ``options.max_events`` of them, the concept changing at ``options.drift_at``.
+RowStream = Callable[[DemoOptions], Iterator[Row]]
+
+
 class Demo:
-    def __init__(self, settings: DriftloopSettings, options: DemoOptions, urls: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: DriftloopSettings,
+        options: DemoOptions,
+        urls: dict[str, str] | None = None,
+        stream: RowStream = agrawal_stream,
+    ) -> None:
         self.settings = settings
         self.options = options
+        self.stream = stream
         self.urls = urls or {name: f"http://127.0.0.1:{port}" for name, port in SERVICE_PORTS.items()}
         #: Filled in by ``run``: the operator's token the demo asks for the first model with.
         self.headers: dict[str, str] = {}
@@ -307,7 +318,7 @@ class Demo:
         started = time.monotonic()
         try:
             async with httpx.AsyncClient(timeout=10.0, headers=self.headers) as client:
-                for row in agrawal_stream(self.options):
+                for row in self.stream(self.options):
                     if row.position == self.options.warmup:
                         await self._send_labels(producer)
                         await producer.flush()
