@@ -63,8 +63,9 @@ async def run(bootstrap: str, home: Path, quick: bool, result: dict[str, Any]) -
     console.print(f"ingestion against a raw pass-through, {n:,} events each …")
     result["ingestion"] = (await bench_ingestion(bootstrap, home, n)).as_dict()
     seconds = 20.0 if quick else 60.0
-    result["loop"] = await loop_runs(bootstrap, home, [2000.0, 5000.0], seconds)
-    result["replicas"] = [result["loop"][0], *await loop_runs(bootstrap, home, [2000.0], seconds, replicas=2)]
+    result["loop"] = await loop_runs(bootstrap, home, [500.0, 1000.0, 2000.0, 5000.0], seconds)
+    at_2000 = next(run for run in result["loop"] if run["offered_rate"] == 2000.0)
+    result["replicas"] = [at_2000, *await loop_runs(bootstrap, home, [2000.0], seconds, replicas=2)]
     console.print("REST serving against a bare FastAPI app …")
     result["serving"] = await serving(bootstrap, home, 4.0 if quick else 8.0)
 
