@@ -85,8 +85,8 @@ def report(result: dict[str, Any]) -> None:
     )
     for run in result["loop"]:
         table.add_row(
-            f"loop at {run['offered_rate']:,.0f}/s offered: outcomes/s, lag at end",
-            f"{fmt(run['sustained_rate'])}, {run['lag_at_end']:,}",
+            f"loop at {run['offered_rate']:,.0f}/s offered: outcomes/s in the window, lag at end, effective/s",
+            f"{fmt(run['sustained_rate'])}, {run['lag_at_end']:,}, {fmt(run.get('effective_rate'))}",
             f"{run['offered_rate']:,.0f}",
             fmt(run["sustained_rate"] / run["offered_rate"], "x"),
         )

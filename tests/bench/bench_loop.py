@@ -200,6 +200,8 @@ class LoopResult:
     outcomes: int = 0
     #: Outcomes per second while the load was offered, and the lag (events without outcome) when it ended.
     sustained_rate: float = 0.0
+    #: All the events offered over the time until the last of their outcomes (None when they did not all come).
+    effective_rate: float | None = None
     lag_at_end: int = 0
     drained_seconds: float | None = None
     latency_p50_ms: float | None = None
@@ -300,6 +302,7 @@ async def offered_load(stack: Stack, rate: float, seconds: float, drain: float =
             await asyncio.sleep(0.2)
         if result.outcomes >= result.events_sent:
             result.drained_seconds = time.monotonic() - drained
+            result.effective_rate = result.events_sent / (elapsed + result.drained_seconds)
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
