@@ -421,7 +421,8 @@ async def test_a_covariate_shift_of_one_feature_is_data_drift_on_it_and_the_esti
     assert all(check["model_version"] == 1 for check in history["checks"])
     realized_points = [p for p in history["accuracy"] if p["realized"] is not None]
     estimated = [p for p in history["accuracy"] if p["estimated"] is not None]
-    assert len(realized_points) >= 10 and all(p["model_version"] == 1 for p in realized_points)
+    # At most a point per track batch (up to 1,000 outcomes) and per 50 outcomes: how many depends on the batching.
+    assert len(realized_points) >= 2 and all(p["model_version"] == 1 for p in realized_points)
     assert estimated
     assert all(low <= p["estimated"] <= high for p in estimated for low, high in [p["estimated_interval"]])
     assert [p["at"] for p in history["accuracy"]] == sorted(p["at"] for p in history["accuracy"])
