@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +43,8 @@ from driftloop.contracts import (
 )
 from driftloop.contracts.events import DataWindow, GateDecision
 from driftloop.db import TokenStore, make_engine
+from driftloop.reference import Calibration, ReferenceSample
+from driftloop.services.monitoring.datawatch import Row
 from driftloop.settings import DriftloopSettings
 
 APPLICATION = {
@@ -215,3 +218,24 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+def reference_sample(rng: random.Random, low: float = 0.5) -> ReferenceSample:
+    """A reference of two numeric features (x ~ N(0, 1), y ~ N(5, 2)) and 600 holdout predictions whose
+    probabilities, drawn from [``low``, 1], are calibrated: each is right with its own probability."""
+    probabilities = [rng.uniform(low, 1.0) for _ in range(600)]
+    correct = [rng.random() < p for p in probabilities]
+    return ReferenceSample(
+        "m",
+        "r1",
+        {"x": [rng.gauss(0, 1) for _ in range(2000)], "y": [rng.gauss(5, 2) for _ in range(2000)]},
+        predictions=[rng.randint(0, 1) for _ in range(600)],
+        probabilities=list(probabilities),
+        correct=correct,
+        calibration=Calibration.fit(probabilities, correct),
+    )
+
+
+def feature_rows(rng: random.Random, offsets: range, shift: float = 0.0) -> list[Row]:
+    """Data-watch rows like ``reference_sample``'s, x shifted by ``shift``."""
+    return [(o, None, {"x": rng.gauss(shift, 1), "y": rng.gauss(5, 2)}) for o in offsets]

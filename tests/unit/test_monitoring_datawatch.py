@@ -14,50 +14,32 @@ from driftloop.bus import Record
 from driftloop.config import AccuracyEstimation, DataDriftPolicy
 from driftloop.contracts import ModelPromoted, ModelRolledBack, ModelVersionRegistered, utcnow
 from driftloop.contracts.events import DataWindow
-from driftloop.reference import Calibration, ReferenceSample
 from driftloop.services.monitoring.datawatch import FEATURES, PREDICTIONS, DataWatch, Row, RowBatch, VersionReference
 from driftloop.services.monitoring.references import References
+from tests.support import feature_rows, reference_sample
 
 POLICY = DataDriftPolicy(window=300, check_every=300)
 ESTIMATION = AccuracyEstimation(window=100, level=0.95)
 
 
-def _sample(rng: random.Random) -> ReferenceSample:
-    probabilities = [rng.uniform(0.5, 1.0) for _ in range(600)]
-    correct = [rng.random() < p for p in probabilities]
-    return ReferenceSample(
-        "m",
-        "r1",
-        {"x": [rng.gauss(0, 1) for _ in range(2000)], "y": [rng.gauss(5, 2) for _ in range(2000)]},
-        predictions=[rng.randint(0, 1) for _ in range(600)],
-        probabilities=list(probabilities),
-        correct=correct,
-        calibration=Calibration.fit(probabilities, correct),
-    )
-
-
-def _features(rng: random.Random, offsets: range, shift: float = 0.0) -> list[Row]:
-    return [(o, None, {"x": rng.gauss(shift, 1), "y": rng.gauss(5, 2)}) for o in offsets]
-
-
 def _watch(rng: random.Random) -> DataWatch:
     watch = DataWatch("m", POLICY, ESTIMATION)
-    watch.switch(1, VersionReference.from_sample(_sample(rng), POLICY))
+    watch.switch(1, VersionReference.from_sample(reference_sample(rng), POLICY))
     return watch
 
 
 def test_a_shift_of_one_feature_is_found_on_that_feature_once_and_repeated_rows_count_once() -> None:
     rng = random.Random(7)
     watch = _watch(rng)
-    assert watch.apply(RowBatch("m", FEATURES, 0, _features(rng, range(300))), at=0.0) == []
-    shifted = _features(rng, range(300, 600), shift=1.5)
+    assert watch.apply(RowBatch("m", FEATURES, 0, feature_rows(rng, range(300))), at=0.0) == []
+    shifted = feature_rows(rng, range(300, 600), shift=1.5)
     found = watch.apply(RowBatch("m", FEATURES, 0, shifted), at=0.0)
     assert [(n, f.feature, f.statistic) for n, f in found] == [(600, "x", "ks")]
     assert found[0][1].p_adjusted <= POLICY.alpha and found[0][1].psi >= POLICY.min_psi
     assert watch.apply(RowBatch("m", FEATURES, 0, shifted), at=0.0) == [], "a re-sent batch is dropped by its offsets"
     assert watch.detector is not None and watch.detector.observations == 600
     # Another partition has marks of its own; the drifted feature is not reported again while it stays drifted.
-    assert watch.apply(RowBatch("m", FEATURES, 1, _features(rng, range(300), shift=1.5)), at=0.0) == []
+    assert watch.apply(RowBatch("m", FEATURES, 1, feature_rows(rng, range(300), shift=1.5)), at=0.0) == []
     assert watch.marks == {"f:0": 599, "f:1": 299}
 
 
@@ -74,10 +56,10 @@ def test_only_the_champions_predictions_feed_the_estimate() -> None:
 
 def test_the_state_goes_through_json_and_a_new_champion_starts_afresh() -> None:
     rng = random.Random(9)
-    reference = VersionReference.from_sample(_sample(rng), POLICY)
+    reference = VersionReference.from_sample(reference_sample(rng), POLICY)
     watch = DataWatch("m", POLICY, ESTIMATION)
     watch.switch(1, reference)
-    watch.apply(RowBatch("m", FEATURES, 2, _features(rng, range(120))), at=0.0)
+    watch.apply(RowBatch("m", FEATURES, 2, feature_rows(rng, range(120))), at=0.0)
     watch.apply(RowBatch("m", PREDICTIONS, 0, [(5, 1, {"@prediction": 0, "@probability": 0.7})]), at=0.0)
     data = orjson.loads(orjson.dumps(watch.to_dict()))
     again = DataWatch.from_dict(data, "m", reference, POLICY, ESTIMATION)
@@ -87,7 +69,7 @@ def test_the_state_goes_through_json_and_a_new_champion_starts_afresh() -> None:
     assert again.detector is not None and again.detector.observations == 0 and again.version == 2
     again.switch(3, None)
     assert again.detector is None
-    assert again.apply(RowBatch("m", FEATURES, 2, _features(rng, range(120, 130))), at=0.0) == []
+    assert again.apply(RowBatch("m", FEATURES, 2, feature_rows(rng, range(120, 130))), at=0.0) == []
     assert again.marks["f:2"] == 129
 
 
@@ -108,9 +90,9 @@ def _record(event: ModelVersionRegistered | ModelPromoted | ModelRolledBack, off
 
 async def test_references_follow_the_champion_and_read_only_inside_the_store(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path / "store")
-    uri = store.put("models/m/r1/reference.json", _sample(random.Random(1)).to_bytes())
+    uri = store.put("models/m/r1/reference.json", reference_sample(random.Random(1)).to_bytes())
     outside = tmp_path / "elsewhere.json"
-    outside.write_bytes(_sample(random.Random(2)).to_bytes())
+    outside.write_bytes(reference_sample(random.Random(2)).to_bytes())
     now = utcnow()
     window = DataWindow(start=now - timedelta(hours=1), end=now, rows=10, train_rows=7, holdout_rows=3)
     common = {"run_id": "r1", "artifact_uri": "file:///a", "metrics": {}, "data_window": window}

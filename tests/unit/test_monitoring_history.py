@@ -7,7 +7,6 @@ import random
 import orjson
 
 from driftloop.config import AccuracyEstimation, DataDriftPolicy
-from driftloop.reference import Calibration, ReferenceSample
 from driftloop.services.monitoring.datawatch import FEATURES, PREDICTIONS, DataWatch, Row, RowBatch, VersionReference
 from driftloop.services.monitoring.domain import ModelTrack
 from driftloop.services.monitoring.estimation import AccuracyEstimate
@@ -22,6 +21,7 @@ from driftloop.services.monitoring.history import (
     merge_accuracy,
 )
 from driftloop.services.monitoring.join import Outcome
+from tests.support import feature_rows, reference_sample
 
 POLICY = DataDriftPolicy(window=200, check_every=200)
 ESTIMATION = AccuracyEstimation(window=100, level=0.95)
@@ -72,31 +72,13 @@ def test_a_series_keeps_its_latest_points_only() -> None:
     assert not series.offer(0.0, 1, KEPT_POINTS + 60, None), "no accuracy yet, no point"
 
 
-def _sample(rng: random.Random) -> ReferenceSample:
-    probabilities = [rng.uniform(0.6, 1.0) for _ in range(600)]
-    correct = [rng.random() < p for p in probabilities]
-    return ReferenceSample(
-        "m",
-        "r1",
-        {"x": [rng.gauss(0, 1) for _ in range(2000)], "y": [rng.gauss(5, 2) for _ in range(2000)]},
-        predictions=[rng.randint(0, 1) for _ in range(600)],
-        probabilities=list(probabilities),
-        correct=correct,
-        calibration=Calibration.fit(probabilities, correct),
-    )
-
-
-def _features(rng: random.Random, offsets: range, shift: float = 0.0) -> list[Row]:
-    return [(o, None, {"x": rng.gauss(shift, 1), "y": rng.gauss(5, 2)}) for o in offsets]
-
-
 def test_every_check_is_kept_with_each_columns_verdict_and_the_history_outlives_a_new_champion() -> None:
     rng = random.Random(2)
-    reference = VersionReference.from_sample(_sample(rng), POLICY)
+    reference = VersionReference.from_sample(reference_sample(rng, 0.6), POLICY)
     watch = DataWatch("m", POLICY, ESTIMATION)
     watch.switch(1, reference)
-    watch.apply(RowBatch("m", FEATURES, 0, _features(rng, range(200))), at=10.0)
-    watch.apply(RowBatch("m", FEATURES, 0, _features(rng, range(200, 400), shift=2.0)), at=20.0)
+    watch.apply(RowBatch("m", FEATURES, 0, feature_rows(rng, range(200))), at=10.0)
+    watch.apply(RowBatch("m", FEATURES, 0, feature_rows(rng, range(200, 400), shift=2.0)), at=20.0)
     checks = list(watch.history.checks)
     assert [(c.at, c.version, c.observations) for c in checks] == [(10.0, 1, 200), (20.0, 1, 400)]
     verdicts = [{r.feature: r.drifted for r in c.columns} for c in checks]
