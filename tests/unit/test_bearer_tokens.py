@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -32,21 +33,22 @@ def test_an_hs256_token_gives_its_subject_and_role() -> None:
     assert (identity.name, identity.role, identity.token_id) == ("dana", Role.approver, "jwt:dana")
 
 
+# Claims are built when the test runs, not when it is collected: a long suite would outlive their expiry.
 @pytest.mark.parametrize(
     ("claims", "key", "reason"),
     [
-        (_claims(exp=int(time.time()) - 10), SECRET, "expired"),
-        (_claims(iss="https://other"), SECRET, "another issuer"),
-        (_claims(aud="billing"), SECRET, "another audience"),
-        (_claims(), "another-secret-of-thirty-two-bytes!", "Signature verification failed"),
-        (_claims(role="superuser"), SECRET, "names no driftloop role"),
-        ({key: value for key, value in _claims().items() if key != "exp"}, SECRET, 'missing the "exp" claim'),
+        (lambda: _claims(exp=int(time.time()) - 10), SECRET, "expired"),
+        (lambda: _claims(iss="https://other"), SECRET, "another issuer"),
+        (lambda: _claims(aud="billing"), SECRET, "another audience"),
+        (_claims, "another-secret-of-thirty-two-bytes!", "Signature verification failed"),
+        (lambda: _claims(role="superuser"), SECRET, "names no driftloop role"),
+        (lambda: {key: value for key, value in _claims().items() if key != "exp"}, SECRET, 'missing the "exp" claim'),
     ],
 )
-def test_refused_tokens_say_why(claims: dict[str, object], key: str, reason: str) -> None:
+def test_refused_tokens_say_why(claims: Callable[[], dict[str, object]], key: str, reason: str) -> None:
     verifier = JwtVerifier(JwtSettings(issuer="https://idp", audience="driftloop", role_claim="role", secret=SECRET))
     with pytest.raises(TokenRefused, match=reason):
-        verifier.identify(jwt.encode(claims, key, algorithm="HS256"))
+        verifier.identify(jwt.encode(claims(), key, algorithm="HS256"))
 
 
 def test_the_algorithm_is_the_keys_not_the_tokens(tmp_path: Path) -> None:
