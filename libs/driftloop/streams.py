@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka.admin import NewTopic
@@ -154,13 +154,56 @@ async def settled(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[f
     write an entry the recovery later overwrites with the older value, and the
     event would be committed all the same: lost. So a stateful batch first
     waits for the tables to be whole. Events fetched before the last
-    rebalance, or of partitions that went to another replica, are dropped:
-    the partition's owner reads them again from its committed offset.
+    rebalance, or of partitions that went to another replica, are dropped,
+    and ``batches`` leaves them unacknowledged: the partition's owner reads
+    them again from its committed offset.
     """
     while not _recovered(app):
         await asyncio.sleep(0.05)
     assigned, generation = app.consumer.assignment(), app.consumer_generation_id
     return [e for e in events if e.message.tp in assigned and e.message.generation_id == generation]
+
+
+async def batches(
+    app: faust.App, stream: faust.StreamT[Any], size: int, within: float
+) -> AsyncIterator[Sequence[faust.EventT[Any]]]:
+    """A stream's events in batches, each acknowledged only once the agent has finished with it.
+
+    faust's ``take_events`` acknowledges a batch when it is asked for the
+    next one, and also when faust stops the stream, which it does without
+    waiting for the agent: a batch still in its handler at a stop (one waiting
+    out an outage, say) would be committed without its effects. So each batch
+    is held, marked acknowledged where faust looks, and really acknowledged
+    here when the agent asks for the next one; a batch whose handler raised is
+    never acknowledged. Events fetched before the last rebalance stay
+    unacknowledged too (``settled``): their partition's owner reads them again.
+    """
+    taken = cast("faust.Stream[Any]", stream).take_events(size, within=within)
+    async for events in taken:
+        for event in events:
+            event.message.acked = True
+        yield events
+        assigned, generation = app.consumer.assignment(), app.consumer_generation_id
+        for event in events:
+            message = event.message
+            if message.tp in assigned and message.generation_id == generation:
+                message.acked = False
+                event.ack()
+
+
+async def durable(app: faust.App) -> None:
+    """Wait until the broker has every record this app has produced, table changelogs included.
+
+    Table writes go through faust's producer buffer, whose flush before a
+    commit gives up after 0.1 s without progress (faust-streaming 0.15): on a
+    busy loop an offset could be committed before the table change it caused
+    reached the broker, and a stop or a crash would then lose the change. A
+    batch handler waits for this before its events are acknowledged.
+    """
+    producer = app.producer
+    while producer.buffer.size:
+        await producer.buffer.flush()
+    await producer.flush()
 
 
 #: Stream state is co-partitioned with the data topics it is keyed like.
@@ -235,7 +278,7 @@ class Emitter:
     async def emit(self, event: Contract, key: str | None) -> None:
         name = topic_for(type(event))
         headers = cloudevent_headers(event, f"driftloop/{self.settings.service}", key)
-        # Not awaiting the delivery here is safe: faust flushes its producer before it commits offsets.
+        # Not awaiting the delivery here is safe: a batch handler waits for ``durable`` before its events are acked.
         await self.topic(name).send(
             key=key.encode() if key is not None else None,
             value=event.model_dump_json().encode(),
@@ -279,7 +322,9 @@ class Emitter:
         unavailable the agent waits with capped exponential back-off and tries
         the whole batch again, for as long as it takes: its events are not
         acknowledged, so faust commits none of them. ``handle`` must be safe to
-        run again on events it has partly handled.
+        run again on events it has partly handled. It returns once everything
+        the batch produced, table changes included, is on the broker
+        (``durable``), so the batch may be acknowledged (``batches``).
         """
 
         async def run(batch: list[faust.EventT[Any]]) -> list[tuple[faust.EventT[Any], PoisonMessage]]:
@@ -300,6 +345,7 @@ class Emitter:
                 continue
             for event, poison in rejected:
                 await self.deadletter(event, poison, stage)
+            await durable(self.app)
             return
 
     async def guard_parsed(

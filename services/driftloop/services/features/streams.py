@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import faust
 
@@ -16,7 +16,7 @@ from driftloop.metrics import MESSAGES_CONSUMED
 from driftloop.offline import OfflineStore, view_feature_types
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
-from driftloop.streams import Emitter, raw_topic, settled, state_table, stream_app
+from driftloop.streams import Emitter, batches, raw_topic, settled, state_table, stream_app
 
 
 @dataclass
@@ -83,8 +83,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
 
     @app.agent(raw_topic(app, settings, "events.validated"))
     async def compute(stream: faust.StreamT[Any]) -> None:
-        batches = cast("faust.Stream[Any]", stream).take_events(settings.compute_batch, within=settings.compute_within)
-        async for events in batches:
+        async for events in batches(app, stream, settings.compute_batch, settings.compute_within):
             await emitter.guard_parsed(await settled(app, events), EventValidated, "features.compute", on_batch)
 
     async def append_vectors(batch: Sequence[tuple[faust.EventT[Any], FeatureVector]]) -> None:
@@ -106,19 +105,13 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
 
     @app.agent(raw_topic(app, settings, "features"))
     async def write_offline(stream: faust.StreamT[Any]) -> None:
-        batches = cast("faust.Stream[Any]", stream).take_events(
-            settings.offline_batch, within=settings.offline_flush_seconds
-        )
-        async for events in batches:
+        async for events in batches(app, stream, settings.offline_batch, settings.offline_flush_seconds):
             await emitter.guard_parsed(events, FeatureVector, "features.offline", append_vectors)
             MESSAGES_CONSUMED.labels("features", "features", "ok").inc(len(events))
 
     @app.agent(raw_topic(app, settings, "labels"))
     async def write_labels(stream: faust.StreamT[Any]) -> None:
-        batches = cast("faust.Stream[Any]", stream).take_events(
-            settings.offline_batch, within=settings.offline_flush_seconds
-        )
-        async for events in batches:
+        async for events in batches(app, stream, settings.offline_batch, settings.offline_flush_seconds):
             await emitter.guard_parsed(events, LabelEvent, "features.labels", append_labels)
             MESSAGES_CONSUMED.labels("features", "labels", "ok").inc(len(events))
 

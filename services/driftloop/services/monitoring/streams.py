@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import faust
 import orjson
@@ -76,7 +76,7 @@ from driftloop.services.monitoring.metrics import (
 from driftloop.services.monitoring.references import References
 from driftloop.services.monitoring.routing import JOIN_TOPIC, ROWS_TOPIC
 from driftloop.services.monitoring.settings import MonitoringSettings
-from driftloop.streams import Emitter, raw_topic, settled, state_table, stream_app
+from driftloop.streams import Emitter, batches, raw_topic, settled, state_table, stream_app
 
 log = get_logger(__name__)
 
@@ -210,7 +210,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
 
     @app.agent(joins)
     async def join_records(stream: faust.StreamT[Any]) -> None:
-        async for events in _batches(stream, settings):
+        async for events in batches(app, stream, settings.batch, settings.batch_within):
             await emitter.guard_batch(events, "monitoring.join", on_join_batch)
 
     # Stage 3: track.
@@ -330,17 +330,17 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
 
     @app.agent(raw_topic(app, settings, "training.runs"))
     async def watch_runs(stream: faust.StreamT[Any]) -> None:
-        async for events in _batches(stream, settings):
+        async for events in batches(app, stream, settings.batch, settings.batch_within):
             await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
 
     @app.agent(raw_topic(app, settings, "registry.events"))
     async def watch_registry(stream: faust.StreamT[Any]) -> None:
-        async for events in _batches(stream, settings):
+        async for events in batches(app, stream, settings.batch, settings.batch_within):
             await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
 
     @app.agent(outcomes)
     async def track_outcomes(stream: faust.StreamT[Any]) -> None:
-        async for events in _batches(stream, settings):
+        async for events in batches(app, stream, settings.batch, settings.batch_within):
             await emitter.guard_batch(events, "monitoring.outcomes", on_outcomes)
 
     # Beside the track: data drift and the estimated accuracy.
@@ -425,11 +425,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
         the last checkpoint, which only delays a check. The rows' marks go with
         the windows, so rows re-read after a crash count once.
         """
-        async for events in _batches(stream, settings):
+        async for events in batches(app, stream, settings.batch, settings.batch_within):
             await on_rows(events)
 
     return streams
-
-
-def _batches(stream: faust.StreamT[Any], settings: MonitoringSettings) -> Any:
-    return cast("faust.Stream[Any]", stream).take_events(settings.batch, within=settings.batch_within)
