@@ -3,12 +3,14 @@
 Six services run as processes, exactly as ``driftloop up`` starts them; the
 demo plays the data producer. Half-way through the first concept the
 registry and the deployment are restarted, and the loop must still close
-without losing their state.
+without losing their state. At the end the dashboard, in a real browser,
+shows what happened (``dashboard.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from driftloop.cli.demo import DemoOptions, run_demo
 from driftloop.cli.stack import SERVICES, Stack
 from driftloop.contracts import DriftDetected, ModelPromoted, RolloutCompleted, TrainingRunCompleted
+from tests.e2e.dashboard import check_dashboard
 
 MODEL = "loan-approval"
 OPTIONS = DemoOptions(
@@ -29,7 +32,9 @@ def _get(stack: Stack, service: str, path: str) -> httpx.Response:
 
 
 @pytest.mark.e2e
-async def test_drift_retrains_promotes_and_recovers_accuracy_with_one_correlation_id(stack: Stack) -> None:
+async def test_drift_retrains_promotes_and_recovers_accuracy_with_one_correlation_id(
+    stack: Stack, tmp_path: Path
+) -> None:
     before_restart: dict[str, object] = {}
 
     async def restart_registry_and_deployment() -> None:
@@ -102,3 +107,6 @@ async def test_drift_retrains_promotes_and_recovers_accuracy_with_one_correlatio
     for name in SERVICES:
         exposition = _get(stack, name, "/metrics").text
         assert "driftloop_" in exposition and "process_cpu_seconds_total" in exposition, name
+
+    # (f) the dashboard shows the drift, the new version and its gate decision.
+    await check_dashboard(stack, result, tmp_path)

@@ -253,7 +253,7 @@ async def test_rollback_and_manual_promotion_go_through_the_audit_log_and_the_to
 
         page = await client.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        # The page draws itself from the API read above (tests/e2e/test_dashboard.py looks at it in Chromium).
+        # The page draws itself from the API read above (the e2e loop test looks at it in Chromium).
         assert 'data-monitoring-port="' in page.text and "fetch(url" in page.text
 
         audit = (await client.get("/v1/audit", params={"model": "m"})).json()

@@ -113,8 +113,8 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def _events(settings: DriftloopSettings, topic: str, count: int) -> list[object]:
-    return [parse_internal(r.value) for r in await read_topic(settings, topic, count)]
+async def _events(settings: DriftloopSettings, topic: str, count: int, timeout: float = 30.0) -> list[object]:
+    return [parse_internal(r.value) for r in await read_topic(settings, topic, count, timeout)]
 
 
 async def test_an_approval_end_to_end_drift_run_gate_pending_approved_rolled_out(
@@ -314,8 +314,9 @@ async def test_semantic_versions_and_operators_aliases(registry_settings: Regist
         assert (deleted.status_code, gone.status_code) == (204, 404)
         assert (await client.get(path)).json() == {"champion": champion}
         audit = (await client.get("/v1/audit")).json()
-        # No alias of an operator's reaches registry.events: deployment never sees it.
-        assert len(await _events(registry_settings, "registry.events", 7)) == 6
+        # No alias of an operator's reaches registry.events: deployment never sees it. The outbox's relay,
+        # woken by each write, polls every second at the latest.
+        assert len(await _events(registry_settings, "registry.events", 7, timeout=5)) == 6
     assert [(a["action"], a["version"], a["previous_version"], a["actor"]) for a in audit[:2]] == [
         ("alias_deleted:stable", None, 1, "olga"),
         ("alias_set:stable", 1, None, "olga"),
