@@ -438,3 +438,21 @@ def test_the_dashboard_queries_metrics_the_services_export() -> None:
         and not any(name.endswith(s) and name.removesuffix(s) in declared for s in suffixes)
     )
     assert unknown == [], f"the dashboard queries metrics no service declares: {unknown}"
+
+
+def test_every_gauge_monitoring_exports_has_a_panel() -> None:
+    """Realized and estimated accuracy with its interval, unresolved drift and the join's size are what an
+    operator watches the loop by; a gauge no panel shows is one nobody looks at."""
+    source = (ROOT / "services/driftloop/services/monitoring/metrics.py").read_text()
+    gauges = set(re.findall(r"\bGauge\(\s*[\"'](driftloop_\w+)[\"']", source))
+    assert {"driftloop_estimated_accuracy", "driftloop_drift_unresolved"} <= gauges
+    dashboard = json.loads((ROOT / "infra/grafana/dashboards/driftloop.json").read_text())
+    shown = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"\bdriftloop_\w+", target["expr"])
+    }
+    assert sorted(gauges - shown) == []
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
