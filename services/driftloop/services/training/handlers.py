@@ -15,9 +15,12 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy.exc import IntegrityError
+from threadpoolctl import threadpool_limits
 
 from driftloop.artifacts import ArtifactStore, sha256_hex
 from driftloop.bus import Record
@@ -41,6 +44,23 @@ from driftloop.services.training.settings import TrainingSettings
 from driftloop.services.training.store import RunStore, TrainingRun
 
 log = get_logger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def fitting(threads: int, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``work`` in a worker thread, its OpenMP pool limited to ``threads``.
+
+    OpenMP keeps the limit per calling thread, so it is set in the worker
+    itself; see ``TrainingSettings.fit_threads`` for why it is low.
+    """
+
+    def limited() -> T:
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            return work(*args, **kwargs)
+
+    return await asyncio.to_thread(limited)
 
 
 class RequestHandlers:
@@ -215,13 +235,13 @@ class RunWorker:
         await asyncio.to_thread(self.runs.set_status, run.run_id, self.owner, "running")
         spec = self.config.model(run.model_name)
         train, holdout = time_split(rows, self.config.training.holdout_fraction)
-        result = await asyncio.to_thread(fit, spec, run.run_id, train, holdout)
+        result = await fitting(self.settings.fit_threads, fit, spec, run.run_id, train, holdout)
         prefix = f"models/{spec.name}/{run.run_id}"
         model = await asyncio.to_thread(result.artifact.to_bytes)
         artifact_uri = await asyncio.to_thread(self.store.put, f"{prefix}/model.skops", model)
         refit_uri, refit_sha256, refitted = None, None, None
         if self.config.training.refit:
-            refitted = await asyncio.to_thread(refit, spec, run.run_id, rows)
+            refitted = await fitting(self.settings.fit_threads, refit, spec, run.run_id, rows)
             refit_model = await asyncio.to_thread(refitted.to_bytes)
             refit_uri = await asyncio.to_thread(self.store.put, f"{prefix}/model-refit.skops", refit_model)
             refit_sha256 = sha256_hex(refit_model)

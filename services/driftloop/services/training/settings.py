@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pydantic import Field
+
 from driftloop.settings import ServiceSettings
 
 
@@ -7,3 +9,6 @@ class TrainingSettings(ServiceSettings):
     service: str = "training"
     #: How often a run that waits for labelled rows looks at the offline store again.
     data_poll_seconds: float = 2.0
+    #: OpenMP threads a fit may use. OpenMP's workers spin while they wait for each other, so on cores shared
+    #: with the other services a fit with a thread per core ran 15-25x slower than with one (two busy cores).
+    fit_threads: int = Field(default=1, ge=1)
