@@ -160,6 +160,11 @@ async def settled(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[f
     """
     while not _recovered(app):
         await asyncio.sleep(0.05)
+    return _current(app, events)
+
+
+def _current(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[faust.EventT[Any]]:
+    """The events fetched in this consumer generation, of partitions still assigned here."""
     assigned, generation = app.consumer.assignment(), app.consumer_generation_id
     return [e for e in events if e.message.tp in assigned and e.message.generation_id == generation]
 
@@ -183,12 +188,9 @@ async def batches(
         for event in events:
             event.message.acked = True
         yield events
-        assigned, generation = app.consumer.assignment(), app.consumer_generation_id
-        for event in events:
-            message = event.message
-            if message.tp in assigned and message.generation_id == generation:
-                message.acked = False
-                event.ack()
+        for event in _current(app, events):
+            event.message.acked = False
+            event.ack()
 
 
 async def durable(app: faust.App) -> None:
