@@ -60,6 +60,18 @@ APPLICATION = {
 }
 
 
+async def committed_offsets(settings: DriftloopSettings, group: str, topic: str) -> dict[int, int]:
+    """The offsets consumer group ``group`` (its full name) has committed on ``topic``, by partition."""
+    tps = await topic_partitions(settings.bootstrap, [settings.topic(topic)])
+    checker = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False)
+    await checker.start()
+    try:
+        offsets = {tp.partition: await checker.committed(tp) for tp in tps}
+    finally:
+        await checker.stop()
+    return {partition: offset for partition, offset in offsets.items() if offset is not None}
+
+
 async def read_topic(settings: DriftloopSettings, topic: str, expected: int, timeout: float = 30.0) -> list[Record]:
     """Every record of ``topic`` from its start, once ``expected`` have arrived (or the timeout passed)."""
     tps = await topic_partitions(settings.bootstrap, [settings.topic(topic)])

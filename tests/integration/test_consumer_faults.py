@@ -6,30 +6,21 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from driftloop.bus import Bus, ConsumerLoop, PoisonMessage, Record, topic_partitions
+from driftloop.bus import Bus, ConsumerLoop, PoisonMessage, Record
 from driftloop.contracts import DeadLetter, RetrainRequested
 from driftloop.db import make_engine
 from driftloop.settings import DriftloopSettings
 from tests.fixtures.postgres import TERMINATE_SESSIONS, _admin
-from tests.support import read_topic
+from tests.support import committed_offsets, read_topic
 
 
 async def _committed(settings: DriftloopSettings, group: str) -> int:
     """How many records of ``training.requests`` the group has committed, over all partitions."""
-    checker = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap, group_id=settings.group(group), enable_auto_commit=False
-    )
-    await checker.start()
-    try:
-        tps = await topic_partitions(settings.bootstrap, [settings.topic("training.requests")])
-        return sum([await checker.committed(tp) or 0 for tp in tps])
-    finally:
-        await checker.stop()
+    return sum((await committed_offsets(settings, settings.group(group), "training.requests")).values())
 
 
 async def _committed_is(settings: DriftloopSettings, group: str, expected: int) -> bool:

@@ -8,25 +8,11 @@ from typing import Any, cast
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer
 
 from driftloop.bus import Bus
-from driftloop.bus.metadata import topic_partitions
 from driftloop.settings import DriftloopSettings
 from driftloop.streams import Emitter, StreamSettings, batches, raw_topic, recovered, started, state_table, stream_app
-from tests.support import read_topic
-
-
-async def committed(settings: DriftloopSettings, group: str, topic: str) -> dict[int, int]:
-    """The offsets ``group`` has committed on ``topic``, by partition."""
-    tps = await topic_partitions(settings.bootstrap, [settings.topic(topic)])
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        offsets = {tp.partition: await consumer.committed(tp) for tp in tps}
-    finally:
-        await consumer.stop()
-    return {partition: offset for partition, offset in offsets.items() if offset is not None}
+from tests.support import committed_offsets, read_topic
 
 
 async def test_a_guarded_batch_returns_with_its_table_changes_acknowledged_by_the_broker(
@@ -100,4 +86,4 @@ async def test_a_batch_still_in_its_handler_when_the_service_stops_is_not_commit
         await asyncio.sleep(2.5)  # past faust's commit interval
     outage_over.set()
     await asyncio.sleep(0.5)
-    assert await committed(settings, settings.group("halfway"), "halfway-source") == {}
+    assert await committed_offsets(settings, settings.group("halfway"), "halfway-source") == {}
