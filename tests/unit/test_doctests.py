@@ -24,6 +24,7 @@ def test_docstring_examples_hold(name: str) -> None:
 def test_the_domain_modules_have_examples() -> None:
     finder = doctest.DocTestFinder()
     for name in (
+        "driftloop.rollout",
         "driftloop.services.features.domain",
         "driftloop.services.monitoring.domain",
         "driftloop.services.monitoring.history",
