@@ -26,6 +26,7 @@ from driftloop.contracts.events import (
     RolloutAborted,
     RolloutCompleted,
     RolloutStarted,
+    RolloutStepped,
     TrainingRunCompleted,
     TrainingRunFailed,
 )
@@ -78,9 +79,9 @@ TOPICS: dict[str, TopicSpec] = {
         ),
         TopicSpec(
             "deployment.events",
-            (RolloutStarted, RolloutCompleted, RolloutAborted),
+            (RolloutStarted, RolloutStepped, RolloutCompleted, RolloutAborted),
             "model_name",
-            "Rollouts as each deployment replica carries them out.",
+            "Rollouts as each deployment replica carries them out: started, each stage stepped, completed or aborted.",
             partitions=1,
             config=_KEEP_FOREVER,
         ),

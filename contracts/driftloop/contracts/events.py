@@ -338,7 +338,19 @@ class ModelRolledBack(_Typed):
     )
 
 
+def _rollout_evidence() -> Any:
+    return Field(
+        default_factory=dict,
+        description="The online verdict's numbers: both sides' labelled outcomes and errors since the rollout began, "
+        "their error rates, the difference, its always-valid interval (lower, upper), the margin, alpha and the "
+        "challenger's p99 latency. Empty when no verdict was involved (a direct rollout, a version that failed to "
+        "load) and on events from before staged rollouts.",
+    )
+
+
 class _Rollout(_Typed):
+    """One rollout as deployment carries it out, under the correlation id of the drift (or request) that began it."""
+
     model_name: str
     version: int
     previous_version: int | None = None
@@ -348,15 +360,36 @@ class _Rollout(_Typed):
 
 class RolloutStarted(_Rollout):
     event_type: Literal["io.driftloop.rollout.started.v1"] = "io.driftloop.rollout.started.v1"
+    percent: float | None = Field(
+        default=None,
+        description="The challenger's share of served traffic at the start, 0-100 (0: a shadow). "
+        "Absent on events from before staged rollouts.",
+    )
+
+
+class RolloutStepped(_Rollout):
+    """A canary stage passed: the challenger's share of traffic grows."""
+
+    event_type: Literal["io.driftloop.rollout.stepped.v1"] = "io.driftloop.rollout.stepped.v1"
+    step: int = Field(
+        ge=1, description="Index of the stage now entered: a rollout starts in stage 0, so its first step enters 1."
+    )
+    percent: float = Field(description="The challenger's share of served traffic from now on, 0-100.")
+    previous_percent: float
+    evidence: dict[str, float] = _rollout_evidence()
 
 
 class RolloutCompleted(_Rollout):
     event_type: Literal["io.driftloop.rollout.completed.v1"] = "io.driftloop.rollout.completed.v1"
+    evidence: dict[str, float] = _rollout_evidence()
 
 
 class RolloutAborted(_Rollout):
+    """The challenger is withdrawn and the previous version serves all traffic again."""
+
     event_type: Literal["io.driftloop.rollout.aborted.v1"] = "io.driftloop.rollout.aborted.v1"
     reason: str
+    evidence: dict[str, float] = _rollout_evidence()
 
 
 InternalEvent = Annotated[
@@ -374,6 +407,7 @@ InternalEvent = Annotated[
     | PromotionRejected
     | ModelRolledBack
     | RolloutStarted
+    | RolloutStepped
     | RolloutCompleted
     | RolloutAborted,
     Field(discriminator="event_type"),
