@@ -118,7 +118,16 @@ class Prediction(_Typed):
     event_time: datetime | None = None
     model_name: str
     model_version: int
-    role: Literal["champion", "challenger"] = "champion"
+    role: Literal["champion", "challenger"] = Field(
+        default="champion",
+        description="Which side of a rollout scored it: the champion, or the version rolling out as challenger.",
+    )
+    served: bool = Field(
+        default=True,
+        description="Whether the caller got this prediction. False for a side that only scores beside the one "
+        "that serves (the challenger in a shadow, the old champion in a blue-green watch): it is kept for the "
+        "online verdict and never returned.",
+    )
     channel: Literal["stream", "rest"]
     prediction: LabelValue
     probability: float | None = None
@@ -314,6 +323,31 @@ class ModelPromoted(_Typed):
     )
 
 
+class ModelStaged(_Typed):
+    """The gate passed a version that rolls out beside the champion before it replaces it.
+
+    Deployment loads it as the challenger and monitoring begins the rollout's
+    plan and verdict; the champion alias moves only when the rollout
+    completes (a ``ModelPromoted`` then follows), and an aborted rollout ends
+    with a ``PromotionRejected``.
+    """
+
+    event_type: Literal["io.driftloop.model.staged.v1"] = "io.driftloop.model.staged.v1"
+    model_name: str
+    version: int
+    champion_version: int
+    artifact_uri: str
+    artifact_sha256: str | None = _artifact_sha256()
+    strategy: Literal["shadow", "canary", "blue_green", "ab"]
+    actor: str
+    decision: GateDecision | None = None
+    revision: int | None = Field(
+        default=None,
+        description="The model's alias revision after the challenger alias moved to this version.",
+    )
+    semver: str | None = None
+
+
 class PromotionRejected(_Typed):
     event_type: Literal["io.driftloop.model.rejected.v1"] = "io.driftloop.model.rejected.v1"
     model_name: str
@@ -404,6 +438,7 @@ InternalEvent = Annotated[
     | TrainingRunFailed
     | ModelVersionRegistered
     | ModelPromoted
+    | ModelStaged
     | PromotionRejected
     | ModelRolledBack
     | RolloutStarted
