@@ -307,8 +307,10 @@ class DriftloopConfig(_Strict):
         raise KeyError(name)
 
     def rollout_for(self, name: str) -> RolloutPolicy:
-        """The model's rollout: the top-level one with the fields the model sets itself replaced."""
-        own = self.model(name).rollout
+        """The model's rollout: the top-level one with the fields the model sets itself replaced; a model
+        the file does not declare (a run registered by hand) rolls out as the top level says."""
+        spec = next((m for m in self.models if m.name == name), None)
+        own = spec.rollout if spec is not None else None
         if own is None:
             return self.rollout
         return RolloutPolicy.model_validate(

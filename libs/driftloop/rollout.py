@@ -72,6 +72,11 @@ def share_of(entity_id: str, salt: str = "") -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def split_salt(model_name: str, version: int) -> str:
+    """The split's salt: every rollout draws its own order of entities, fixed for all its stages."""
+    return f"{model_name}:{version}"
+
+
 def routes_to_challenger(entity_id: str, percent: float, salt: str = "") -> bool:
     """Whether the challenger serves this entity while it has ``percent`` of the traffic.
 
@@ -335,8 +340,7 @@ class RolloutPlan:
 
     @property
     def salt(self) -> str:
-        """The split's salt: every rollout draws its own order of entities, fixed for all its stages."""
-        return f"{self.model_name}:{self.version}"
+        return split_salt(self.model_name, self.version)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,6 @@ async def test_start_fails_with_a_clear_message_when_history_cannot_be_read_in_t
     settings: DriftloopSettings,
 ) -> None:
     slow = DeploymentSettings(**{**settings.model_dump(), "catch_up_timeout_seconds": 0.001})
-    with pytest.raises(FollowerFailed, match="did not catch up with registry.events"):
+    with pytest.raises(FollowerFailed, match=r"did not catch up with (deployment|registry)\.events"):
         async with asyncio.timeout(60), running(create_app(slow)):
             pass

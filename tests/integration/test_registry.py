@@ -270,11 +270,11 @@ async def test_rollback_and_manual_promotion_go_through_the_audit_log_and_the_to
 async def test_unknown_model_is_404_and_readiness_checks_the_database(registry_settings: RegistrySettings) -> None:
     async with running(create_app(registry_settings)) as client:
         ready = (await client.get("/readyz")).json()
-        # Ready only once its consumer is in its group; the database is checked from the start.
-        while ready["checks"]["consumer"] == "joining its group":
+        # Ready only once its consumers are in their groups; the database is checked from the start.
+        while "joining its group" in (ready["checks"]["consumer"], ready["checks"]["rollouts"]):
             await asyncio.sleep(0.2)
             ready = (await client.get("/readyz")).json()
-        assert ready == {"ready": True, "checks": {"consumer": True, "database": True}}
+        assert ready == {"ready": True, "checks": {"consumer": True, "rollouts": True, "database": True}}
         assert (await client.get("/v1/models/nope/versions")).status_code == 404
         assert (await client.get("/v1/models/nope/aliases/champion")).status_code == 404
         assert (await client.post("/v1/models/nope/rollback")).status_code == 404

@@ -13,8 +13,14 @@ class FollowerFailed(RuntimeError):
     """A service cannot know what the registry decided: following ``registry.events`` stopped or never caught up."""
 
 
-async def wait_caught_up(follower: asyncio.Task[None], caught_up: asyncio.Event, timeout: float, service: str) -> None:
-    """Wait for the registry's history, or fail at once when the follower dies instead of hanging."""
+async def wait_caught_up(
+    follower: asyncio.Task[None],
+    caught_up: asyncio.Event,
+    timeout: float,
+    service: str,
+    topic: str = "registry.events",
+) -> None:
+    """Wait for a followed topic's history, or fail at once when the follower dies instead of hanging."""
     waiter = asyncio.create_task(caught_up.wait())
     try:
         done, _ = await asyncio.wait({follower, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -24,11 +30,11 @@ async def wait_caught_up(follower: asyncio.Task[None], caught_up: asyncio.Event,
         return
     if follower in done:
         failure = follower.exception() if not follower.cancelled() else None
-        log.error("cannot follow registry.events", error=repr(failure))
-        raise FollowerFailed(f"{service} cannot follow registry.events: {failure!r}") from failure
+        log.error("cannot follow a topic", topic=topic, error=repr(failure))
+        raise FollowerFailed(f"{service} cannot follow {topic}: {failure!r}") from failure
     follower.cancel()
-    log.error("registry.events not caught up in time", timeout_seconds=timeout)
-    raise FollowerFailed(f"{service} did not catch up with registry.events within {timeout:.0f}s")
+    log.error("topic not caught up in time", topic=topic, timeout_seconds=timeout)
+    raise FollowerFailed(f"{service} did not catch up with {topic} within {timeout:.0f}s")
 
 
 def follower_state(follower: asyncio.Task[None] | None) -> bool | str:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from driftloop.contracts import Prediction, new_event_id
 from driftloop.contracts.events import Features, LabelValue
 from driftloop.http import READ
-from driftloop.services.deployment.domain import Served, ServingTable
+from driftloop.logging import get_logger
+from driftloop.services.deployment.domain import Served, ServingTable, Side
+from driftloop.services.deployment.handlers import Rollouts
 from driftloop.services.deployment.metrics import PREDICTIONS
-from driftloop.services.deployment.serving import PublishFailed, Serving
+from driftloop.services.deployment.serving import PublishFailed, Scores, Serving
 from driftloop.services.deployment.settings import DeploymentSettings
 
 router = APIRouter(tags=["deployment"])
+log = get_logger(__name__)
 
 
 # Dependencies are coroutines: FastAPI runs plain functions in its thread pool, a hop per request each.
@@ -35,7 +39,13 @@ async def get_settings(request: Request) -> DeploymentSettings:
     return settings
 
 
+async def get_rollouts(request: Request) -> Rollouts:
+    rollouts: Rollouts = request.app.state.rollouts
+    return rollouts
+
+
 TableDep = Annotated[ServingTable, Depends(get_table)]
+RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
@@ -57,7 +67,11 @@ class DeploymentView(BaseModel):
     artifact_uri: str
     artifact_sha256: str | None
     loaded_at: datetime
-    strategy: Literal["direct"] = "direct"
+    #: ``direct`` when no rollout is under way; else the running rollout's strategy, challenger and share.
+    strategy: str = "direct"
+    challenger_version: int | None = None
+    challenger_percent: float | None = None
+    challenger_shadowed: bool | None = None
     instance: str
 
 
@@ -68,39 +82,99 @@ def _served(table: ServingTable, name: str) -> Served:
     return served
 
 
-async def _predict(served: Served, serving: Serving, instances: list[Features]) -> PredictResponse:
-    labels, probabilities = await serving.score(served, instances)
-    ids = [new_event_id() for _ in instances]
-    predictions = [
+def _predictions(side: Side, ids: list[str], scores: Scores, entity_id: str | None, own_ids: bool) -> list[Prediction]:
+    labels, probabilities = scores
+    return [
         Prediction(
-            event_id=pid,
+            event_id=pid if own_ids else new_event_id(),
             source_event_id=pid,
-            model_name=served.model_name,
-            model_version=served.version,
+            entity_id=entity_id,
+            model_name=side.served.model_name,
+            model_version=side.served.version,
+            role=side.role,
+            served=side.serves,
             channel="rest",
             prediction=label,
             probability=p,
         )
         for pid, label, p in zip(ids, labels, probabilities, strict=True)
     ]
+
+
+async def _score(serving: Serving, rollouts: Rollouts, side: Side, instances: list[Features]) -> Scores:
+    started = time.perf_counter()
+    scores = await serving.score(side.served, instances)
+    if side.role == "challenger":
+        await rollouts.check_latency(side.served.model_name, side.served.version, time.perf_counter() - started)
+    return scores
+
+
+async def _beside(
+    serving: Serving, rollouts: Rollouts, side: Side, ids: list[str], instances: list[Features], entity_id: str | None
+) -> None:
+    """The side that scores beside the served one: its predictions join the same labels, the caller never sees
+    them, and a failure here never reaches the caller."""
     try:
-        await serving.log.record(predictions)
+        scores = await _score(serving, rollouts, side, instances)
+        await serving.log.record(_predictions(side, ids, scores, entity_id, own_ids=False))
+    except Exception:
+        log.exception("shadow scoring failed", model=side.served.model_name, version=side.served.version)
+
+
+async def _predict(
+    table: ServingTable,
+    name: str,
+    serving: Serving,
+    rollouts: Rollouts,
+    instances: list[Features],
+    entity_id: str | None = None,
+) -> PredictResponse:
+    """Score with the side that serves this request; during a shadowed stage the other side scores after.
+
+    A staged rollout routes the whole request by ``entity_id``, or by its
+    first prediction id when the caller gives none (a random split).
+    """
+    ids = [new_event_id() for _ in instances]
+    sides = table.sides(name, entity_id or ids[0])
+    if not sides:
+        _served(table, name)
+    first = sides[0]
+    scores = await _score(serving, rollouts, first, instances)
+    try:
+        await serving.log.record(_predictions(first, ids, scores, entity_id, own_ids=True))
     except PublishFailed as exc:
-        PREDICTIONS.labels(served.model_name, "rest", "unpublished").inc(len(ids))
+        PREDICTIONS.labels(name, "rest", "unpublished").inc(len(ids))
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"predictions not recorded: {exc}") from exc
-    PREDICTIONS.labels(served.model_name, "rest", "ok").inc(len(ids))
+    for side in sides[1:]:
+        serving.spawn(_beside(serving, rollouts, side, ids, instances, entity_id))
+    PREDICTIONS.labels(name, "rest", "ok").inc(len(ids))
+    labels, probabilities = scores
     return PredictResponse(
-        model_version=served.version, predictions=labels, probabilities=probabilities, prediction_ids=ids
+        model_version=first.served.version, predictions=labels, probabilities=probabilities, prediction_ids=ids
     )
 
 
 @router.post("/v1/models/{name}/predict", dependencies=[READ])
-async def predict(name: str, body: PredictRequest, table: TableDep, serving: ServingDep) -> PredictResponse:
-    """Score instances with the champion; each prediction is published, so labels can join it later by id.
+async def predict(
+    name: str,
+    body: PredictRequest,
+    table: TableDep,
+    serving: ServingDep,
+    rollouts: RolloutsDep,
+    entity_id: Annotated[
+        str | None,
+        Query(
+            max_length=256,
+            description="Whom the request is about: during a canary or A/B rollout it keeps one entity on one side.",
+        ),
+    ] = None,
+) -> PredictResponse:
+    """Score instances with the champion, or the challenger that serves them during a rollout; each prediction
+    is published, so labels can join it later by id.
 
     With ``prediction_acks=wait`` a 503 means the broker did not take them.
     """
-    return await _predict(_served(table, name), serving, body.instances)
+    return await _predict(table, name, serving, rollouts, body.instances, entity_id)
 
 
 class InferTensor(BaseModel):
@@ -123,9 +197,11 @@ class InferResponse(BaseModel):
 
 
 @router.post("/v2/models/{name}/infer", dependencies=[READ])
-async def infer(name: str, body: InferRequest, table: TableDep, serving: ServingDep) -> InferResponse:
+async def infer(
+    name: str, body: InferRequest, table: TableDep, serving: ServingDep, rollouts: RolloutsDep
+) -> InferResponse:
     """Open Inference Protocol v2: one 1-D input tensor per feature, named after the feature."""
-    served = _served(table, name)
+    _served(table, name)
     sizes = {t.name: len(t.data) for t in body.inputs}
     if len(set(sizes.values())) != 1:
         raise HTTPException(
@@ -134,7 +210,7 @@ async def infer(name: str, body: InferRequest, table: TableDep, serving: Serving
         )
     n = next(iter(sizes.values()))
     instances: list[Features] = [{t.name: t.data[i] for t in body.inputs} for i in range(n)]
-    result = await _predict(served, serving, instances)
+    result = await _predict(table, name, serving, rollouts, instances)
     return InferResponse(
         model_name=name,
         model_version=str(result.model_version),
@@ -168,7 +244,17 @@ async def deployment(
     name: str, table: TableDep, settings: Annotated[DeploymentSettings, Depends(get_settings)]
 ) -> DeploymentView:
     served = _served(table, name)
+    split = table.split(name)
+    rollout = {}
+    if split is not None:
+        rollout = {
+            "strategy": split.rollout.strategy,
+            "challenger_version": split.challenger.version,
+            "challenger_percent": split.rollout.percent,
+            "challenger_shadowed": split.rollout.shadowed,
+        }
     return DeploymentView(
+        **rollout,
         model_name=name,
         version=served.version,
         artifact_uri=served.artifact_uri,

@@ -26,13 +26,26 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
     rollouts: Rollouts | None = None
     consumer: ConsumerLoop | None = None
     follower: asyncio.Task[None] | None = None
+    rollout_follower: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal rollouts, consumer, follower
+        nonlocal rollouts, consumer, follower, rollout_follower
         async with open_runtime(settings, config) as runtime:
             table = ServingTable()
             rollouts = Rollouts(settings, runtime.config, runtime.bus, open_store(settings), table)
+            # The rollouts' states first: the registry's history then loads each challenger into its split.
+            rollout_follower = asyncio.create_task(
+                replay(settings, "deployment.events", rollouts.on_rollout_record, rollouts.on_rollouts_caught_up),
+                name="rollout-follower",
+            )
+            await wait_caught_up(
+                rollout_follower,
+                rollouts.rollouts_caught_up,
+                settings.catch_up_timeout_seconds,
+                "deployment",
+                "deployment.events",
+            )
             follower = asyncio.create_task(
                 replay(settings, "registry.events", rollouts.on_record, rollouts.on_caught_up), name="registry-follower"
             )
@@ -43,7 +56,7 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
                 service="deployment",
                 topics=["features"],
                 group="deployment",
-                batch_handler=Predictor(runtime.config, runtime.bus, table),
+                batch_handler=Predictor(runtime.config, runtime.bus, table, rollouts),
             )
             serving = Serving.configure(
                 runtime.bus,
@@ -53,10 +66,11 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
                 settings.predict_batch_wait_ms,
             )
             serving.log.start()
-            background = [follower]
+            background = [follower, rollout_follower]
             if isinstance(serving.score, MicroBatcher):
                 background.append(asyncio.create_task(serving.score.run(), name="micro-batcher"))
             app.state.runtime, app.state.table, app.state.serving = runtime, table, serving
+            app.state.rollouts = rollouts
             await consumer.start()
             try:
                 yield
@@ -73,6 +87,7 @@ def create_app(settings: DeploymentSettings | None = None, config: DriftloopConf
             "registry_followed": rollouts is not None and rollouts.caught_up.is_set(),
             "consumer": consumer.health() if consumer is not None else "not started",
             "follower": follower_state(follower),
+            "rollout_follower": follower_state(rollout_follower),
         }
 
     app = service_app("deployment", lifespan, readiness, settings)

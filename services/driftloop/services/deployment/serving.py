@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from driftloop.bus import Bus
 from driftloop.contracts import Prediction
@@ -237,6 +237,13 @@ class Serving:
 
     score: Scoring | MicroBatcher
     log: PredictionLog
+    #: Work a response does not wait for (a shadow's scoring), held here until it ends.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     @classmethod
     def configure(

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from river.drift import ADWIN
 
+from driftloop.config import RolloutPolicy
+from driftloop.rollout import Progress, RolloutPlan, Tally, abort, step
 from driftloop.services.monitoring.history import RealizedSeries
 from driftloop.services.monitoring.join import Outcome
 
@@ -260,13 +263,19 @@ class Rearmed:
 
 @dataclass
 class ModelTrack:
-    """Everything monitoring knows of one model: a monitor per version, which version is current, and
-    how far each join partition's outcomes have been applied.
+    """Everything monitoring knows of one model: a monitor per version, which version is current, the
+    staged rollout under way, and how far each join partition's outcomes have been applied.
 
     Outcomes of a superseded version go to that version's monitor and never
     to the current one, so late outcomes of v1 cannot disturb v2's grace
-    period, and only the current version can raise drift. The newest version
-    seen is the current one.
+    period, and only the current version can raise drift. The current
+    version is the champion as the registry last named it (the newest
+    version seen before it named one): a challenger rolling out, or one
+    withdrawn, never is.
+
+    A rollout's plan (``rollout.RolloutPlan``) and both sides' labelled
+    outcomes since it began live here too, so the verdict is taken on
+    exactly the outcomes the monitors counted, each once.
 
     ``applied`` makes a replay harmless: each outcome names the join record
     that completed it, by partition and offset, and one join partition's
@@ -283,10 +292,49 @@ class ModelTrack:
     applied: dict[int, tuple[int, int]] = field(default_factory=dict)
     drifts: list[dict[str, Any]] = field(default_factory=list)
     realized: RealizedSeries = field(default_factory=RealizedSeries)
+    champion: int | None = None
+    rollout: RolloutPlan | None = None
+    tally: Tally = field(default_factory=Tally)
 
     @property
     def current(self) -> ModelMonitor | None:
+        if self.champion is not None:
+            return self.monitors.get(self.champion)
         return self.monitors[max(self.monitors)] if self.monitors else None
+
+    def name_champion(self, version: int) -> None:
+        """The registry moved the champion alias (a promotion, a completed rollout, a rollback)."""
+        self.champion = version
+
+    def begin(self, plan: RolloutPlan) -> RolloutPlan | None:
+        """Start following a rollout; return the running one it supersedes, if any."""
+        superseded = self.rollout if self.rollout is not None and self.rollout.status == "running" else None
+        self.rollout, self.tally = plan, Tally()
+        return superseded
+
+    def withdraw(self, version: int, reason: str) -> bool:
+        """End the running rollout of ``version`` from outside the verdict; False when there is none."""
+        if self.rollout is None or self.rollout.version != version or self.rollout.status != "running":
+            return False
+        self.rollout = abort(self.rollout, reason)
+        return True
+
+    def look(self, policy: RolloutPolicy, now: datetime) -> Progress | None:
+        """Step the running rollout on the outcomes counted so far; None when none runs."""
+        if self.rollout is None or self.rollout.status != "running":
+            return None
+        progress = step(self.rollout, self.tally, now, policy)
+        self.rollout = progress.plan
+        return progress
+
+    def _count(self, outcome: Outcome) -> None:
+        plan = self.rollout
+        if plan is None or plan.status != "running":
+            return
+        if outcome.version == plan.version:
+            self.tally = replace(self.tally, challenger=self.tally.challenger.add(not outcome.correct))
+        elif outcome.version == plan.champion_version:
+            self.tally = replace(self.tally, champion=self.tally.champion.add(not outcome.correct))
 
     def fresh(self, outcome: Outcome) -> bool:
         """Not applied before: past its join partition's mark."""
@@ -297,11 +345,13 @@ class ModelTrack:
         """Fold in an outcome that is ``fresh``; return the drift it reveals on the current version, if any."""
         partition, offset, index = outcome.source
         self.applied[partition] = (offset, index)
+        self._count(outcome)
         monitor = self.monitors.get(outcome.version)
         if monitor is None:
             monitor = ModelMonitor(self.model_name, outcome.version, self.delta, self.grace, self.window)
             self.monitors[outcome.version] = monitor
-            for old in sorted(self.monitors)[:-KEPT_VERSIONS]:
+            kept = {self.champion, self.rollout.version if self.rollout else None}
+            for old in [v for v in sorted(self.monitors) if v not in kept][:-KEPT_VERSIONS]:
                 del self.monitors[old]
         if outcome.version not in self.monitors:
             return None
@@ -341,6 +391,9 @@ class ModelTrack:
             "applied": {str(p): list(mark) for p, mark in self.applied.items()},
             "drifts": self.drifts,
             "realized": self.realized.to_dict(),
+            "champion": self.champion,
+            "rollout": self.rollout.to_dict() if self.rollout else None,
+            "tally": self.tally.to_dict(),
         }
 
     @classmethod
@@ -356,4 +409,7 @@ class ModelTrack:
             track.applied = {int(p): (mark[0], mark[1]) for p, mark in data["applied"].items()}
             track.drifts = list(data["drifts"])
             track.realized = RealizedSeries.from_dict(data.get("realized"))
+            track.champion = data.get("champion")
+            track.rollout = RolloutPlan.from_dict(data["rollout"]) if data.get("rollout") else None
+            track.tally = Tally.from_dict(data["tally"]) if data.get("tally") else Tally()
         return track

@@ -44,7 +44,7 @@ def epoch(value: datetime) -> float:
 
 
 def prediction_record(prediction: Prediction) -> PredictionRecord:
-    """A champion's prediction as a join record."""
+    """A prediction, either side's, as a join record."""
     return PredictionRecord(
         event_id=prediction.source_event_id,
         model=prediction.model_name,
@@ -91,22 +91,21 @@ class Router:
             except PoisonMessage as exc:
                 bad.append((record, exc))
                 continue
-            if joined is not None:
-                await self.bus.send(JOIN_TOPIC, orjson.dumps(joined.to_dict()), joined.event_id, [], wait=False)
+            await self.bus.send(JOIN_TOPIC, orjson.dumps(joined.to_dict()), joined.event_id, [], wait=False)
         for (source, model, partition), found in rows.items():
             for start in range(0, len(found), self.rows_per_record):
                 batch = RowBatch(model, source, partition, found[start : start + self.rows_per_record])
                 await self.bus.send(ROWS_TOPIC, orjson.dumps(batch.to_dict()), model, [], wait=False)
         return bad
 
-    def join_record(self, record: Record, rows: dict[tuple[Source, str, int], list[Row]]) -> JoinRecord | None:
-        """A label, or a champion's prediction (also a row of its model's prediction columns); a challenger's
-        prediction is neither."""
+    def join_record(self, record: Record, rows: dict[tuple[Source, str, int], list[Row]]) -> JoinRecord:
+        """A label, or a prediction; a champion's is also a row of its model's prediction columns, while a
+        challenger's only joins its labels, for the rollout's verdict."""
         if record.topic != "predictions":
             return label_record(record.value, record.timestamp, self.spec)
         prediction = record.parse(Prediction)
         if prediction.role != "champion":
-            return None
+            return prediction_record(prediction)
         values = {PREDICTION: prediction.prediction, PROBABILITY: prediction.probability}
         rows.setdefault((PREDICTIONS, prediction.model_name, record.partition), []).append(
             (record.offset, prediction.model_version, values)

@@ -16,6 +16,12 @@ Three stages, each working a batch at a time:
    challenger (from ``training.runs`` and ``registry.events``) reaches the
    track through the same topic, in order with the outcomes, and re-arms the
    monitor (``domain.ModelMonitor.rearm``), with a ``DriftUnresolved`` event.
+   Champion moves and staged versions arrive the same way: the track runs
+   each staged rollout's plan on the outcomes of both sides and publishes
+   its start, steps and end on ``deployment.events``, which deployment
+   follows to route and the registry to promote or withdraw. An abort that
+   deployment decides (a challenger that does not load, or is too slow)
+   reaches the track through that topic.
 
 Beside them, data drift and the estimated accuracy need no labels: routing
 also re-keys the feature vectors of each model's view and the champion's
@@ -45,11 +51,19 @@ from driftloop.config import DriftloopConfig
 from driftloop.contracts import (
     DriftDetected,
     DriftUnresolved,
+    ModelPromoted,
+    ModelRolledBack,
+    ModelStaged,
     PromotionRejected,
+    RolloutAborted,
+    RolloutCompleted,
+    RolloutStarted,
+    RolloutStepped,
     TrainingRunFailed,
     parse_internal,
 )
 from driftloop.logging import get_logger
+from driftloop.rollout import Progress, RolloutPlan, start
 from driftloop.services.monitoring.datadrift import FeatureDrift
 from driftloop.services.monitoring.datawatch import DataWatch, RowBatch
 from driftloop.services.monitoring.domain import Detected, ModelTrack, Rearmed
@@ -84,6 +98,8 @@ log = get_logger(__name__)
 _DRIFT_NAMESPACE = uuid.UUID("6f1d3c1e-3b0a-4c7e-9a53-2f0a5c7d9e11")
 #: Drift events kept per model for the API.
 _KEPT_DRIFTS = 20
+#: What monitoring's rollout events give as the reporting ``instance``: the verdict is taken here.
+ROLLOUT_INSTANCE = "monitoring"
 
 
 @dataclass
@@ -109,6 +125,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
     outcomes = raw_topic(app, settings, "driftloop-monitoring-outcomes", internal=True)
     rows_topic = raw_topic(app, settings, ROWS_TOPIC, internal=True)
     policy = config.drift
+    models = {m.name for m in config.models}
     horizon = settings.label_horizon.total_seconds()
     expiries: dict[int, JoinExpiry] = {}
     marks: dict[int, SettledMarks] = {}
@@ -246,11 +263,67 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
             rearm_after=rearmed.backoff,
         )
 
+    def rollout_event(
+        plan: RolloutPlan, progress: Progress | None, kind: str
+    ) -> RolloutStarted | RolloutStepped | RolloutCompleted | RolloutAborted:
+        """The event for a rollout's start or ``progress``; named by what it reports, so a replay repeats its id."""
+        common: dict[str, Any] = {
+            "event_id": uuid.uuid5(
+                _DRIFT_NAMESPACE, f"rollout:{plan.model_name}:{plan.version}:{kind}:{plan.stage}"
+            ).hex,
+            "correlation_id": plan.correlation_id,
+            "model_name": plan.model_name,
+            "version": plan.version,
+            "previous_version": plan.champion_version,
+            "strategy": plan.strategy,
+            "instance": ROLLOUT_INSTANCE,
+        }
+        evidence = progress.verdict.evidence() if progress is not None and progress.verdict is not None else {}
+        if kind == "started":
+            return RolloutStarted(**common, percent=plan.percent)
+        if kind == "stepped":
+            previous = plan.stages[plan.stage - 1].percent
+            return RolloutStepped(
+                **common, step=plan.stage, percent=plan.percent, previous_percent=previous, evidence=evidence
+            )
+        if kind == "completed":
+            return RolloutCompleted(**common, evidence=evidence)
+        return RolloutAborted(**common, reason=plan.reason or "aborted", evidence=evidence)
+
+    def control(
+        track: ModelTrack, data: dict[str, Any]
+    ) -> list[RolloutStarted | RolloutStepped | RolloutCompleted | RolloutAborted]:
+        """A record the track takes in order with the outcomes: a champion named, a version staged, an abort."""
+        kind = data["k"]
+        if kind == "champion":
+            track.name_champion(int(data["v"]))
+            return []
+        if kind == "abort":
+            track.withdraw(int(data["v"]), data["r"])
+            return []
+        version = int(data["v"])
+        if track.rollout is not None and track.rollout.version >= version:
+            return []
+        policy = config.rollout_for(track.model_name)
+        now = datetime.fromtimestamp(time.time(), UTC)
+        plan = start(policy, track.model_name, version, int(data["cv"]), data["c"], now)
+        published = []
+        superseded = track.begin(plan)
+        if superseded is not None:
+            ended = replace(superseded, status="aborted", reason=f"superseded by v{version}")
+            published.append(rollout_event(ended, None, "aborted"))
+        published.append(rollout_event(plan, None, "started"))
+        if plan.status == "completed":
+            published.append(rollout_event(plan, None, "completed"))
+        log.info("rollout begun", model=track.model_name, version=version, strategy=plan.strategy)
+        return published
+
     async def on_outcomes(events: Sequence[faust.EventT[Any]]) -> None:
         events = await settled(app, events)
         touched: dict[str, ModelTrack] = {}
         drifts: list[DriftDetected] = []
         unresolved: list[DriftUnresolved] = []
+        rollouts: list[RolloutStarted | RolloutStepped | RolloutCompleted | RolloutAborted] = []
 
         def track_of(model: str) -> ModelTrack:
             if model not in touched:
@@ -267,6 +340,9 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                     if rearmed is not None:
                         unresolved.append(unresolved_event(data["m"], rearmed, data["c"], data["r"]))
                     continue
+                if data.get("k") in ("champion", "stage", "abort"):
+                    rollouts += control(track_of(data["m"]), data)
+                    continue
                 outcome = Outcome.from_dict(data)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 await emitter.deadletter(event, PoisonMessage(f"not an outcome: {exc!r}"), "monitoring.outcomes")
@@ -280,6 +356,21 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                 drift = drift_event(outcome.model, detected)
                 drifts.append(drift)
                 track.drifts = [*track.drifts, drift.model_dump(mode="json")][-_KEPT_DRIFTS:]
+        looked_at = datetime.fromtimestamp(time.time(), UTC)
+        for model, track in touched.items():
+            progress = track.look(config.rollout_for(model), looked_at)
+            if progress is not None and progress.transition != "none":
+                rollouts.append(rollout_event(progress.plan, progress, progress.transition))
+                log.info(
+                    "rollout " + progress.transition,
+                    model=model,
+                    version=progress.plan.version,
+                    percent=progress.plan.percent,
+                    reason=progress.plan.reason,
+                    outcomes=track.tally.to_dict(),
+                )
+        for rollout in rollouts:
+            await emitter.emit(rollout, rollout.model_name)
         for drift in drifts:
             await emitter.emit(drift, drift.model_name)
             DRIFTS.labels(drift.model_name, "concept").inc()
@@ -312,13 +403,36 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                 if current.rolling_accuracy is not None:
                     ROLLING_ACCURACY.labels(model).set(current.rolling_accuracy)
 
+    def forwarded(event: object) -> dict[str, Any] | None:
+        """What of a registry or deployment event the track takes in order with the outcomes."""
+        if isinstance(event, ModelPromoted):
+            return {"k": "champion", "m": event.model_name, "v": event.version}
+        if isinstance(event, ModelRolledBack):
+            return {"k": "champion", "m": event.model_name, "v": event.to_version}
+        if isinstance(event, ModelStaged):
+            return {
+                "k": "stage",
+                "m": event.model_name,
+                "v": event.version,
+                "cv": event.champion_version,
+                "c": event.correlation_id,
+            }
+        if isinstance(event, RolloutAborted) and event.instance != ROLLOUT_INSTANCE:
+            return {"k": "abort", "m": event.model_name, "v": event.version, "r": event.reason}
+        return None
+
     async def on_turn_ended(events: Sequence[faust.EventT[Any]]) -> None:
-        """Failed drift runs and rejected challengers, forwarded to their model's track."""
+        """Failed drift runs, rejected challengers, champion moves, staged versions and deployment's aborts,
+        forwarded to their model's track."""
         for event in events:
             try:
                 ended = parse_internal(event.value)
             except ValueError:
                 continue  # other services' records; theirs to dead-letter
+            if (record := forwarded(ended)) is not None:
+                if record["m"] in models:
+                    await outcomes.send(key=record["m"].encode(), value=orjson.dumps(record))
+                continue
             if isinstance(ended, TrainingRunFailed) and ended.trigger == "drift":
                 reason = f"training run {ended.run_id} failed: {ended.error}"
             elif isinstance(ended, PromotionRejected):
@@ -335,6 +449,11 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
 
     @app.agent(raw_topic(app, settings, "registry.events"))
     async def watch_registry(stream: faust.StreamT[Any]) -> None:
+        async for events in batches(app, stream, settings.batch, settings.batch_within):
+            await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
+
+    @app.agent(raw_topic(app, settings, "deployment.events"))
+    async def watch_rollouts(stream: faust.StreamT[Any]) -> None:
         async for events in batches(app, stream, settings.batch, settings.batch_within):
             await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
 

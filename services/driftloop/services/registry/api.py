@@ -6,7 +6,7 @@ Every change is made as the caller's token: its name and role are the audit's ac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
 from driftloop.auth import Identity, Role
-from driftloop.config import PromotionPolicy
+from driftloop.config import PromotionPolicy, RolloutPolicy
 from driftloop.db import OutboxRelay
 from driftloop.http import READ, require
 from driftloop.services.registry.domain import ALIAS_PATTERN
@@ -39,7 +39,13 @@ def get_policy(request: Request) -> PromotionPolicy:
     return policy
 
 
+def get_rollout_for(request: Request) -> Callable[[str], RolloutPolicy]:
+    rollout_for: Callable[[str], RolloutPolicy] = request.app.state.rollout_for
+    return rollout_for
+
+
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+RolloutForDep = Annotated[Callable[[str], RolloutPolicy], Depends(get_rollout_for)]
 RelayDep = Annotated[OutboxRelay, Depends(get_relay)]
 PolicyDep = Annotated[PromotionPolicy, Depends(get_policy)]
 #: First in every changing endpoint's signature: who calls is settled before anything is read.
@@ -271,14 +277,23 @@ async def approvals(registry: RegistryDep, policy: PolicyDep, model: str | None 
 
 @router.post("/models/{name}/versions/{version}/approve")
 async def approve(
-    who: Approver, name: str, version: int, body: DecisionBody, registry: RegistryDep, relay: RelayDep
+    who: Approver,
+    name: str,
+    version: int,
+    body: DecisionBody,
+    registry: RegistryDep,
+    relay: RelayDep,
+    rollout_for: RolloutForDep,
 ) -> VersionView:
-    """Promote a waiting version with the gate's decision; the approver is the audit's actor."""
+    """Roll out a waiting version with the gate's decision, as the model's rollout says; the approver is the
+    audit's actor. The answer is the approved version: champion at once, or challenger while it rolls out."""
     with _http_errors(), registry.session() as s:
-        registry.approve(s, name, version, actor=who.name, actor_role=who.role, reason=body.reason)
+        row = registry.approve(
+            s, name, version, rollout_for(name).strategy, actor=who.name, actor_role=who.role, reason=body.reason
+        )
         s.commit()
     relay.wakeup.set()
-    return await get_alias(name, "champion", registry)
+    return _view(row, registry.aliases(name))
 
 
 @router.post("/models/{name}/versions/{version}/reject")

@@ -1,18 +1,27 @@
-"""``training.runs`` in: register the version, score it against the champion, promote or reject."""
+"""``training.runs`` in: register the version, score it against the champion, roll it out or reject it.
+``deployment.events`` in: a staged rollout's verdict makes the challenger champion or withdraws it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from driftloop.artifacts import ArtifactRefused, ArtifactStore, read_verified, sha256_hex, verify_sha256
 from driftloop.bus import PoisonMessage, Record
-from driftloop.config import PromotionPolicy
-from driftloop.contracts import TrainingRunCompleted, TrainingRunFailed, parse_internal
+from driftloop.config import PromotionPolicy, RolloutPolicy
+from driftloop.contracts import (
+    RolloutAborted,
+    RolloutCompleted,
+    RolloutStarted,
+    RolloutStepped,
+    TrainingRunCompleted,
+    TrainingRunFailed,
+    parse_internal,
+)
 from driftloop.contracts.events import DataWindow, Features, GateDecision, LabelValue
 from driftloop.db import OutboxRelay
 from driftloop.logging import get_logger
@@ -87,11 +96,14 @@ class RunHandler:
         relay: OutboxRelay,
         categorical: Sequence[str] = (),
         schema_fingerprint: str = "",
+        rollout_for: Callable[[str], RolloutPolicy] = lambda _: RolloutPolicy(),
     ) -> None:
         self.registry = registry
         self.evaluator = evaluator
         self.policy = policy
         self.relay = relay
+        #: Each model's rollout, which decides whether a passed version is promoted at once or staged.
+        self.rollout_for = rollout_for
         #: Features the gate slices per value (the dataset's categorical ones).
         self.categorical = list(categorical)
         #: The dataset schema's fingerprint in force when a version is registered: its semver compares it.
@@ -164,13 +176,13 @@ class RunHandler:
             elif self.policy.require_approval:
                 self.registry.hold_for_approval(s, row, decision)
             else:
-                self.registry.promote(
+                self.registry.adopt(
                     s,
                     row,
+                    self.rollout_for(run.model_name).strategy,
                     actor="gate",
                     reason=decision.reason,
                     causation_id=run.event_id,
-                    correlation_id=run.correlation_id,
                     decision=decision,
                 )
             s.commit()
@@ -198,3 +210,63 @@ class RunHandler:
         except ArtifactRefused as exc:
             log.warning("champion refused", model=champion.model_name, version=champion.version, error=str(exc))
             return None, f"champion v{champion.version} not scored, its artifact is refused ({exc})"
+
+
+class RolloutHandler:
+    """Follows staged rollouts on ``deployment.events`` into the registry.
+
+    Starts and steps are audited; completion promotes the challenger, an
+    abort withdraws it and is announced as a rejection, so training and
+    monitoring end the loop's turn as for a challenger the gate refused.
+    Events about versions that are not rolling out (direct rollouts, a
+    verdict already recorded, a superseded rollout) change nothing, which
+    also makes a replayed event harmless.
+    """
+
+    def __init__(self, registry: Registry, relay: OutboxRelay) -> None:
+        self.registry = registry
+        self.relay = relay
+
+    async def __call__(self, record: Record) -> None:
+        event = parse_internal(record.value)
+        if isinstance(event, RolloutStarted | RolloutStepped | RolloutCompleted | RolloutAborted):
+            await asyncio.to_thread(self.apply, event)
+
+    def apply(self, event: RolloutStarted | RolloutStepped | RolloutCompleted | RolloutAborted) -> None:
+        model, version = event.model_name, event.version
+        with self.registry.session() as s:
+            if self.registry.by_version(s, model, version) is None:
+                return
+            if isinstance(event, RolloutStarted):
+                changed = self.registry.note_rollout(
+                    s, model, version, "rollout_started", f"{event.strategy} at {event.percent or 0:g} %", {}
+                )
+            elif isinstance(event, RolloutStepped):
+                changed = self.registry.note_rollout(
+                    s,
+                    model,
+                    version,
+                    "rollout_stepped",
+                    f"{event.previous_percent:g} % to {event.percent:g} %",
+                    event.evidence,
+                )
+            elif isinstance(event, RolloutCompleted):
+                reason = f"{event.strategy}, online verdict passed"
+                changed = (
+                    self.registry.complete_rollout(
+                        s, model, version, reason=reason, evidence=event.evidence, causation_id=event.event_id
+                    )
+                    is not None
+                )
+            else:
+                changed = (
+                    self.registry.abort_rollout(
+                        s, model, version, reason=event.reason, evidence=event.evidence, causation_id=event.event_id
+                    )
+                    is not None
+                )
+            if not changed:
+                return
+            s.commit()
+        log.info("rollout recorded", model=model, version=version, event_type=event.event_type)
+        self.relay.wakeup.set()

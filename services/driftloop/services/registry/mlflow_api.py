@@ -33,7 +33,13 @@ from driftloop.services.registry.store import ModelVersion, Registry
 
 router = APIRouter(prefix="/api/2.0/mlflow", tags=["mlflow"], dependencies=[READ])
 
-STAGES = {"champion": "Production", "challenger": "Staging", "archived": "Archived", "rolled_back": "Archived"}
+STAGES = {
+    "champion": "Production",
+    "challenger": "Staging",
+    "rolling_out": "Staging",
+    "archived": "Archived",
+    "rolled_back": "Archived",
+}
 
 #: MLflow's own default page size for both searches.
 DEFAULT_PAGE = 100

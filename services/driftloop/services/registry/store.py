@@ -23,9 +23,11 @@ from sqlalchemy import JSON, Column, Engine, UniqueConstraint, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from driftloop.config import RolloutStrategyName
 from driftloop.contracts import (
     ModelPromoted,
     ModelRolledBack,
+    ModelStaged,
     ModelVersionRegistered,
     PromotionRejected,
     TrainingRunCompleted,
@@ -218,6 +220,11 @@ class Registry:
         alias = s.get(Alias, (model, "champion"))
         return self.version(s, model, alias.version) if alias else None
 
+    def by_version(self, s: Session, model: str, version: int) -> ModelVersion | None:
+        return s.exec(
+            select(ModelVersion).where(ModelVersion.model_name == model, ModelVersion.version == version)
+        ).first()
+
     def by_run(self, run_id: str) -> ModelVersion | None:
         with self.session() as s:
             return s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
@@ -384,8 +391,12 @@ class Registry:
         correlation_id: str,
         decision: GateDecision | None,
         actor_role: str | None = None,
+        evidence: dict[str, Any] | None = None,
     ) -> ModelPromoted:
-        """Move ``champion`` to ``row``: the one path for gate and operator promotions alike."""
+        """Move ``champion`` to ``row``: the one path for gate, rollout and operator promotions alike.
+
+        ``evidence`` is the online verdict's, for a promotion that ends a staged rollout.
+        """
         revision = self._bump_revision(s, row.model_name)
         previous = self.champion(s, row.model_name)
         if previous is not None and previous.version == row.version:
@@ -397,6 +408,9 @@ class Registry:
         row.status = "champion"
         s.add(row)
         self._set_alias(s, row.model_name, "champion", row.version)
+        recorded = decision.model_dump(mode="json") if decision else None
+        if evidence is not None:
+            recorded = {**(recorded or {}), "online": evidence}
         self._audit(
             s,
             AuditEntry(
@@ -408,7 +422,7 @@ class Registry:
                 previous_version=previous.version if previous else None,
                 reason=reason,
                 correlation_id=correlation_id,
-                decision=decision.model_dump(mode="json") if decision else None,
+                decision=recorded,
             ),
         )
         event = ModelPromoted(
@@ -425,6 +439,208 @@ class Registry:
             semver=row.semver,
         )
         enqueue(s, SOURCE, event, row.model_name)
+        return event
+
+    def adopt(
+        self,
+        s: Session,
+        row: ModelVersion,
+        strategy: RolloutStrategyName,
+        *,
+        actor: str,
+        reason: str,
+        causation_id: str | None,
+        decision: GateDecision | None,
+        actor_role: str | None = None,
+    ) -> None:
+        """Give a version that passed the gate (and its approver) the traffic, as the model's rollout says.
+
+        ``direct``, or a first version with no champion to compare with, is
+        promoted at once; any other strategy stages it as the challenger, and
+        the champion alias moves only when its rollout completes
+        (``complete_rollout``).
+        """
+        if strategy == "direct" or self.champion(s, row.model_name) is None:
+            self.promote(
+                s,
+                row,
+                actor=actor,
+                actor_role=actor_role,
+                reason=reason,
+                causation_id=causation_id,
+                correlation_id=row.correlation_id,
+                decision=decision,
+            )
+        else:
+            self.stage(s, row, strategy, actor=actor, actor_role=actor_role, reason=reason, decision=decision)
+
+    def stage(
+        self,
+        s: Session,
+        row: ModelVersion,
+        strategy: RolloutStrategyName,
+        *,
+        actor: str,
+        reason: str,
+        decision: GateDecision | None,
+        actor_role: str | None = None,
+    ) -> ModelStaged:
+        """Make ``row`` the challenger that rolls out beside the champion; a rollout still running is superseded."""
+        revision = self._bump_revision(s, row.model_name)
+        champion = self.champion(s, row.model_name)
+        if champion is None or strategy == "direct":
+            raise Conflict(f"{row.model_name} v{row.version} has no champion to roll out beside")
+        self._refuse_if_pinned(s, row.model_name)
+        running = select(ModelVersion).where(
+            ModelVersion.model_name == row.model_name, ModelVersion.status == "rolling_out"
+        )
+        for other in s.exec(running).all():
+            other.status = "superseded"
+            s.add(other)
+            self._audit(
+                s,
+                AuditEntry(
+                    actor=actor,
+                    actor_role=actor_role,
+                    action="rollout_superseded",
+                    model_name=other.model_name,
+                    version=other.version,
+                    previous_version=champion.version,
+                    reason=f"superseded by v{row.version}",
+                    correlation_id=other.correlation_id,
+                ),
+            )
+        row.status = "rolling_out"
+        s.add(row)
+        self._set_alias(s, row.model_name, "challenger", row.version)
+        self._audit(
+            s,
+            AuditEntry(
+                actor=actor,
+                actor_role=actor_role,
+                action="rollout_begun",
+                model_name=row.model_name,
+                version=row.version,
+                previous_version=champion.version,
+                reason=f"{strategy}: {reason}",
+                correlation_id=row.correlation_id,
+                decision=decision.model_dump(mode="json") if decision else None,
+            ),
+        )
+        event = ModelStaged(
+            correlation_id=row.correlation_id,
+            model_name=row.model_name,
+            version=row.version,
+            champion_version=champion.version,
+            artifact_uri=row.artifact_uri,
+            artifact_sha256=row.artifact_sha256,
+            strategy=strategy,
+            actor=actor,
+            decision=decision,
+            revision=revision,
+            semver=row.semver,
+        )
+        enqueue(s, SOURCE, event, row.model_name)
+        return event
+
+    def _take_rollout(self, s: Session, model: str, version: int, status: str) -> ModelVersion | None:
+        """Move a rolling-out version to ``status`` once: a replayed or second verdict finds nothing to move."""
+        row = self.by_version(s, model, version)
+        if row is None:
+            return None
+        table = ModelVersion.__table__  # type: ignore[attr-defined]
+        taken = s.connection().execute(
+            update(table).where(table.c.id == row.id, table.c.status == "rolling_out").values(status=status)
+        )
+        if not taken.rowcount:
+            return None
+        s.refresh(row)
+        challenger = s.get(Alias, (model, "challenger"))
+        if challenger is not None and challenger.version == version:
+            s.delete(challenger)
+        return row
+
+    def note_rollout(
+        self, s: Session, model: str, version: int, action: str, reason: str, evidence: dict[str, Any]
+    ) -> bool:
+        """Record a running rollout's start or step in the audit; False when the version is not rolling out."""
+        row = self.version(s, model, version)
+        if row.status != "rolling_out":
+            return False
+        self._audit(
+            s,
+            AuditEntry(
+                actor="rollout",
+                action=action,
+                model_name=model,
+                version=version,
+                previous_version=row.parent_version,
+                reason=reason,
+                correlation_id=row.correlation_id,
+                decision=evidence,
+            ),
+        )
+        return True
+
+    def complete_rollout(
+        self, s: Session, model: str, version: int, *, reason: str, evidence: dict[str, Any], causation_id: str
+    ) -> ModelPromoted | None:
+        """The online verdict let the challenger through: it becomes champion. None if it was not rolling out."""
+        row = self._take_rollout(s, model, version, "rollout_completed")
+        if row is None:
+            return None
+        gate = GateDecision.model_validate(row.gate) if row.gate else None
+        return self.promote(
+            s,
+            row,
+            actor="rollout",
+            reason=f"rollout completed: {reason}",
+            causation_id=causation_id,
+            correlation_id=row.correlation_id,
+            decision=gate,
+            evidence=evidence,
+        )
+
+    def abort_rollout(
+        self, s: Session, model: str, version: int, *, reason: str, evidence: dict[str, Any], causation_id: str
+    ) -> PromotionRejected | None:
+        """The rollout was stopped: the champion keeps serving, and the loop reads it as a rejected challenger."""
+        row = self._take_rollout(s, model, version, "aborted")
+        if row is None:
+            return None
+        self._bump_revision(s, model)
+        champion = self.champion(s, model)
+        gate = GateDecision.model_validate(row.gate) if row.gate else None
+        refusal = f"rollout aborted: {reason}"
+        decision = (
+            gate.model_copy(update={"passed": False, "reason": refusal})
+            if gate
+            else GateDecision(
+                metric="", challenger=0.0, champion=None, min_improvement=0.0, passed=False, reason=refusal
+            )
+        )
+        self._audit(
+            s,
+            AuditEntry(
+                actor="rollout",
+                action="rollout_aborted",
+                model_name=model,
+                version=version,
+                previous_version=champion.version if champion else None,
+                reason=refusal,
+                correlation_id=row.correlation_id,
+                decision={**decision.model_dump(mode="json"), "online": evidence},
+            ),
+        )
+        event = PromotionRejected(
+            correlation_id=row.correlation_id,
+            causation_id=causation_id,
+            model_name=model,
+            version=version,
+            champion_version=champion.version if champion else None,
+            decision=decision,
+        )
+        enqueue(s, SOURCE, event, model)
         return event
 
     def reject(
@@ -614,20 +830,31 @@ class Registry:
             s.delete(challenger)
         return row
 
-    def approve(self, s: Session, model: str, version: int, *, actor: str, actor_role: str, reason: str) -> None:
-        """Promote a waiting version as the gate would have, with the approver as the audit's actor."""
+    def approve(
+        self,
+        s: Session,
+        model: str,
+        version: int,
+        strategy: RolloutStrategyName,
+        *,
+        actor: str,
+        actor_role: str,
+        reason: str,
+    ) -> ModelVersion:
+        """Roll out a waiting version as the gate would have, with the approver as the audit's actor."""
         row = self._take_pending(s, model, version, "challenger_approved")
         decision = GateDecision.model_validate(row.gate) if row.gate else None
-        self.promote(
+        self.adopt(
             s,
             row,
+            strategy,
             actor=actor,
             actor_role=actor_role,
             reason=f"approved: {reason}",
             causation_id=None,
-            correlation_id=row.correlation_id,
             decision=decision,
         )
+        return row
 
     def refuse(self, s: Session, model: str, version: int, *, actor: str, actor_role: str | None, reason: str) -> None:
         """Reject a waiting version: a person's reason, or the timeout's, on the gate's numbers."""
