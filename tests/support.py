@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 
 import httpx
@@ -14,10 +16,12 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
+from driftloop.artifacts import open_store, sha256_hex
 from driftloop.auth import Role
 from driftloop.broker import free_port
 from driftloop.bus import Record
 from driftloop.bus.metadata import topic_partitions
+from driftloop.config import ModelSpec
 from driftloop.contracts import (
     Contract,
     DataEvent,
@@ -41,10 +45,12 @@ from driftloop.contracts import (
     TrainingRunFailed,
     utcnow,
 )
-from driftloop.contracts.events import DataWindow, GateDecision
+from driftloop.contracts.events import DataWindow, Features, GateDecision
 from driftloop.db import TokenStore, make_engine
+from driftloop.offline import TrainingRow
 from driftloop.reference import Calibration, ReferenceSample
 from driftloop.services.monitoring.datawatch import Row
+from driftloop.services.training.domain import fit, holdout_record
 from driftloop.settings import DriftloopSettings
 
 APPLICATION = {
@@ -99,6 +105,72 @@ async def read_topic(settings: DriftloopSettings, topic: str, expected: int, tim
         return records
     finally:
         await consumer.stop()
+
+
+def loan_rows(n: int, flip: bool, seed: int, start_offset: int = 0) -> list[TrainingRow]:
+    """Loan applications labelled by ``loan > 100k`` (or its opposite, after the drift), one a second."""
+    rng = random.Random(seed)
+    start = utcnow() - timedelta(hours=2) + timedelta(seconds=start_offset)
+    rows = []
+    for i in range(n):
+        loan = rng.uniform(0, 200_000)
+        features: Features = {**APPLICATION, "loan": loan, "salary": rng.uniform(20_000, 150_000)}
+        label = int(loan > 100_000) ^ int(flip)
+        rows.append(TrainingRow(f"{seed}-{i}", f"c{i % 50}", start + timedelta(seconds=i), features, label))
+    return rows
+
+
+def announced_run(
+    settings: DriftloopSettings,
+    run_id: str,
+    flip: bool,
+    seed: int,
+    *,
+    model: str = "loan-approval",
+    features: list[str] | None = None,
+    correlation: DriftDetected | None = None,
+    shuffled: bool = False,
+) -> TrainingRunCompleted:
+    """A real model and timed holdout in the artifact store, announced as training announces a run.
+
+    Runs with a higher seed lie later in time, so each one's holdout is outside the windows before it.
+    ``shuffled`` trains on shuffled labels and labels the holdout with the model's own predictions: a
+    worse model that the offline gate, fooled by its holdout, lets through.
+    """
+    spec = ModelSpec(
+        name=model, feature_view="applications", features=features or list(APPLICATION), estimator="logistic_regression"
+    )
+    rows = loan_rows(400, flip, seed, start_offset=seed * 1000)
+    train, holdout = rows[:280], rows[280:]
+    if shuffled:
+        labels = [r.label for r in train]
+        random.Random(seed).shuffle(labels)
+        train = [replace(r, label=label) for r, label in zip(train, labels, strict=True)]
+    result = fit(spec, run_id, train, holdout)
+    if shuffled:
+        own, _ = result.artifact.predict([r.features for r in holdout])
+        holdout = [replace(r, label=label) for r, label in zip(holdout, own, strict=True)]
+    store = open_store(settings)
+    model_bytes = result.artifact.to_bytes()
+    lineage = correlation.caused() if correlation else {}
+    return TrainingRunCompleted(
+        **lineage,
+        run_id=run_id,
+        model_name=model,
+        trigger="drift" if correlation else "manual",
+        estimator=spec.estimator,
+        feature_names=spec.features,
+        data_window=DataWindow(
+            start=rows[0].event_time, end=rows[-1].event_time, rows=400, train_rows=280, holdout_rows=120
+        ),
+        metrics=result.metrics,
+        artifact_uri=store.put(f"models/{model}/{run_id}/model.skops", model_bytes),
+        artifact_sha256=sha256_hex(model_bytes),
+        holdout_uri=store.put(
+            f"models/{model}/{run_id}/holdout.jsonl", "\n".join(json.dumps(holdout_record(r)) for r in holdout).encode()
+        ),
+        duration_seconds=0.1,
+    )
 
 
 def samples() -> list[Contract]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -15,30 +14,25 @@ import pytest
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
-from driftloop.artifacts import open_store, sha256_hex
 from driftloop.auth import Role
 from driftloop.bus import Bus
 from driftloop.cli.main import app as cli
-from driftloop.config import DriftloopConfig, ModelSpec, load_config
+from driftloop.config import DriftloopConfig, load_config
 from driftloop.contracts import (
     DriftDetected,
     ModelPromoted,
     ModelVersionRegistered,
     PromotionRejected,
     RolloutCompleted,
-    TrainingRunCompleted,
     parse_internal,
     utcnow,
 )
-from driftloop.contracts.events import DataWindow
-from driftloop.offline import TrainingRow
 from driftloop.services.deployment.main import create_app as deployment_app
 from driftloop.services.deployment.settings import DeploymentSettings
 from driftloop.services.registry.main import create_app
 from driftloop.services.registry.settings import RegistrySettings
-from driftloop.services.training.domain import fit, holdout_record
 from driftloop.settings import DriftloopSettings
-from tests.support import APPLICATION, issue_token, read_topic, running, serving
+from tests.support import APPLICATION, announced_run, issue_token, read_topic, running, serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,61 +46,6 @@ def _config(**promotion: object) -> DriftloopConfig:
 def registry_settings(request: pytest.FixtureRequest, settings: DriftloopSettings) -> RegistrySettings:
     url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("postgres_db_url")
     return RegistrySettings(**{**settings.model_dump(), "database_url": url, "approval_check_seconds": 0.2})
-
-
-def _rows(n: int, flip: bool, seed: int, start_offset: int = 0) -> list[TrainingRow]:
-    """Loan applications labelled by ``loan > 100k`` (or its opposite, after the drift), one a second."""
-    rng = random.Random(seed)
-    start = utcnow() - timedelta(hours=2) + timedelta(seconds=start_offset)
-    rows = []
-    for i in range(n):
-        features = {**APPLICATION, "loan": rng.uniform(0, 200_000), "salary": rng.uniform(20_000, 150_000)}
-        label = int(features["loan"] > 100_000) ^ int(flip)
-        rows.append(TrainingRow(f"{seed}-{i}", f"c{i % 50}", start + timedelta(seconds=i), features, label))
-    return rows
-
-
-def _run(
-    settings: DriftloopSettings,
-    run_id: str,
-    flip: bool,
-    seed: int,
-    *,
-    model: str = "loan-approval",
-    features: list[str] | None = None,
-    correlation: DriftDetected | None = None,
-) -> TrainingRunCompleted:
-    """A real model and timed holdout in the artifact store, announced as training announces a run.
-
-    Runs with a higher seed lie later in time, so each one's holdout is outside the windows before it.
-    """
-    spec = ModelSpec(
-        name=model, feature_view="applications", features=features or list(APPLICATION), estimator="logistic_regression"
-    )
-    rows = _rows(400, flip, seed, start_offset=seed * 1000)
-    train, holdout = rows[:280], rows[280:]
-    result = fit(spec, run_id, train, holdout)
-    store = open_store(settings)
-    model_bytes = result.artifact.to_bytes()
-    lineage = correlation.caused() if correlation else {}
-    return TrainingRunCompleted(
-        **lineage,
-        run_id=run_id,
-        model_name=model,
-        trigger="drift" if correlation else "manual",
-        estimator=spec.estimator,
-        feature_names=spec.features,
-        data_window=DataWindow(
-            start=rows[0].event_time, end=rows[-1].event_time, rows=400, train_rows=280, holdout_rows=120
-        ),
-        metrics=result.metrics,
-        artifact_uri=store.put(f"models/{model}/{run_id}/model.skops", model_bytes),
-        artifact_sha256=sha256_hex(model_bytes),
-        holdout_uri=store.put(
-            f"models/{model}/{run_id}/holdout.jsonl", "\n".join(json.dumps(holdout_record(r)) for r in holdout).encode()
-        ),
-        duration_seconds=0.1,
-    )
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -134,7 +73,7 @@ async def test_an_approval_end_to_end_drift_run_gate_pending_approved_rolled_out
     ):
         approver = await asyncio.to_thread(issue_token, registry_settings, Role.approver, "bob")
         operator = await asyncio.to_thread(issue_token, registry_settings, Role.operator, "olga")
-        await bus.publish(_run(registry_settings, "first", flip=False, seed=1), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "first", flip=False, seed=1), "loan-approval")
         await _events(registry_settings, "registry.events", 1)
         first = await registry.post(
             "/v1/models/loan-approval/versions/1/approve", json={"reason": "first model"}, headers=_bearer(approver)
@@ -153,7 +92,9 @@ async def test_an_approval_end_to_end_drift_run_gate_pending_approved_rolled_out
             change_point_time=utcnow(),
         )
         await bus.publish(drift, "loan-approval")
-        await bus.publish(_run(registry_settings, "after-drift", flip=True, seed=2, correlation=drift), "loan-approval")
+        await bus.publish(
+            announced_run(registry_settings, "after-drift", flip=True, seed=2, correlation=drift), "loan-approval"
+        )
         events = await _events(registry_settings, "registry.events", 3)
         registered = events[2]
         assert isinstance(registered, ModelVersionRegistered) and registered.version == 2
@@ -218,8 +159,8 @@ async def test_rejecting_a_pending_version_ends_the_turn_unresolved_and_the_cli_
         approver = await asyncio.to_thread(issue_token, registry_settings, Role.approver, "bob")
         monkeypatch.setenv("DRIFTLOOP_REGISTRY_URL", url)
         monkeypatch.setenv("DRIFTLOOP_TOKEN", approver)
-        await bus.publish(_run(registry_settings, "one", flip=False, seed=1), "loan-approval")
-        await bus.publish(_run(registry_settings, "two", flip=True, seed=2), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "one", flip=False, seed=1), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "two", flip=True, seed=2), "loan-approval")
         await _events(registry_settings, "registry.events", 2)
 
         listed = await asyncio.to_thread(runner.invoke, cli, ["approvals", "--json"])
@@ -250,7 +191,7 @@ async def test_a_version_waiting_past_the_approval_timeout_is_rejected_or_escala
     )
     escalations = REGISTRY.get_sample_value("driftloop_approval_escalations_total", {"model": "loan-approval"}) or 0.0
     async with running(create_app(registry_settings, config)) as client:
-        await bus.publish(_run(registry_settings, "slow", flip=False, seed=1), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "slow", flip=False, seed=1), "loan-approval")
         if on_timeout == "reject":
             events = await _events(registry_settings, "registry.events", 2)
             rejected = events[1]
@@ -277,10 +218,10 @@ async def test_a_version_waiting_past_the_approval_timeout_is_rejected_or_escala
 async def test_semantic_versions_and_operators_aliases(registry_settings: RegistrySettings, bus: Bus) -> None:
     config = _config()
     async with running(create_app(registry_settings, config)) as client:
-        await bus.publish(_run(registry_settings, "s1", flip=False, seed=1), "loan-approval")
-        await bus.publish(_run(registry_settings, "s2", flip=True, seed=2), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "s1", flip=False, seed=1), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "s2", flip=True, seed=2), "loan-approval")
         fewer = [f for f in APPLICATION if f != "zipcode"]
-        await bus.publish(_run(registry_settings, "s3", flip=False, seed=3, features=fewer), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "s3", flip=False, seed=3, features=fewer), "loan-approval")
         events = await _events(registry_settings, "registry.events", 6)
         registered = [e for e in events if isinstance(e, ModelVersionRegistered)]
         assert [(e.version, e.semver) for e in registered] == [(1, "1.0.0"), (2, "1.1.0"), (3, "2.0.0")]
@@ -327,7 +268,7 @@ async def test_semantic_versions_and_operators_aliases(registry_settings: Regist
         update={"features": {**config.dataset.features, "region": config.dataset.features["zipcode"]}}
     )
     async with running(create_app(registry_settings, config.model_copy(update={"dataset": dataset}))):
-        await bus.publish(_run(registry_settings, "s4", flip=False, seed=4, features=fewer), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "s4", flip=False, seed=4, features=fewer), "loan-approval")
         events = await _events(registry_settings, "registry.events", 7)
     registered = [e for e in events if isinstance(e, ModelVersionRegistered)]
     assert (registered[-1].version, registered[-1].semver) == (4, "3.0.0")
@@ -358,7 +299,7 @@ async def test_jwt_bearer_tokens_name_the_audits_actor_and_expired_or_foreign_on
         return jwt.encode(claims, secret, algorithm="HS256")
 
     async with running(create_app(registry_settings), role=None) as client:
-        await bus.publish(_run(registry_settings, "j1", flip=False, seed=1), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "j1", flip=False, seed=1), "loan-approval")
         await _events(registry_settings, "registry.events", 2)
         expired = await client.post("/v1/models/loan-approval/pin", headers=_bearer(mint("operator", expires_in=-60)))
         foreign = await client.post(
@@ -390,8 +331,8 @@ async def test_the_mlflow_client_lists_versions_and_resolves_the_champion_alias(
     from mlflow.exceptions import MlflowException
 
     async with serving(create_app(registry_settings, _config())) as url:
-        await bus.publish(_run(registry_settings, "m1", flip=False, seed=1), "loan-approval")
-        await bus.publish(_run(registry_settings, "m2", flip=True, seed=2), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "m1", flip=False, seed=1), "loan-approval")
+        await bus.publish(announced_run(registry_settings, "m2", flip=True, seed=2), "loan-approval")
         await _events(registry_settings, "registry.events", 4)
         client = MlflowClient(tracking_uri=url, registry_uri=url)
 
