@@ -32,6 +32,7 @@ from driftloop.db import make_engine
 from driftloop.offline import TrainingRow
 from driftloop.services.registry.main import create_app
 from driftloop.services.registry.settings import RegistrySettings
+from driftloop.services.registry.store import Registry, create_tables
 from driftloop.services.training.domain import fit, holdout_record, refit, time_split
 from driftloop.settings import DriftloopSettings
 from tests.support import issue_token, read_topic, running
@@ -401,3 +402,27 @@ async def test_the_audit_is_append_only_and_a_tampered_row_fails_audit_verify(
     assert broken.exit_code == 1
     assert f"audit chain broken at row {promoted['id']}" in broken.output
     assert "does not match its hash" in broken.output
+
+
+def test_a_champion_pinned_while_a_challenger_rolls_out_stays_and_the_rollout_ends_aborted(
+    registry_settings: RegistrySettings,
+) -> None:
+    engine = make_engine(registry_settings.db_url)
+    create_tables(engine)
+    registry = Registry(engine)
+    with registry.session() as s:
+        for run_id, rule in (("r1", "x>y"), ("r2", "x<=y")):
+            row = registry.register(s, _run(registry_settings, run_id, rule, rule), "0" * 64, "")
+            registry.adopt(s, row, "canary", actor="gate", reason="passed", causation_id=None, decision=None)
+        staged = (registry.champion(s, "m"), registry.version(s, "m", 2).status)
+        registry.pin(s, "m", actor="ops", actor_role="operator", reason="freeze")
+        ended = registry.complete_rollout(s, "m", 2, reason="passed", evidence={"lower": -0.2}, causation_id="c")
+        s.commit()
+    with registry.session() as s:
+        assert staged[0] is not None and staged[0].version == 1 and staged[1] == "rolling_out"
+        assert isinstance(ended, PromotionRejected) and "champion v1 was pinned by ops" in ended.decision.reason
+        assert registry.version(s, "m", 2).status == "aborted"
+        champion = registry.champion(s, "m")
+        assert champion is not None and champion.version == 1
+    assert registry.aliases("m") == {"champion": 1}
+    engine.dispose()

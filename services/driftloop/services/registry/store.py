@@ -584,8 +584,15 @@ class Registry:
 
     def complete_rollout(
         self, s: Session, model: str, version: int, *, reason: str, evidence: dict[str, Any], causation_id: str
-    ) -> ModelPromoted | None:
-        """The online verdict let the challenger through: it becomes champion. None if it was not rolling out."""
+    ) -> ModelPromoted | PromotionRejected | None:
+        """The online verdict let the challenger through: it becomes champion. None if it was not rolling out.
+
+        A champion pinned while the rollout ran stays: the rollout ends as aborted, with the pin as its reason.
+        """
+        pin = self.pinned(s, model)
+        if pin is not None:
+            held = f"champion v{pin.version} was pinned by {pin.actor} while it rolled out"
+            return self.abort_rollout(s, model, version, reason=held, evidence=evidence, causation_id=causation_id)
         row = self._take_rollout(s, model, version, "rollout_completed")
         if row is None:
             return None
