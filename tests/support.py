@@ -34,6 +34,7 @@ from driftloop.contracts import (
     LabelEvent,
     ModelPromoted,
     ModelRolledBack,
+    ModelStaged,
     ModelVersionRegistered,
     Prediction,
     PromotionRejected,
@@ -41,6 +42,7 @@ from driftloop.contracts import (
     RolloutAborted,
     RolloutCompleted,
     RolloutStarted,
+    RolloutStepped,
     TrainingRunCompleted,
     TrainingRunFailed,
     utcnow,
@@ -249,11 +251,28 @@ def samples() -> list[Contract]:
         ModelPromoted(
             model_name="m", version=2, previous_version=1, artifact_uri="file:///a", actor="gate", decision=decision
         ),
+        ModelStaged(
+            model_name="m",
+            version=3,
+            champion_version=2,
+            artifact_uri="file:///a",
+            strategy="canary",
+            actor="gate",
+            decision=decision,
+            revision=4,
+        ),
         PromotionRejected(model_name="m", version=3, champion_version=2, decision=decision),
         ModelRolledBack(
             model_name="m", from_version=2, to_version=1, artifact_uri="file:///a", actor="ops", reason="bad"
         ),
         RolloutStarted(**rollout),
+        RolloutStepped(
+            **{**rollout, "strategy": "canary", "instance": "monitoring"},
+            step=1,
+            percent=25,
+            previous_percent=5,
+            evidence={"challenger_outcomes": 200.0, "lower": -0.01},
+        ),
         RolloutCompleted(**rollout),
         RolloutAborted(**rollout, reason="cannot load"),
     ]
