@@ -185,6 +185,13 @@ class Conflict(RuntimeError):
     pass
 
 
+def _refused(row: ModelVersion, reason: str) -> GateDecision:
+    """The gate's decision on ``row`` turned into a refusal for ``reason``, its numbers kept where it has them."""
+    if row.gate:
+        return GateDecision.model_validate(row.gate).model_copy(update={"passed": False, "reason": reason})
+    return GateDecision(metric="", challenger=0.0, champion=None, min_improvement=0.0, passed=False, reason=reason)
+
+
 class Registry:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -543,22 +550,29 @@ class Registry:
         enqueue(s, SOURCE, event, row.model_name)
         return event
 
-    def _take_rollout(self, s: Session, model: str, version: int, status: str) -> ModelVersion | None:
-        """Move a rolling-out version to ``status`` once: a replayed or second verdict finds nothing to move."""
-        row = self.by_version(s, model, version)
-        if row is None:
-            return None
+    def _move(self, s: Session, row: ModelVersion, from_status: str, to_status: str) -> bool:
+        """Move ``row`` from ``from_status`` to ``to_status`` once, and free the challenger alias it held.
+
+        The move is one conditional ``UPDATE``, so two approvers, an approver
+        and the timeout, a replayed verdict or two registry replicas cannot
+        both decide it: the second finds nothing to move and gets False.
+        """
         table = ModelVersion.__table__  # type: ignore[attr-defined]
         taken = s.connection().execute(
-            update(table).where(table.c.id == row.id, table.c.status == "rolling_out").values(status=status)
+            update(table).where(table.c.id == row.id, table.c.status == from_status).values(status=to_status)
         )
         if not taken.rowcount:
-            return None
+            return False
         s.refresh(row)
-        challenger = s.get(Alias, (model, "challenger"))
-        if challenger is not None and challenger.version == version:
+        challenger = s.get(Alias, (row.model_name, "challenger"))
+        if challenger is not None and challenger.version == row.version:
             s.delete(challenger)
-        return row
+        return True
+
+    def _take_rollout(self, s: Session, model: str, version: int, status: str) -> ModelVersion | None:
+        """A rolling-out version moved to ``status``; None when it is not rolling out (any more)."""
+        row = self.by_version(s, model, version)
+        return row if row is not None and self._move(s, row, "rolling_out", status) else None
 
     def note_rollout(
         self, s: Session, model: str, version: int, action: str, reason: str, evidence: dict[str, Any]
@@ -617,15 +631,8 @@ class Registry:
             return None
         self._bump_revision(s, model)
         champion = self.champion(s, model)
-        gate = GateDecision.model_validate(row.gate) if row.gate else None
         refusal = f"rollout aborted: {reason}"
-        decision = (
-            gate.model_copy(update={"passed": False, "reason": refusal})
-            if gate
-            else GateDecision(
-                metric="", challenger=0.0, champion=None, min_improvement=0.0, passed=False, reason=refusal
-            )
-        )
+        decision = _refused(row, refusal)
         self._audit(
             s,
             AuditEntry(
@@ -818,23 +825,10 @@ class Registry:
             return list(s.exec(query).all())
 
     def _take_pending(self, s: Session, model: str, version: int, status: str) -> ModelVersion:
-        """Move a waiting version to ``status``, or refuse if it no longer waits.
-
-        The move is one conditional ``UPDATE``, so two approvers, an approver
-        and the timeout, or two registry replicas cannot both decide it: the
-        second finds nothing waiting.
-        """
+        """Move a waiting version to ``status``, or refuse if it no longer waits."""
         row = self.version(s, model, version)
-        table = ModelVersion.__table__  # type: ignore[attr-defined]
-        taken = s.connection().execute(
-            update(table).where(table.c.id == row.id, table.c.status == "challenger").values(status=status)
-        )
-        if not taken.rowcount:
+        if not self._move(s, row, "challenger", status):
             raise Conflict(f"{model} v{version} is not awaiting approval (it is {row.status})")
-        s.refresh(row)
-        challenger = s.get(Alias, (model, "challenger"))
-        if challenger is not None and challenger.version == version:
-            s.delete(challenger)
         return row
 
     def approve(
@@ -866,16 +860,7 @@ class Registry:
     def refuse(self, s: Session, model: str, version: int, *, actor: str, actor_role: str | None, reason: str) -> None:
         """Reject a waiting version: a person's reason, or the timeout's, on the gate's numbers."""
         row = self._take_pending(s, model, version, "rejected")
-        gate = GateDecision.model_validate(row.gate) if row.gate else None
-        refusal = f"rejected by {actor}: {reason}"
-        decision = (
-            gate.model_copy(update={"passed": False, "reason": refusal})
-            if gate
-            else GateDecision(
-                metric="", challenger=0.0, champion=None, min_improvement=0.0, passed=False, reason=refusal
-            )
-        )
-        self.reject(s, row, decision, None, actor=actor, actor_role=actor_role)
+        self.reject(s, row, _refused(row, f"rejected by {actor}: {reason}"), None, actor=actor, actor_role=actor_role)
 
     def escalate(self, s: Session, model: str, version: int, *, waited: str) -> bool:
         """Record once that a version waited past the timeout; False when it was already escalated or decided."""
