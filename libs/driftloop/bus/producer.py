@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.producer.message_accumulator import BatchBuilder
 
+from driftloop.bus.partitioner import partition_for
 from driftloop.contracts import Contract, DeadLetter, Envelope, FieldError, topic_for, utcnow
 from driftloop.logging import get_logger
 from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
@@ -70,8 +73,21 @@ def deadletter_for(
     )
 
 
-#: The acknowledgements the current caller waits for; set by ``Bus.acknowledged`` for one block.
-_pending: ContextVar[list[asyncio.Future[object]] | None] = ContextVar("driftloop_pending_sends", default=None)
+#: A record handed to ``Bus.acknowledged``'s batching: key, value (None: a tombstone), headers and partition
+#: (None: from the key).
+Outgoing = tuple[bytes | None, bytes | None, Headers, int | None]
+
+
+class _Pending:
+    """What one ``acknowledged`` block sends: records waiting to leave as batches, and futures to await."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[Outgoing]] = {}
+        self.futures: list[asyncio.Future[object]] = []
+
+
+#: The sends of the current caller; set by ``Bus.acknowledged`` for one block.
+_pending: ContextVar[_Pending | None] = ContextVar("driftloop_pending_sends", default=None)
 
 
 class _QuietInitProducerId(logging.Filter):
@@ -94,6 +110,7 @@ class Bus:
         self.service = service
         self.idempotent = False
         self._producer: AIOKafkaProducer | None = None
+        self._spread = itertools.count()
 
     def _new_producer(self, idempotent: bool) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -142,26 +159,43 @@ class Bus:
         )
 
     async def send(self, topic: str, value: bytes, key: str | None, headers: Headers, *, wait: bool = True) -> None:
-        """Produce an already-encoded record."""
-        pending = _pending.get()
-        if not wait and pending is None:
-            raise RuntimeError("send(wait=False) outside `async with bus.acknowledged()`: nobody would await it")
-        future = await self._hand_over(topic, value, key, headers)
+        """Produce an already-encoded record; with ``wait=False`` it leaves with its block's batch."""
         if wait:
-            await future
-        else:
-            assert pending is not None
-            pending.append(future)
+            await (await self._hand_over(topic, value, key, headers))
+            return
+        pending = _pending.get()
+        if pending is None:
+            raise RuntimeError("send(wait=False) outside `async with bus.acknowledged()`: nobody would await it")
+        pending.records.setdefault(topic, []).append((key.encode() if key is not None else None, value, headers, None))
 
-    async def enqueue(self, event: Contract, key: str | None) -> asyncio.Future[object]:
-        """Hand ``event`` to the producer and return the future of its acknowledgement, which the caller owns.
+    def defer(self, topic: str, records: Iterable[Outgoing]) -> None:
+        """Add encoded records to the enclosing ``acknowledged()`` block's batch, partition given or keyed."""
+        pending = _pending.get()
+        if pending is None:
+            raise RuntimeError("defer() outside `async with bus.acknowledged()`: nobody would send it")
+        pending.records.setdefault(topic, []).extend(records)
+
+    async def publish_batch(self, events: Sequence[tuple[Contract, str | None]]) -> list[asyncio.Future[object]]:
+        """Hand ``events`` to the producer now, as batches; the future of each one's acknowledgement, in order.
 
         For a caller that settles many records itself (deployment's prediction
-        log): no coroutine or task per record, and each record's outcome apart.
+        log): no coroutine or task per record, and each record's outcome apart
+        (records of one batch share its future).
         """
-        topic = topic_for(type(event))
-        headers = cloudevent_headers(event, f"driftloop/{self.service}", key)
-        return await self._hand_over(topic, event.model_dump_json().encode(), key, headers)
+        by_topic: dict[str, list[int]] = {}
+        outgoing: list[Outgoing] = []
+        for index, (event, key) in enumerate(events):
+            by_topic.setdefault(topic_for(type(event)), []).append(index)
+            headers = cloudevent_headers(event, f"driftloop/{self.service}", key)
+            outgoing.append(
+                (key.encode() if key is not None else None, event.model_dump_json().encode(), headers, None)
+            )
+        futures: list[asyncio.Future[object] | None] = [None] * len(outgoing)
+        for topic, indexes in by_topic.items():
+            sent = await self._send_batched(topic, [outgoing[i] for i in indexes])
+            for index, future in zip(indexes, sent, strict=True):
+                futures[index] = future
+        return [future for future in futures if future is not None]
 
     async def _hand_over(self, topic: str, value: bytes, key: str | None, headers: Headers) -> asyncio.Future[object]:
         assert self._producer is not None, "Bus.start() first"
@@ -171,26 +205,93 @@ class Bus:
         MESSAGES_PRODUCED.labels(self.service, topic).inc()
         return future
 
+    async def _partitions(self, topic: str) -> int:
+        assert self._producer is not None, "Bus.start() first"
+        known = self._producer.client.cluster.partitions_for_topic(topic)
+        return len(known) if known else len(await self._producer.partitions_for(topic))
+
+    async def _send_batched(self, topic: str, records: list[Outgoing]) -> list[asyncio.Future[object]]:
+        """Hand ``records`` to the producer as one closed batch per partition (several when one fills up);
+        the future of each record's batch, in the records' order.
+
+        A batch built here costs the producer about a tenth of what a record
+        sent on its own does (no future, partitioner call or lingering per
+        record), and a closed batch leaves without waiting out the linger.
+        Keys go to the partition Kafka's default partitioner picks; records
+        without key or partition are spread round-robin.
+        """
+        assert self._producer is not None, "Bus.start() first"
+        producer = self._producer
+        name = self.settings.topic(topic)
+        count = await self._partitions(name)
+        futures: dict[int, asyncio.Future[object]] = {}
+        building: dict[int, tuple[BatchBuilder, list[int]]] = {}
+
+        async def send(partition: int) -> None:
+            batch, members = building.pop(partition)
+            batch.close()
+            futures.update(dict.fromkeys(members, await producer.send_batch(batch, name, partition=partition)))
+
+        for index, (key, value, headers, partition) in enumerate(records):
+            if partition is None:
+                partition = partition_for(key, count) if key is not None else next(self._spread) % count
+            batch, members = building.setdefault(partition, (producer.create_batch(), []))
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                if members:
+                    await send(partition)
+                    batch, members = building.setdefault(partition, (producer.create_batch(), []))
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    # Larger than a whole batch: the producer sizes a batch of its own for it.
+                    futures[index] = await producer.send(name, value, key=key, partition=partition, headers=headers)
+                    continue
+            members.append(index)
+        for partition in [p for p, (_, members) in building.items() if members]:
+            await send(partition)
+        MESSAGES_PRODUCED.labels(self.service, topic).inc(len(records))
+        return [futures[index] for index in range(len(records))]
+
     @asynccontextmanager
     async def acknowledged(self) -> AsyncIterator[None]:
-        """Records sent with ``wait=False`` inside the block are acknowledged when it ends; raise if one failed.
+        """Records sent with ``wait=False`` inside the block leave together when it ends, and are acknowledged
+        before it returns; raise if one failed.
 
         Only this block's records: each caller (a consumer's batch, an HTTP
         request) has its own, so one caller never waits on, drains or fails
         another's sends. Consumers commit offsets after the block, so an offset
         is never committed for a record whose output the broker does not have.
+        The records leave in the order they were sent, a batch per partition.
         """
-        futures: list[asyncio.Future[object]] = []
-        token = _pending.set(futures)
+        pending = _Pending()
+        token = _pending.set(pending)
         try:
             yield
+            for topic, records in pending.records.items():
+                pending.futures += dict.fromkeys(await self._send_batched(topic, records))
         except BaseException:
             # The caller fails anyway; still collect the outcomes so none is left unretrieved.
-            await asyncio.gather(*futures, return_exceptions=True)
+            await asyncio.gather(*pending.futures, return_exceptions=True)
             raise
         finally:
             _pending.reset(token)
-        await asyncio.gather(*futures)
+        await asyncio.gather(*pending.futures)
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Within an ``acknowledged()`` block: the records deferred inside this block are dropped if it raises.
+
+        A batch handler that fails half-way is run again (whole, or in halves
+        to find the record that breaks it); what its failed run deferred must
+        not leave as well.
+        """
+        pending = _pending.get()
+        marks = {topic: len(records) for topic, records in pending.records.items()} if pending else {}
+        try:
+            yield
+        except BaseException:
+            if pending is not None:
+                for topic, records in pending.records.items():
+                    del records[marks.get(topic, 0) :]
+            raise
 
     async def publish_many(self, events: list[tuple[Contract, str | None]]) -> None:
         """Send a batch concurrently and wait for every acknowledgement of this batch."""
