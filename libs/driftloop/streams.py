@@ -1,423 +1,378 @@
-"""faust-streaming apps for the stateful services, embedded in the service's own process.
+"""Stateful stream stages: tables split like the topic a stage reads, each kept in a changelog topic.
 
-The faust app starts and stops inside the FastAPI lifespan, so a stream
-service has one port, one /metrics and one lifecycle like every other service.
-Agents read raw bytes and parse them with the shared contracts: faust's own
-records never reach the wire.
+features and monitoring keep state per key: an entity's aggregates, an
+event's join entry, a model's monitors. A stateful stage is a bus
+``ConsumerLoop`` over one topic with ``Tables``: its batch handler reads and
+writes ``Table`` entries of the partition the batch came from, and the loop
+
+1. runs the handler, whose output records leave as batches and are
+   acknowledged (a handler that raises changes no table: its writes are
+   staged in a layer that is dropped);
+2. sends the batch's table changes to the changelog topics, to the same
+   partition number, and waits for their acknowledgement;
+3. applies the changes in memory and commits the batch's offsets.
+
+Outputs before changes: a crash after step 1 repeats the batch's outputs
+(their consumers are idempotent by event id), while changes recorded before
+their outputs could say "scored" or "seen" of something never sent. A
+partition assigned to this process is paused until every table has read its
+changelog partition from where this process last stood (from the start the
+first time), so no batch ever sees a table that is still being rebuilt, and
+a partition handed back and forth between replicas is caught up, not read
+again whole. A revoked partition's batch in hand is finished and committed
+before the partition goes (``ConsumerLoop``).
+
+Changelog topics are named as Kafka Streams and faust name them,
+``<group>-<table>-changelog``, with ``cleanup.policy=compact``: Apache
+Kafka keeps the newest value of each key, so a rebuild reads the table, not
+its history (Tansu does not compact; there a rebuild reads every change).
+Values are JSON; a deleted entry is a tombstone.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
-import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
-from pydantic import BaseModel, ValidationError
+from aiokafka.errors import OffsetOutOfRangeError
 
-from driftloop.bus import PoisonMessage, cloudevent_headers, deadletter_for
-from driftloop.bus.faults import Verdict, backoff_delay, bisect, classify, poison_of
-from driftloop.bus.progress import ProgressWatch
+from driftloop.bus import Bus
 from driftloop.bus.topics import create_missing
-from driftloop.contracts import TOPICS, Contract, DeadLetter, topic_for
-from driftloop.limits import oversized_record, record_head
+from driftloop.contracts import TOPICS
 from driftloop.logging import get_logger
-from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED, RETRIES
 from driftloop.settings import ServiceSettings
 
 log = get_logger(__name__)
-M = TypeVar("M", bound=BaseModel)
-
-
-class StreamSettings(ServiceSettings):
-    #: ``memory://`` rebuilds tables from their changelog topics at start; ``rocksdb://`` keeps them on disk.
-    stream_store: str = "memory://"
-    stream_replication_factor: int = 1
-
-
-def stream_app(settings: StreamSettings, name: str) -> faust.App:
-    # Replicas share the home folder; each keeps its RocksDB tables in a folder of its own.
-    datadir = settings.home / "streams" / name / settings.instance_id.replace(":", "_")
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    return faust.App(
-        settings.group(name),
-        broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
-        store=settings.stream_store,
-        datadir=str(datadir),
-        web_enabled=False,
-        autodiscover=False,
-        topic_partitions=3,
-        topic_replication_factor=settings.stream_replication_factor,
-        table_standby_replicas=0,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
-        broker_heartbeat_interval=1.0,
-        broker_rebalance_timeout=settings.kafka_session_timeout_ms / 1000,
-        broker_commit_every=100,
-        broker_commit_interval=1.0,
-    )
-
-
-#: The internal topics each app reads, created before it subscribes (see ``started``).
-_OWN_TOPICS: weakref.WeakKeyDictionary[faust.App, list[NewTopic]] = weakref.WeakKeyDictionary()
-
-
-@asynccontextmanager
-async def started(app: faust.App, settings: StreamSettings) -> AsyncIterator[None]:
-    """Run a faust app for the length of a service's lifespan.
-
-    Its internal topics are created first: faust creates them itself at start,
-    but on Apache Kafka a second replica starting at the same moment can
-    subscribe before the topic is known, and faust then drops it from the
-    subscription for good.
-    """
-    await create_missing(settings.bootstrap, _OWN_TOPICS.get(app, []))
-    app.finalize()
-    await app.start()
-    try:
-        yield
-    finally:
-        await app.stop()
-
-
-class StreamHealth:
-    """Readiness of a faust app: in its group, not rebalancing, and its agents keeping up.
-
-    faust has no notion of a stalled partition, so the committed offset and
-    the end offset of every assigned partition are sampled at each check (the
-    supervisor checks every half second) and held to the rule of
-    ``driftloop.bus.progress``: records waiting and no commit for the window
-    means stalled. A partition this process has not committed yet is not
-    judged; faust commits a partition's records as its agents take them.
-    """
-
-    def __init__(self, stall_seconds: float) -> None:
-        self.watch: ProgressWatch[Any] = ProgressWatch(stall_seconds)
-        self._generation = -1
-
-    def __call__(self, app: faust.App | None) -> bool | str:
-        if app is None or not app.started:
-            return "not started"
-        if app.rebalancing or app.rebalancing_count == 0:
-            # Tables may still be recovering from their changelogs.
-            return "joining its group"
-        now = time.monotonic()
-        if app.rebalancing_count != self._generation:
-            self._generation = app.rebalancing_count
-            self.watch.assigned(app.consumer.assignment(), now)
-        # faust's own record of what it committed; it has no public accessor (faust-streaming 0.15).
-        commits: Mapping[Any, int | None] = getattr(app.consumer, "_committed_offset", {})
-        for tp in app.consumer.assignment():
-            committed = commits.get(tp)
-            if committed is not None:
-                self.watch.observe(tp, position=committed, end=app.consumer.highwater(tp), now=now)
-        if stalled := self.watch.stalled(now):
-            where = ", ".join(f"{tp.topic}[{tp.partition}] lag {lag}" for tp, lag in stalled.items())
-            return f"no progress for {self.watch.stall_seconds:.0f}s: {where}"
-        return True
-
-
-def _recovered(app: faust.App) -> bool:
-    """In its group, not rebalancing, and every table rebuilt from its changelog."""
-    # faust's TableManager has the recovery its interface type leaves out.
-    recovery: Any = getattr(app.tables, "recovery")  # noqa: B009
-    return bool(
-        app.rebalancing_count and not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
-    )
-
-
-async def recovered(app: faust.App, timeout: float) -> None:
-    """Wait until the app has joined its group and rebuilt its tables, before feeding its topics.
-
-    Records that reach a faust agent's topic while faust is still starting
-    can be fetched, passed over and not fetched again until a restart; a
-    producer in the same process waits for this first.
-    """
-    deadline = time.monotonic() + timeout
-    while not _recovered(app):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"faust app {app.conf.id} did not finish recovering in {timeout:.0f}s")
-        await asyncio.sleep(0.05)
-
-
-async def settled(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[faust.EventT[Any]]:
-    """The batch's events that may touch tables now: after any recovery, on partitions still ours.
-
-    faust can hand an agent events it fetched before a rebalance while the
-    tables are still being rebuilt from their changelogs (faust-streaming
-    issues 216 and 221). A batch that read a key then would find nothing and
-    write an entry the recovery later overwrites with the older value, and the
-    event would be committed all the same: lost. So a stateful batch first
-    waits for the tables to be whole. Events fetched before the last
-    rebalance, or of partitions that went to another replica, are dropped,
-    and ``batches`` leaves them unacknowledged: the partition's owner reads
-    them again from its committed offset.
-    """
-    while not _recovered(app):
-        await asyncio.sleep(0.05)
-    return _current(app, events)
-
-
-def _current(app: faust.App, events: Sequence[faust.EventT[Any]]) -> list[faust.EventT[Any]]:
-    """The events fetched in this consumer generation, of partitions still assigned here."""
-    assigned, generation = app.consumer.assignment(), app.consumer_generation_id
-    return [e for e in events if e.message.tp in assigned and e.message.generation_id == generation]
-
-
-async def batches(
-    app: faust.App, stream: faust.StreamT[Any], size: int, within: float
-) -> AsyncIterator[Sequence[faust.EventT[Any]]]:
-    """A stream's events in batches, each acknowledged only once the agent has finished with it.
-
-    faust's ``take_events`` acknowledges a batch when it is asked for the
-    next one, and also when faust stops the stream, which it does without
-    waiting for the agent: a batch still in its handler at a stop (one waiting
-    out an outage, say) would be committed without its effects. So each batch
-    is held, marked acknowledged where faust looks, and really acknowledged
-    here when the agent asks for the next one; a batch whose handler raised is
-    never acknowledged. Events fetched before the last rebalance stay
-    unacknowledged too (``settled``): their partition's owner reads them again.
-    """
-    taken = cast("faust.Stream[Any]", stream).take_events(size, within=within)
-    async for events in taken:
-        for event in events:
-            event.message.acked = True
-        yield events
-        for event in _current(app, events):
-            event.message.acked = False
-            event.ack()
-
-
-async def durable(app: faust.App) -> None:
-    """Wait until the broker has every record this app has produced, table changelogs included.
-
-    Table writes go through faust's producer buffer, whose flush before a
-    commit gives up after 0.1 s without progress (faust-streaming 0.15): on a
-    busy loop an offset could be committed before the table change it caused
-    reached the broker, and a stop or a crash would then lose the change. A
-    batch handler waits for this before its events are acknowledged.
-    """
-    producer = app.producer
-    while producer.buffer.size:
-        await producer.buffer.flush()
-    await producer.flush()
-
 
 #: Stream state is co-partitioned with the data topics it is keyed like.
 PARTITIONS = TOPICS["events.validated"].partitions
 
-
-def raw_topic(app: faust.App, settings: StreamSettings, name: str, *, internal: bool = False) -> faust.TopicT:
-    """A topic as faust sees it: bytes in, bytes out. ``internal`` ones are the service's own, created at start."""
-    extra: dict[str, Any] = {"internal": True, "partitions": PARTITIONS} if internal else {}
-    if internal:
-        own = NewTopic(settings.topic(name), PARTITIONS, settings.stream_replication_factor)
-        _OWN_TOPICS.setdefault(app, []).append(own)
-    return app.topic(
-        settings.topic(name), key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw", **extra
-    )
+_DELETED = object()
 
 
-def state_table(app: faust.App, name: str, *, batched: bool = False) -> faust.types.TableT[Any, Any]:
-    """A changelog-backed table of JSON values keyed by string; missing keys read as None via ``get``.
+class StreamSettings(ServiceSettings):
+    stream_replication_factor: int = 1
 
-    ``batched`` tables are written after a batch (``take_events``), outside one
-    event's iteration, so the changelog partition comes from the key through
-    the default partitioner: the same partition the key's records are on, as
-    long as the source topic is keyed by the same string with that partitioner.
+
+class Table:
+    """A map of string keys to JSON values, split by partition; its changes reach a changelog topic.
+
+    During a batch (``Tables.begin``) reads and writes see the batch's
+    partition, through the layers of writes staged by the batch and by the
+    handler's current attempt; outside one (an HTTP lookup) reads see every
+    partition held here, as last committed. Values are replaced, never
+    changed in place: a value read may be the one a reader elsewhere holds.
+
+    >>> table = Table("t")
+    >>> tables = Tables.detached(table)
+    >>> tables.begin(0)
+    >>> table["a"] = {"n": 1}
+    >>> with tables.attempt():
+    ...     table["b"] = {"n": 2}
+    >>> try:
+    ...     with tables.attempt():
+    ...         table["c"] = {"n": 3}
+    ...         raise RuntimeError("the handler failed")
+    ... except RuntimeError:
+    ...     pass
+    >>> sorted(table.keys()), table.get("c")
+    (['a', 'b'], None)
+    >>> tables.apply()
+    >>> tables.begin(0)
+    >>> table.get("b"), len(table)
+    ({'n': 2}, 2)
     """
-    return app.Table(name, default=None, partitions=PARTITIONS, key_type=str, value_type=None, use_partitioner=batched)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._stores: dict[int, dict[str, Any]] = {}
+        #: The partitions this process owns and has rebuilt (shared with its ``Tables``).
+        self._ready: set[int] = set()
+        self._partition: int | None = None
+        #: Writes staged by the batch in hand, then by each attempt of its handler (innermost last).
+        self._layers: list[dict[str, Any]] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for layer in reversed(self._layers):
+            if key in layer:
+                value = layer[key]
+                return default if value is _DELETED else value
+        if self._partition is not None:
+            return self._stores.get(self._partition, {}).get(key, default)
+        for partition, store in list(self._stores.items()):
+            if partition in self._ready and key in store:
+                return store[key]
+        return default
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _DELETED)
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _DELETED) is not _DELETED
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._staging()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._staging()[key] = _DELETED
+
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.items()]
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """The entries of the batch's partition during a batch, else of every partition held here."""
+        if self._partition is None:
+            for partition, store in list(self._stores.items()):
+                if partition in self._ready:
+                    yield from list(store.items())
+            return
+        merged = dict(self._stores.get(self._partition, {}))
+        for layer in self._layers:
+            merged.update(layer)
+        yield from ((key, value) for key, value in merged.items() if value is not _DELETED)
+
+    def partition_items(self, partition: int) -> list[tuple[str, Any]]:
+        """One partition's committed entries (what a recovery rebuilt)."""
+        return list(self._stores.get(partition, {}).items())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.items())
+
+    def _staging(self) -> dict[str, Any]:
+        if self._partition is None or not self._layers:
+            raise RuntimeError(f"table {self.name} is written outside a batch")
+        return self._layers[-1]
 
 
-def parse(model: type[M], value: bytes) -> M:
-    try:
-        return model.model_validate_json(value)
-    except ValidationError as exc:
-        raise PoisonMessage.from_validation(exc) from exc
+class Tables:
+    """The tables of one stateful stage: rebuilt where partitions are assigned, written once per batch.
 
+    The ``ConsumerLoop`` drives it (``begin``, ``attempt``, ``flush``,
+    ``apply``, ``discard``, ``recover``, ``revoke``). A stage that keeps
+    indexes or caches beside its tables gives ``reindex``: it is called with
+    a partition whenever the partition's committed entries are the only
+    truth left, after a recovery and after a batch of which a run failed
+    (whatever that run changed in the indexes did not reach the tables).
+    ``stage`` names the application the tables belong to: its changelogs are
+    ``driftloop-<stage>-<table>-changelog``, the names faust gave them in
+    earlier versions, so a stack upgraded in place keeps its state.
+    """
 
-class Emitter:
-    """Sends contracts from inside agents, with CloudEvents headers like the bus."""
-
-    def __init__(self, app: faust.App, settings: StreamSettings) -> None:
-        self.app = app
+    def __init__(
+        self,
+        settings: StreamSettings,
+        stage: str,
+        *tables: Table,
+        reindex: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
-        self._topics: dict[str, faust.TopicT] = {}
+        self.stage = stage
+        self.tables = tables
+        self.reindex = reindex
+        self._failed = False
+        #: Per table and partition, the next changelog offset not yet applied here.
+        self._read_to: dict[tuple[str, int], int] = {}
+        self._ready: set[int] = set()
+        self._partition: int | None = None
+        for table in tables:
+            table._ready = self._ready
 
-    def topic(self, name: str) -> faust.TopicT:
-        if name not in self._topics:
-            self._topics[name] = raw_topic(self.app, self.settings, name)
-        return self._topics[name]
+    @classmethod
+    def detached(cls, *tables: Table) -> Tables:
+        """Tables with no changelog, driven by hand: for pure tests of the staging."""
+        return cls(StreamSettings(), "detached", *tables)
 
-    async def emit_all(self, events: Sequence[tuple[Contract, str | None]]) -> None:
-        """Send a batch's records straight to the producer and wait until the broker has them all.
+    def changelog(self, table: Table) -> str:
+        """The changelog topic's name, without the prefix (``settings.group`` carries it)."""
+        return f"{self.settings.group(self.stage)}-{table.name}-changelog".removeprefix(self.settings.topic_prefix)
 
-        faust's own ``Topic.send`` wraps every record in futures and buffers
-        that cost more than the record; a stateful batch that writes its
-        tables only after this returns loses nothing if it dies half-way.
-        """
-        producer = self.app.producer
-        pending = []
-        for event, key in events:
-            name = topic_for(type(event))
-            headers = cloudevent_headers(event, f"driftloop/{self.settings.service}", key)
-            value, raw_key = event.model_dump_json().encode(), key.encode() if key is not None else None
-            pending.append(await producer.send(self.settings.topic(name), raw_key, value, None, None, headers))
-            MESSAGES_PRODUCED.labels(self.settings.service, name).inc()
-        await asyncio.gather(*pending)
-
-    async def send_all(self, topic: faust.TopicT, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """``emit_all`` for internal records (key, value) without contract or headers."""
-        producer = self.app.producer
-        name = topic.get_topic_name()
-        await asyncio.gather(*[await producer.send(name, key, value, None, None, None) for key, value in records])
-
-    async def emit(self, event: Contract, key: str | None) -> None:
-        name = topic_for(type(event))
-        headers = cloudevent_headers(event, f"driftloop/{self.settings.service}", key)
-        # Not awaiting the delivery here is safe: a batch handler waits for ``durable`` before its events are acked.
-        await self.topic(name).send(
-            key=key.encode() if key is not None else None,
-            value=event.model_dump_json().encode(),
-            headers=headers,
+    async def create_topics(self) -> None:
+        await create_missing(
+            self.settings.bootstrap,
+            [
+                NewTopic(
+                    self.settings.topic(self.changelog(table)),
+                    PARTITIONS,
+                    self.settings.stream_replication_factor,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+                for table in self.tables
+            ],
         )
-        MESSAGES_PRODUCED.labels(self.settings.service, name).inc()
 
-    async def guard(
-        self, event: faust.EventT[Any], stage: str, handle: Callable[[faust.EventT[Any]], Awaitable[None]]
-    ) -> None:
-        """Run one event's handler so that no record can crash the agent, and no outage can lose one.
+    # The batch's life, driven by the consumer loop.
 
-        A crashed faust agent acknowledges the record it choked on, which
-        would lose it silently. Here an unavailable dependency is waited out
-        (the event stays unacknowledged meanwhile) and a bad record goes to the
-        dead-letter topic, as in ``driftloop.bus.faults``. A record over
-        ``max_record_bytes`` goes there before the handler sees it.
-        """
+    def ready(self, partition: int) -> bool:
+        return partition in self._ready
+
+    def begin(self, partition: int) -> None:
+        self._partition = partition
+        for table in self.tables:
+            table._partition = partition
+            table._layers = [{}]
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """One run of the handler: its writes join the batch's if it returns, and are dropped if it raises."""
+        for table in self.tables:
+            table._layers.append({})
         try:
-            self.check_size(event)
-        except PoisonMessage as exc:
-            await self.deadletter(event, exc, stage)
-            return
+            yield
+        except BaseException:
+            self._failed = True
+            for table in self.tables:
+                table._layers.pop()
+            raise
+        for table in self.tables:
+            top = table._layers.pop()
+            table._layers[-1].update(top)
 
-        async def handle_one(events: Sequence[faust.EventT[Any]]) -> None:
-            await handle(events[0])
+    def flush(self, bus: Bus) -> int:
+        """Defer the batch's changes to the enclosing ``bus.acknowledged()`` block; the number of changes."""
+        assert self._partition is not None
+        changes = 0
+        for table in self.tables:
+            staged = table._layers[0] if table._layers else {}
+            if staged:
+                partition = self._partition
+                changes_of = (
+                    (key, None if value is _DELETED else orjson.dumps(value)) for key, value in staged.items()
+                )
+                bus.defer(self.changelog(table), [(key.encode(), value, [], partition) for key, value in changes_of])
+                changes += len(staged)
+        return changes
 
-        await self.guard_batch([event], stage, handle_one)
+    def apply(self) -> None:
+        """The batch's changes are on the broker: make them the tables' committed state."""
+        partition = self._partition
+        assert partition is not None
+        for table in self.tables:
+            store = table._stores.setdefault(partition, {})
+            for key, value in (table._layers[0] if table._layers else {}).items():
+                if value is _DELETED:
+                    store.pop(key, None)
+                else:
+                    store[key] = value
+        self._end(partition)
 
-    async def guard_batch(
-        self,
-        events: Sequence[faust.EventT[Any]],
-        stage: str,
-        handle: Callable[[Sequence[faust.EventT[Any]]], Awaitable[None]],
-    ) -> None:
-        """Run a batch handler until it succeeds: retry while a dependency is down, split it to find bad records.
+    def discard(self) -> None:
+        """The batch failed: its changes go; it will be read again."""
+        if self._partition is not None:
+            self._failed = True
+            self._end(self._partition)
 
-        The handler dead-letters the records it can tell are bad (``parse_each``);
-        one that makes it fail is found by bisecting the batch and dead-lettered
-        with the error. While the broker, database or object store is
-        unavailable the agent waits with capped exponential back-off and tries
-        the whole batch again, for as long as it takes: its events are not
-        acknowledged, so faust commits none of them. ``handle`` must be safe to
-        run again on events it has partly handled. It returns once everything
-        the batch produced, table changes included, is on the broker
-        (``durable``), so the batch may be acknowledged (``batches``).
+    def _end(self, partition: int) -> None:
+        self._partition = None
+        for table in self.tables:
+            table._partition = None
+            table._layers = []
+        if self._failed and self.reindex is not None:
+            self.reindex(partition)
+        self._failed = False
+
+    # Assignment.
+
+    async def revoke(self, partitions: set[int]) -> None:
+        """Another replica may write these partitions now: not ready until caught up again, from where they end.
+
+        Their entries stay in memory, so a partition that comes back reads
+        only what its other owners wrote meanwhile. Everything before the
+        changelog's end now was written by this process and is applied here;
+        where the end cannot be asked for, the next recovery reads from the
+        last one's position, which only repeats changes.
         """
-
-        async def run(batch: list[faust.EventT[Any]]) -> list[tuple[faust.EventT[Any], PoisonMessage]]:
-            await handle(batch)
-            return []
-
-        async def give_up(event: faust.EventT[Any], error: BaseException) -> PoisonMessage:
-            log.error("stream handler failed on one record", stage=stage, error=repr(error))
-            return poison_of(error)
-
-        attempt = 0
-        while True:
-            try:
-                rejected = await bisect(list(events), run, give_up)
-            except Exception as exc:
-                attempt += 1
-                await self._wait_out(stage, classify(exc), exc, attempt)
-                continue
-            for event, poison in rejected:
-                await self.deadletter(event, poison, stage)
-            await durable(self.app)
+        self._ready.difference_update(partitions)
+        if not partitions:
             return
+        targets = {
+            TopicPartition(self.settings.topic(self.changelog(table)), partition): (table.name, partition)
+            for table in self.tables
+            for partition in partitions
+        }
+        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False)
+        try:
+            await reader.start()
+            ends = await reader.end_offsets(list(targets))
+        except Exception as exc:
+            log.warning("changelog ends unknown at revocation", stage=self.stage, error=repr(exc))
+            return
+        finally:
+            await reader.stop()
+        for tp, key in targets.items():
+            self._read_to[key] = max(self._read_to.get(key, 0), ends[tp])
 
-    async def guard_parsed(
-        self,
-        events: Sequence[faust.EventT[Any]],
-        model: type[M],
-        stage: str,
-        handle: Callable[[Sequence[tuple[faust.EventT[Any], M]]], Awaitable[None]],
-    ) -> None:
-        """Dead-letter the events that do not parse as ``model`` (once), and ``guard_batch`` the rest with payloads."""
-        pairs = await self.parse_pairs(events, model, stage)
-        payloads = {id(event): payload for event, payload in pairs}
-
-        async def run(batch: Sequence[faust.EventT[Any]]) -> None:
-            await handle([(event, payloads[id(event)]) for event in batch])
-
-        if pairs:
-            await self.guard_batch([event for event, _ in pairs], stage, run)
-
-    async def _wait_out(self, stage: str, verdict: Verdict, exc: BaseException, attempt: int) -> None:
-        delay = backoff_delay(attempt, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds)
-        RETRIES.labels(self.settings.service, stage, verdict.reason).inc()
-        log.warning(
-            "dependency unavailable; retrying the batch",
-            stage=stage,
-            reason=verdict.reason,
-            attempt=attempt,
-            retry_in=round(delay, 3),
-            error=repr(exc),
+    async def recover(self, partitions: set[int]) -> None:
+        """Read each table's changelog partitions from where this process last stood to their end."""
+        targets = {
+            (table.name, partition): TopicPartition(self.settings.topic(self.changelog(table)), partition)
+            for table in self.tables
+            for partition in partitions
+        }
+        by_tp = {tp: key for key, tp in targets.items()}
+        tables = {table.name: table for table in self.tables}
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="none",
+            client_id=f"driftloop-{self.settings.service}-recovery",
         )
-        await asyncio.sleep(delay)
+        await reader.start()
+        try:
+            tps = list(by_tp)
+            reader.assign(tps)
+            for tp, key in by_tp.items():
+                reader.seek(tp, self._read_to.get(key, 0))
+            ends = await reader.end_offsets(tps)
+            left = set(tps)
+            read = 0
+            while left:
+                try:
+                    fetched = await reader.getmany(*left, timeout_ms=200, max_records=20_000)
+                except OffsetOutOfRangeError:
+                    # A changelog shorter than where this process stood (the topic was recreated): read it all.
+                    for tp in left:
+                        name, partition = by_tp[tp]
+                        tables[name]._stores.pop(partition, None)
+                        reader.seek(tp, 0)
+                    continue
+                for tp, records in fetched.items():
+                    store = tables[by_tp[tp][0]]._stores.setdefault(tp.partition, {})
+                    for record in records:
+                        entry = (record.key or b"").decode()
+                        if record.value is None:
+                            store.pop(entry, None)
+                        else:
+                            store[entry] = orjson.loads(record.value)
+                    read += len(records)
+                for tp in list(left):
+                    position = await reader.position(tp)
+                    # Tansu 0.6 reports the end offset of a partition as its last batch's first offset + 1, while
+                    # fetches carry the true high watermark: done once both are reached.
+                    highwater = reader.highwater(tp)
+                    if position >= ends[tp] and (highwater is None or position >= highwater):
+                        self._read_to[by_tp[tp]] = position
+                        left.discard(tp)
+        finally:
+            await reader.stop()
+        for partition in partitions:
+            if self.reindex is not None:
+                self.reindex(partition)
+            self._ready.add(partition)
+        log.info("tables recovered", stage=self.stage, partitions=sorted(partitions), changes_read=read)
 
-    async def parse_each(self, events: Sequence[faust.EventT[Any]], model: type[M], stage: str) -> list[M]:
-        """The events' payloads as ``model``, in order; the ones that do not fit are dead-lettered."""
-        return [parsed for _, parsed in await self.parse_pairs(events, model, stage)]
 
-    async def parse_pairs(
-        self, events: Sequence[faust.EventT[Any]], model: type[M], stage: str
-    ) -> list[tuple[faust.EventT[Any], M]]:
-        """Each event that fits ``model`` with its payload, in order; the others are dead-lettered."""
-        parsed: list[tuple[faust.EventT[Any], M]] = []
-        for event in events:
-            try:
-                self.check_size(event)
-                parsed.append((event, parse(model, event.value)))
-            except PoisonMessage as exc:
-                await self.deadletter(event, exc, stage)
-        return parsed
-
-    def check_size(self, event: faust.EventT[Any]) -> None:
-        if too_large := oversized_record(len(event.message.value or b""), self.settings.max_record_bytes):
-            raise PoisonMessage(too_large)
-
-    async def deadletter(self, event: faust.EventT[Any], exc: PoisonMessage, stage: str) -> None:
-        message = event.message
-        value = message.value or b""
-        raw = message.headers.items() if isinstance(message.headers, Mapping) else message.headers or ()
-        headers = {k: bytes(v).decode("utf-8", "replace") for k, v in raw}
-        record: DeadLetter = deadletter_for(
-            source_topic=message.topic.removeprefix(self.settings.topic_prefix),
-            payload=(head := record_head(value, self.settings.max_record_bytes)),
-            reason=exc.reason,
-            stage=stage,
-            key=message.key.decode("utf-8", "replace") if message.key else None,
-            partition=message.partition,
-            offset=message.offset,
-            errors=exc.errors,
-            original_event_id=headers.get("ce_id"),
-            headers=headers,
-            truncated=len(head) < len(value),
-        )
-        await self.emit(record, record.key)
-        DEADLETTERS.labels(self.settings.service, stage).inc()
+async def create_internal(settings: StreamSettings, *names: str) -> None:
+    """A stage's own topics between its stages, partitioned like the data topics (before anything sends)."""
+    await create_missing(
+        settings.bootstrap,
+        [NewTopic(settings.topic(name), PARTITIONS, settings.stream_replication_factor) for name in names],
+    )

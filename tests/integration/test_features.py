@@ -1,4 +1,4 @@
-"""The features service (faust) on a real broker: per-entity state, dedupe, online lookup, offline store."""
+"""The features service on a real broker: per-entity state, dedupe, online lookup, offline store."""
 
 from __future__ import annotations
 

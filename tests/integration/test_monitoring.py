@@ -1,4 +1,4 @@
-"""The monitoring service (faust) on a real broker: joins late labels, counts once, detects concept and data
+"""The monitoring service on a real broker: joins late labels, counts once, detects concept and data
 drift, estimates accuracy without labels."""
 
 from __future__ import annotations

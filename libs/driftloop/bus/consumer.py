@@ -6,9 +6,10 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ValidationError
@@ -102,19 +103,56 @@ class _Held:
     until: float
 
 
+class StageState(Protocol):
+    """Partitioned state a batch handler reads and writes, made durable with the batch (``driftloop.streams``)."""
+
+    stage: str
+
+    async def create_topics(self) -> None: ...
+
+    def ready(self, partition: int) -> bool: ...
+
+    def begin(self, partition: int) -> None: ...
+
+    def attempt(self) -> AbstractContextManager[None]: ...
+
+    def flush(self, bus: Bus) -> int: ...
+
+    def apply(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+    async def recover(self, partitions: set[int]) -> None: ...
+
+    async def revoke(self, partitions: set[int]) -> None: ...
+
+
 class _Membership(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Tells the loop when it is in its group: an assignment, even an empty one, means the join finished."""
+    """Tells the loop when it is in its group: an assignment, even an empty one, means the join finished.
+
+    A revocation waits for the batch in hand, which then commits while its
+    partitions are still this member's: without the wait, the next owner
+    could start from the old commit, or rebuild a table before this batch's
+    changes reached it.
+    """
 
     def __init__(self, loop: ConsumerLoop) -> None:
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.loop.joined = False
-        # A partition assigned again starts unpaused at its last commit, which is where it was held.
-        self.loop._held.clear()
+        async with self.loop._working:
+            # A partition assigned again starts unpaused at its last commit, which is where it was held.
+            self.loop._held.clear()
+            if self.loop.state is not None:
+                await self.loop._stop_recovery()
+                await self.loop.state.revoke({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.loop.progress.assigned(assigned, time.monotonic())
+        self.loop._generation += 1
+        if self.loop.state is not None and assigned:
+            self.loop._begin_recovery(set(assigned))
         self.loop.joined = True
 
 
@@ -155,9 +193,13 @@ class ConsumerLoop:
         handler: Handler | None = None,
         batch_handler: BatchHandler | None = None,
         deduper: Deduper | None = None,
-        dedupe_key: Callable[[Record], str | None] = lambda record: record.event_id,
+        dedupe_key: Callable[[Record], str | None] | None = lambda record: record.event_id,
         attempts: int = 4,
         backoff_seconds: float = 0.2,
+        state: StageState | None = None,
+        batch_size: int = 500,
+        linger_seconds: float = 0.0,
+        stage: str | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -166,6 +208,8 @@ class ConsumerLoop:
         self.group = settings.group(group)
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
+        if state is not None and (batch_handler is None or len(self.topics) != 1):
+            raise ValueError("a stage with state reads one topic with a batch handler: its partitions are the state's")
         self.handler = handler
         self.batch_handler = batch_handler
         self.deduper = deduper or MemoryDeduper()
@@ -180,8 +224,20 @@ class ConsumerLoop:
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._held: dict[TopicPartition, _Held] = {}
+        self.state = state
+        #: Names the loop in dead letters and retry metrics; ``service.topic`` by default.
+        self.stage = stage
+        self.batch_size = batch_size
+        self.linger_seconds = linger_seconds
+        #: Held while a batch is handled and committed; a revocation waits for it.
+        self._working = asyncio.Lock()
+        #: Counts assignments, so records fetched before one are recognised and read again after it.
+        self._generation = 0
+        self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.state is not None:
+            await self.state.create_topics()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.group,
@@ -191,17 +247,51 @@ class ConsumerLoop:
             rebalance_timeout_ms=self.settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=min(3000, self.settings.kafka_session_timeout_ms // 3),
             client_id=f"driftloop-{self.service}",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         self._consumer.subscribe([self.settings.topic(t) for t in self.topics], listener=_Membership(self))
         # Joining a group can take seconds (longer after a restart); the service answers HTTP meanwhile.
         self._task = asyncio.create_task(self._run(), name=f"consume:{self.group}")
 
     async def stop(self) -> None:
+        await self._stop_recovery()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+
+    def _begin_recovery(self, assigned: set[TopicPartition]) -> None:
+        """Pause newly assigned partitions until the state has read its changelogs for them."""
+        assert self._consumer is not None and self.state is not None
+        self._consumer.pause(*assigned)
+        self._recovery = asyncio.create_task(self._recover(assigned), name=f"recover:{self.group}")
+
+    async def _recover(self, assigned: set[TopicPartition]) -> None:
+        assert self._consumer is not None and self.state is not None
+        attempt = 0
+        while True:
+            try:
+                await self.state.recover({tp.partition for tp in assigned})
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                delay = backoff_delay(
+                    attempt, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds
+                )
+                RETRIES.labels(self.service, f"{self.state.stage}.recovery", classify(exc).reason).inc()
+                log.warning("table recovery failed; retrying", group=self.group, error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+        current = self._consumer.assignment()
+        self._consumer.resume(*(tp for tp in assigned if tp in current and tp not in self._held))
+
+    async def _stop_recovery(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+            self._recovery = None
 
     @property
     def running(self) -> bool:
@@ -217,6 +307,8 @@ class ConsumerLoop:
             return "not running"
         if not self.joined:
             return "joining its group"
+        if self._recovery is not None and not self._recovery.done():
+            return "rebuilding its tables"
         now = time.monotonic()
         if now - self._polled_at > self.progress.stall_seconds:
             return f"no poll for {now - self._polled_at:.0f}s"
@@ -253,13 +345,14 @@ class ConsumerLoop:
                 await self._observe(consumer)
 
     @staticmethod
-    async def _rewind(consumer: AIOKafkaConsumer) -> None:
-        """Back to the last commit of every partition, or to its start when the group never committed.
+    async def _rewind(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Back to the last commit of every partition (or of ``partitions``), or to its start when the group
+        never committed.
 
         aiokafka's ``seek_to_committed`` leaves a partition without a commit
         where it is, which would skip a failed first batch for good.
         """
-        for tp in consumer.assignment():
+        for tp in consumer.assignment() if partitions is None else partitions:
             committed = await consumer.committed(tp)
             if committed is None:
                 await consumer.seek_to_beginning(tp)
@@ -271,7 +364,7 @@ class ConsumerLoop:
         now = time.monotonic()
         assigned = consumer.assignment()
         for tp, held in self._held.items():
-            if held.until <= now and tp in assigned:
+            if held.until <= now and tp in assigned and (self.state is None or self.state.ready(tp.partition)):
                 consumer.resume(tp)
 
     def _poll_timeout_ms(self) -> int:
@@ -283,16 +376,40 @@ class ConsumerLoop:
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         self._resume_due(consumer)
-        batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=500)
+        generation = self._generation
+        batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=self.batch_size)
+        if batches and self.linger_seconds:
+            await self._linger(consumer, batches)
         if consumer.assignment():
             self.assigned.set()
-        for tp, messages in batches.items():
-            await self._take(consumer, tp, messages)
+        async with self._working:
+            if generation != self._generation or not self.joined:
+                # A rebalance began or ended while these were fetched: which generation each came from is not
+                # known, so those of partitions still ours are read again from the commit.
+                await self._rewind(consumer, [tp for tp in batches if tp in consumer.assignment()])
+                return
+            for tp, messages in batches.items():
+                await self._take(consumer, tp, messages)
+
+    async def _linger(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Fetch more, up to ``batch_size`` records or ``linger_seconds``: for handlers whose cost is per batch."""
+        total = sum(len(messages) for messages in batches.values())
+        deadline = time.monotonic() + self.linger_seconds
+        while total < self.batch_size and (left := deadline - time.monotonic()) > 0:
+            more = await consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=self.batch_size - total)
+            for tp, messages in more.items():
+                batches.setdefault(tp, []).extend(messages)
+                total += len(messages)
 
     async def _take(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]
     ) -> None:
         """Handle one partition's records and commit what is done; hold the partition if a dependency is down."""
+        if self.state is not None and not self.state.ready(tp.partition):
+            # Fetched before the pause of a new assignment took hold: read again once the tables are whole.
+            consumer.seek(tp, messages[0].offset)
+            consumer.pause(tp)
+            return
         records: list[tuple[Record, str | None]] = []
         oversized: list[tuple[Record, str]] = []
         done: set[str] = set()
@@ -301,7 +418,7 @@ class ConsumerLoop:
             if too_large := oversized_record(len(record.value), self.settings.max_record_bytes):
                 oversized.append((record, too_large))
                 continue
-            key = self.dedupe_key(record)
+            key = self.dedupe_key(record) if self.dedupe_key is not None else None
             if key and (key in done or self.deduper.seen(key)):
                 MESSAGES_CONSUMED.labels(self.service, record.topic, "duplicate").inc()
                 continue
@@ -309,7 +426,10 @@ class ConsumerLoop:
             if key:
                 done.add(key)
         stopped: tuple[int, BaseException] | None = None
+        state = self.state
         try:
+            if state is not None:
+                state.begin(tp.partition)
             async with self.bus.acknowledged():
                 for record, reason in oversized:
                     await self._deadletter(record, reason, [])
@@ -320,7 +440,14 @@ class ConsumerLoop:
                         await self._handle_batch(batch)
                     else:
                         stopped = await self._handle_each(batch)
+            if state is not None:
+                # Changes after the outputs: a change on the broker always has its outputs there too.
+                async with self.bus.acknowledged():
+                    state.flush(self.bus)
+                state.apply()
         except Exception as exc:
+            if state is not None:
+                state.discard()
             verdict = classify(exc)
             if verdict.kind != "retry":
                 raise
@@ -361,7 +488,7 @@ class ConsumerLoop:
         self._held[tp] = _Held(attempt, time.monotonic() + delay)
         consumer.seek(tp, offset)
         consumer.pause(tp)
-        stage = f"{self.service}.{tp.topic.removeprefix(self.settings.topic_prefix)}"
+        stage = self.stage or f"{self.service}.{tp.topic.removeprefix(self.settings.topic_prefix)}"
         RETRIES.labels(self.service, stage, verdict.reason).inc()
         log.warning(
             "dependency unavailable; partition paused",
@@ -374,10 +501,16 @@ class ConsumerLoop:
             error=repr(exc),
         )
 
+    async def _attempt_batch(self, records: list[Record]) -> list[tuple[Record, PoisonMessage]]:
+        """One run of the batch handler; if it raises, nothing it sent or wrote is kept."""
+        assert self.batch_handler is not None
+        with self.bus.attempt(), self.state.attempt() if self.state is not None else nullcontext():
+            return await self.batch_handler(records)
+
     async def _handle_batch(self, records: list[Record]) -> None:
         assert self.batch_handler is not None
         started = time.perf_counter()
-        rejected = await bisect(records, self.batch_handler, self._retry_alone)
+        rejected = await bisect(records, self._attempt_batch, self._retry_alone)
         for record, poison in rejected:
             await self._deadletter(record, poison.reason, poison.errors)
         HANDLER_SECONDS.labels(self.service, records[0].topic).observe(time.perf_counter() - started)
@@ -391,7 +524,7 @@ class ConsumerLoop:
             log.warning("handler failed, retrying", topic=record.topic, attempt=attempt - 1, error=repr(error))
             await asyncio.sleep(self.backoff_seconds * 2 ** (attempt - 2))
             try:
-                rejected = await self.batch_handler([record])
+                rejected = await self._attempt_batch([record])
             except Exception as exc:
                 if classify(exc).kind != "fault":
                     raise
@@ -449,7 +582,7 @@ class ConsumerLoop:
                 source_topic=record.topic,
                 payload=(head := record_head(record.value, self.settings.max_record_bytes)),
                 reason=reason,
-                stage=f"{self.service}.{record.topic}",
+                stage=self.stage or f"{self.service}.{record.topic}",
                 key=record.key,
                 partition=record.partition,
                 offset=record.offset,

@@ -13,8 +13,8 @@ record forever. So every error is sorted once, here, into three kinds:
   attempts; if it keeps failing, the record that causes it is found (a batch
   is split in halves) and dead-lettered so the others go on.
 
-The consumers (``driftloop.bus.consumer`` and the faust agents in
-``driftloop.streams``) apply the verdict; ``bisect`` is the splitting, kept
+The consumer loop (``driftloop.bus.consumer``), which the stateful stages
+of ``driftloop.streams`` run on as well, applies the verdict; ``bisect`` is the splitting, kept
 apart from Kafka so it can be tested on plain lists.
 """
 

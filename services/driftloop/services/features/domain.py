@@ -60,4 +60,7 @@ class EntityState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EntityState:
-        return cls(**data) if data else cls()
+        """A state of its own: ``observe`` changes it in place, and the table's entry must stay as it was."""
+        if not data:
+            return cls()
+        return cls(data["count"], dict(data["sums"]), dict(data["seen"]), list(data["recent"]))

@@ -12,7 +12,6 @@ from driftloop.runtime import open_runtime
 from driftloop.services.features.api import router
 from driftloop.services.features.settings import FeaturesSettings
 from driftloop.services.features.streams import FeatureStreams, build
-from driftloop.streams import StreamHealth, started
 
 
 def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -23,15 +22,16 @@ def create_app(settings: FeaturesSettings | None = None, config: DriftloopConfig
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal streams
         async with open_runtime(settings, config) as runtime:
-            streams = build(settings, runtime.config, open_store(settings))
+            streams = build(settings, runtime.config, runtime.bus, open_store(settings))
             app.state.streams = streams
-            async with started(streams.app, settings):
+            await streams.start()
+            try:
                 yield
-
-    health = StreamHealth(settings.consumer_stall_seconds)
+            finally:
+                await streams.stop()
 
     async def readiness() -> dict[str, bool | str]:
-        return {"streams": health(streams.app if streams else None)}
+        return streams.health() if streams is not None else {"streams": "not started"}
 
     app = service_app("features", lifespan, readiness, settings)
     app.include_router(router)

@@ -1,55 +1,72 @@
-"""The faust agents: validated events -> vectors (online store), vectors and labels -> offline store."""
+"""The stages: validated events -> vectors (online store), vectors and labels -> offline store."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import faust
-
 from driftloop.artifacts import ArtifactStore
+from driftloop.bus import Bus, ConsumerLoop, PoisonMessage, Record
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import EventValidated, FeatureVector, LabelEvent
-from driftloop.metrics import MESSAGES_CONSUMED
 from driftloop.offline import OfflineStore, view_feature_types
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
-from driftloop.streams import Emitter, batches, raw_topic, settled, state_table, stream_app
+from driftloop.streams import Table, Tables
+
+Rejected = list[tuple[Record, PoisonMessage]]
+Handler = Callable[[list[Record]], Awaitable[Rejected]]
 
 
 @dataclass
 class FeatureStreams:
-    app: faust.App
     #: entity_id -> {"state": the running aggregates, "views": {view name: latest vector}}.
-    entities: faust.types.TableT[Any, Any]
+    entities: Table
+    tables: Tables
+    #: The stages by name: compute, offline (vectors) and labels.
+    loops: dict[str, ConsumerLoop]
 
     def latest(self, entity_id: str) -> dict[str, Any] | None:
         """The entity's latest vector per view, as JSON, or None before its first event."""
         entry = self.entities.get(entity_id)
         return entry.get("views") if entry else None
 
+    async def start(self) -> None:
+        for loop in self.loops.values():
+            await loop.start()
 
-def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactStore) -> FeatureStreams:
-    app = stream_app(settings, "features")
-    emitter = Emitter(app, settings)
+    async def stop(self) -> None:
+        for loop in self.loops.values():
+            await loop.stop()
+
+    def health(self) -> dict[str, bool | str]:
+        return {name: loop.health() for name, loop in self.loops.items()}
+
+
+def parsed(records: list[Record], model: type[Any]) -> tuple[list[tuple[Record, Any]], Rejected]:
+    good, bad = [], []
+    for record in records:
+        try:
+            good.append((record, record.parse(model)))
+        except PoisonMessage as exc:
+            bad.append((record, exc))
+    return good, bad
+
+
+def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: ArtifactStore) -> FeatureStreams:
     # One entry per entity holds both its state and its latest vectors: one changelog record per entity and batch.
-    entities = state_table(app, "entities", batched=True)
+    entities = Table("entities")
+    tables = Tables(settings, "features", entities)
     offline = {v.name: OfflineStore(store, v.name, view_feature_types(config, v.name)) for v in config.feature_views}
 
-    async def on_batch(batch: Sequence[tuple[faust.EventT[Any], EventValidated]]) -> None:
-        """Fold a batch into the entities' state: each entity's state is read and written once per batch.
-
-        Tables are written only after the broker acknowledged every vector of
-        the batch, so a batch that fails half-way changed no state and can be
-        redone, whole or in halves.
-        """
+    async def compute(records: list[Record]) -> Rejected:
+        """Fold a batch into the entities' state: each entity's state is read and written once per batch."""
+        batch, rejected = parsed(records, EventValidated)
         states: dict[str, EntityState] = {}
         latest: dict[str, dict[str, Any]] = {}
-        vectors: list[tuple[FeatureVector, str]] = []
         fresh: dict[str, dict[str, FeatureVector]] = {}
-        duplicates = 0
         for _, validated in batch:
             entity = validated.entity_id
             if entity not in states:
@@ -58,11 +75,10 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
                 latest[entity] = dict(stored.get("views") or {})
             state = states[entity]
             if not state.observe(validated.event_id, validated.features):
-                duplicates += 1
                 continue
             views = fresh.setdefault(entity, {})
             for view in config.feature_views:
-                out = FeatureVector(
+                vector = FeatureVector(
                     event_id=validated.event_id,
                     correlation_id=validated.correlation_id,
                     causation_id=validated.event_id,
@@ -72,47 +88,58 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, store: ArtifactSt
                     features=state.vector(view, config.passthrough(view), validated.features),
                     label=validated.label,
                 )
-                vectors.append((out, entity))
-                views[view.name] = out
-        await emitter.emit_all(vectors)
+                await bus.publish(vector, entity, wait=False)
+                views[view.name] = vector
         for entity, views in fresh.items():
             latest[entity].update({name: vector.model_dump(mode="json") for name, vector in views.items()})
             entities[entity] = {"state": states[entity].to_dict(), "views": latest[entity]}
-        MESSAGES_CONSUMED.labels("features", "events.validated", "duplicate").inc(duplicates)
-        MESSAGES_CONSUMED.labels("features", "events.validated", "ok").inc(len(batch) - duplicates)
+        return rejected
 
-    @app.agent(raw_topic(app, settings, "events.validated"))
-    async def compute(stream: faust.StreamT[Any]) -> None:
-        async for events in batches(app, stream, settings.compute_batch, settings.compute_within):
-            await emitter.guard_parsed(await settled(app, events), EventValidated, "features.compute", on_batch)
-
-    async def append_vectors(batch: Sequence[tuple[faust.EventT[Any], FeatureVector]]) -> None:
+    async def append_vectors(records: list[Record]) -> Rejected:
         """Append the vectors to their views' datasets; a retry writes the same files again, not new rows."""
+        batch, rejected = parsed(records, FeatureVector)
         vectors: dict[str, list[FeatureVector]] = {}
         for _, vector in batch:
             vectors.setdefault(vector.feature_view, []).append(vector)
-        first = batch[0][0].message
+        first = records[0]
         for view, rows in vectors.items():
             if view in offline:
                 # Parquet encoding and the object store's round trip stay off the event loop.
                 await asyncio.to_thread(offline[view].append_vectors, rows, first.partition, first.offset)
+        return rejected
 
-    async def append_labels(batch: Sequence[tuple[faust.EventT[Any], LabelEvent]]) -> None:
+    async def append_labels(records: list[Record]) -> Rejected:
+        batch, rejected = parsed(records, LabelEvent)
         labels = [label for _, label in batch]
-        first = batch[0][0].message
-        for store_ in offline.values():
-            await asyncio.to_thread(store_.append_labels, labels, first.partition, first.offset)
+        first = records[0]
+        if labels:
+            for store_ in offline.values():
+                await asyncio.to_thread(store_.append_labels, labels, first.partition, first.offset)
+        return rejected
 
-    @app.agent(raw_topic(app, settings, "features"))
-    async def write_offline(stream: faust.StreamT[Any]) -> None:
-        async for events in batches(app, stream, settings.offline_batch, settings.offline_flush_seconds):
-            await emitter.guard_parsed(events, FeatureVector, "features.offline", append_vectors)
-            MESSAGES_CONSUMED.labels("features", "features", "ok").inc(len(events))
+    def stage(name: str, topic: str, handler: Handler, size: int, linger: float, state: Tables | None) -> ConsumerLoop:
+        # A stage dedupes by its own state (an entity's recent event ids), or rewrites the same files on a replay.
+        return ConsumerLoop(
+            settings,
+            bus,
+            service="features",
+            topics=[topic],
+            group="features" if name == "compute" else f"features-{name}",
+            stage=f"features.{name}",
+            batch_handler=handler,
+            state=state,
+            batch_size=size,
+            linger_seconds=linger,
+            dedupe_key=None,
+        )
 
-    @app.agent(raw_topic(app, settings, "labels"))
-    async def write_labels(stream: faust.StreamT[Any]) -> None:
-        async for events in batches(app, stream, settings.offline_batch, settings.offline_flush_seconds):
-            await emitter.guard_parsed(events, LabelEvent, "features.labels", append_labels)
-            MESSAGES_CONSUMED.labels("features", "labels", "ok").inc(len(events))
-
-    return FeatureStreams(app=app, entities=entities)
+    flush = settings.offline_flush_seconds
+    loops = {
+        name: stage(name, topic, handler, size, linger, state)
+        for name, topic, handler, size, linger, state in [
+            ("compute", "events.validated", compute, settings.compute_batch, 0.0, tables),
+            ("offline", "features", append_vectors, settings.offline_batch, flush, None),
+            ("labels", "labels", append_labels, settings.offline_batch, flush, None),
+        ]
+    }
+    return FeatureStreams(entities=entities, tables=tables, loops=loops)

@@ -18,7 +18,6 @@ from driftloop.services.monitoring.references import References
 from driftloop.services.monitoring.routing import Router
 from driftloop.services.monitoring.settings import MonitoringSettings
 from driftloop.services.monitoring.streams import MonitorStreams, build
-from driftloop.streams import StreamHealth, recovered, started
 
 
 def create_app(settings: MonitoringSettings | None = None, config: DriftloopConfig | None = None) -> FastAPI:
@@ -39,7 +38,7 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
             )
             # Rows are judged against the champion the registry names, so its history comes first.
             await wait_caught_up(follower, references.caught_up, settings.catch_up_timeout_seconds, "monitoring")
-            streams = build(settings, runtime.config, references)
+            streams = build(settings, runtime.config, runtime.bus, references)
             app.state.streams = streams
             router_loop = ConsumerLoop(
                 settings,
@@ -50,23 +49,21 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
                 batch_handler=Router(runtime.bus, runtime.config, settings.data_rows_per_record),
             )
             try:
-                async with started(streams.app, settings):
-                    await recovered(streams.app, settings.catch_up_timeout_seconds)
-                    await router_loop.start()
-                    try:
-                        yield
-                    finally:
-                        await router_loop.stop()
+                await streams.start(settings)
+                await router_loop.start()
+                try:
+                    yield
+                finally:
+                    await router_loop.stop()
+                    await streams.stop()
             finally:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
 
-    health = StreamHealth(settings.consumer_stall_seconds)
-
     async def readiness() -> dict[str, bool | str]:
         return {
-            "streams": health(streams.app if streams else None),
+            **(streams.health() if streams is not None else {"streams": "not started"}),
             "router": router_loop.health() if router_loop is not None else "not started",
             "registry": follower_state(follower),
         }

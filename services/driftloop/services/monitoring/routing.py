@@ -11,11 +11,8 @@ The same pass turns feature vectors and the champion's predictions into
 rows of each model's data watch (``datawatch.RowBatch``), one record per
 model and source partition, so every input topic is read once.
 
-The stage holds no state, so it runs on the bus's ``ConsumerLoop`` rather
-than in faust: the loop commits an offset only once every record the batch
-produced is acknowledged. faust, started on a backlog, can pass over records
-it fetched while its tables were still recovering, and a label passed over
-here is a prediction never scored.
+The stage holds no state: its loop commits an offset only once every record
+the batch produced is acknowledged.
 """
 
 from __future__ import annotations
@@ -37,6 +34,9 @@ from driftloop.validation import Invalid, validate_label
 JOIN_TOPIC = "driftloop-monitoring-join"
 #: Monitoring's own topic of data-drift rows, keyed by model.
 ROWS_TOPIC = "driftloop-monitoring-rows"
+#: Monitoring's own topic of outcomes (and the champion moves, stagings and re-arms taken in order with them),
+#: keyed by model.
+OUTCOMES_TOPIC = "driftloop-monitoring-outcomes"
 
 
 def epoch(value: datetime) -> float:

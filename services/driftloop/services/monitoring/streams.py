@@ -1,4 +1,4 @@
-"""The faust agents: predictions and labels meet by event id, outcomes update each model's monitors.
+"""The stateful stages: predictions and labels meet by event id, outcomes update each model's monitors.
 
 Three stages, each working a batch at a time:
 
@@ -29,24 +29,24 @@ predictions by model onto the ``rows`` topic, a batch of a source partition
 per record, and each model's ``datawatch.DataWatch`` folds them in against its champion's
 reference sample (``references.References``).
 
-All state is JSON in changelog-backed tables: a crash, a restart or a
-rebalance resumes from the changelog. The in-process copies of the tracks are
-a cache, checked against the table's stamp before use.
+All state is JSON in changelog-backed tables (``driftloop.streams``): a
+crash, a restart or a rebalance resumes from the changelog. The in-process
+copies of the tracks are a cache, checked against the table's stamp before
+use, and dropped whenever a batch of a partition fails.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
 import orjson
 
-from driftloop.bus import PoisonMessage
+from driftloop.bus import Bus, ConsumerLoop, PoisonMessage, Record
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import (
     DriftDetected,
@@ -88,9 +88,9 @@ from driftloop.services.monitoring.metrics import (
     UNRESOLVED,
 )
 from driftloop.services.monitoring.references import References
-from driftloop.services.monitoring.routing import JOIN_TOPIC, ROWS_TOPIC
+from driftloop.services.monitoring.routing import JOIN_TOPIC, OUTCOMES_TOPIC, ROWS_TOPIC
 from driftloop.services.monitoring.settings import MonitoringSettings
-from driftloop.streams import Emitter, batches, raw_topic, settled, state_table, stream_app
+from driftloop.streams import Table, Tables, create_internal
 
 log = get_logger(__name__)
 
@@ -100,30 +100,40 @@ _DRIFT_NAMESPACE = uuid.UUID("6f1d3c1e-3b0a-4c7e-9a53-2f0a5c7d9e11")
 _KEPT_DRIFTS = 20
 #: What monitoring's rollout events give as the reporting ``instance``: the verdict is taken here.
 ROLLOUT_INSTANCE = "monitoring"
+#: The application the tables belong to: their changelogs are ``driftloop-monitoring-<table>-changelog``.
+APP = "monitoring"
+
+Rejected = list[tuple[Record, PoisonMessage]]
 
 
 @dataclass
 class MonitorStreams:
-    app: faust.App
-    pending: faust.types.TableT[Any, Any]
-    tracks: faust.types.TableT[Any, Any]
-    watches: faust.types.TableT[Any, Any]
+    pending: Table
+    tracks: Table
+    watches: Table
     #: A model's track as the table holds it, or None before its first outcome.
     track: Callable[[str], ModelTrack | None]
     #: A model's data watch as this replica last saw it, or None before its first rows.
     watch: Callable[[str], DataWatch | None]
     rolling_window: int
+    #: The stages by name: join, track, rows, turns.
+    loops: dict[str, ConsumerLoop]
+
+    async def start(self, settings: MonitoringSettings) -> None:
+        await create_internal(settings, JOIN_TOPIC, OUTCOMES_TOPIC, ROWS_TOPIC)
+        for loop in self.loops.values():
+            await loop.start()
+
+    async def stop(self) -> None:
+        for loop in self.loops.values():
+            await loop.stop()
+
+    def health(self) -> dict[str, bool | str]:
+        return {name: loop.health() for name, loop in self.loops.items()}
 
 
-def build(settings: MonitoringSettings, config: DriftloopConfig, references: References) -> MonitorStreams:
-    app = stream_app(settings, "monitoring")
-    emitter = Emitter(app, settings)
-    pending = state_table(app, "pending", batched=True)
-    tracks = state_table(app, "tracks", batched=True)
-    watches = state_table(app, "watches", batched=True)
-    joins = raw_topic(app, settings, JOIN_TOPIC, internal=True)
-    outcomes = raw_topic(app, settings, "driftloop-monitoring-outcomes", internal=True)
-    rows_topic = raw_topic(app, settings, ROWS_TOPIC, internal=True)
+def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, references: References) -> MonitorStreams:
+    pending, tracks, watches = Table("pending"), Table("tracks"), Table("watches")
     policy = config.drift
     models = {m.name for m in config.models}
     horizon = settings.label_horizon.total_seconds()
@@ -157,78 +167,67 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
         reference = references.cached(model, version) if version is not None else None
         return DataWatch.from_dict(stored, model, reference, policy.data, policy.estimation)
 
-    streams = MonitorStreams(
-        app=app,
-        pending=pending,
-        tracks=tracks,
-        watches=watches,
-        track=load,
-        watch=cached_watch,
-        rolling_window=policy.accuracy_window,
-    )
+    # Stage 1, routing, runs on its own loop (``routing.py``). Stage 2: join.
 
-    # Stage 1, routing, runs on the bus (``routing.py``). Stage 2: join.
+    def reindex(partition: int) -> None:
+        """The partition's expiry and settled marks, from its committed entries."""
+        found = [
+            (key, JoinEntry.from_dict(value))
+            for key, value in pending.partition_items(partition)
+            if isinstance(value, dict) and "at" in value
+        ]
+        expiries[partition] = JoinExpiry(horizon)
+        for key, entry in found:
+            expiries[partition].track(key, entry.at)
+        marks[partition] = SettledMarks.rebuilt(settings.settled_kept, found)
 
-    @pending.on_recover
-    async def reindex() -> None:
-        expiries.clear()
-        recovered: dict[int, list[tuple[str, JoinEntry]]] = {}
-        for key, value in pending.items():
-            if isinstance(value, dict) and "at" in value:
-                entry = JoinEntry.from_dict(value)
-                expiries.setdefault(entry.partition, JoinExpiry(horizon)).track(key, entry.at)
-                recovered.setdefault(entry.partition, []).append((key, entry))
-        marks.clear()
-        marks.update({p: SettledMarks.rebuilt(settings.settled_kept, found) for p, found in recovered.items()})
-
-    async def on_join_batch(events: Sequence[faust.EventT[Any]]) -> None:
-        events = await settled(app, events)
+    async def on_join_batch(records: list[Record]) -> Rejected:
+        partition = records[0].partition
         entries: dict[str, JoinEntry] = {}
         offsets: dict[str, int] = {}
         completed: list[Outcome] = []
-        latest: dict[int, float] = {}
-        for event in events:
-            message = event.message
+        latest: float | None = None
+        rejected: Rejected = []
+        for message in records:
             try:
-                record = record_from_dict(orjson.loads(event.value))
+                record = record_from_dict(orjson.loads(message.value))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                await emitter.deadletter(event, PoisonMessage(f"not a join record: {exc!r}"), "monitoring.join")
+                rejected.append((message, PoisonMessage(f"not a join record: {exc!r}")))
                 continue
             key = record.event_id
             entry = entries.get(key)
             if entry is None and (stored := pending.get(key)) is not None:
                 entry = JoinEntry.from_dict(stored)
-            entry, found = join(entry, record, message.partition)
+            entry, found = join(entry, record, partition)
             entries[key], offsets[key] = entry, message.offset
-            completed += [replace(o, source=(message.partition, message.offset, i)) for i, o in enumerate(found)]
+            completed += [replace(o, source=(partition, message.offset, i)) for i, o in enumerate(found)]
             at = record.event_time if isinstance(record, PredictionRecord) else record.label_time
-            latest[message.partition] = max(at, latest.get(message.partition, at))
-        # Acknowledged before the entries say "scored": a crash in between repeats the outcomes, which the
-        # tracker recognises by their source; the other order could lose them.
-        await emitter.send_all(outcomes, [(o.model.encode(), orjson.dumps(o.to_dict())) for o in completed])
+            latest = at if latest is None else max(at, latest)
+        # The loop has the outcomes acknowledged before the entries that say "scored" are sent: a crash in
+        # between repeats the outcomes, which the tracker recognises by their source; the other order could
+        # lose them.
+        bus.defer(OUTCOMES_TOPIC, [(o.model.encode(), orjson.dumps(o.to_dict()), [], None) for o in completed])
+        expiry = expiries.setdefault(partition, JoinExpiry(horizon))
+        settled_marks = marks.setdefault(partition, SettledMarks(settings.settled_kept))
         for key, entry in entries.items():
             newly_settled = entry.settle(offsets[key])
             pending[key] = entry.to_dict()
-            expiries.setdefault(entry.partition, JoinExpiry(horizon)).track(key, entry.at)
+            expiry.track(key, entry.at)
             if newly_settled:
-                marks.setdefault(entry.partition, SettledMarks(settings.settled_kept)).mark(key, offsets[key])
-        for partition, at in latest.items():
-            gone = expiries.setdefault(partition, JoinExpiry(horizon)).advance(at)
+                settled_marks.mark(key, offsets[key])
+        if latest is not None:
+            gone = expiry.advance(latest)
             for key in gone:
                 if key in pending:
                     del pending[key]
             EXPIRED_JOINS.inc(len(gone))
-            for key in marks.setdefault(partition, SettledMarks(settings.settled_kept)).overflow():
+            for key in settled_marks.overflow():
                 stored = pending.get(key)
                 if stored is not None and JoinEntry.from_dict(stored).settled:
                     del pending[key]
-                    expiries[partition].forget(key)
+                    expiry.forget(key)
         PENDING_JOINS.set(sum(len(e) for e in expiries.values()))
-
-    @app.agent(joins)
-    async def join_records(stream: faust.StreamT[Any]) -> None:
-        async for events in batches(app, stream, settings.batch, settings.batch_within):
-            await emitter.guard_batch(events, "monitoring.join", on_join_batch)
+        return rejected
 
     # Stage 3: track.
 
@@ -318,9 +317,9 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
         log.info("rollout begun", model=track.model_name, version=version, strategy=plan.strategy)
         return published
 
-    async def on_outcomes(events: Sequence[faust.EventT[Any]]) -> None:
-        events = await settled(app, events)
+    async def on_outcomes(records: list[Record]) -> Rejected:
         touched: dict[str, ModelTrack] = {}
+        rejected: Rejected = []
         drifts: list[DriftDetected] = []
         unresolved: list[DriftUnresolved] = []
         rollouts: list[RolloutStarted | RolloutStepped | RolloutCompleted | RolloutAborted] = []
@@ -332,9 +331,9 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                 )
             return touched[model]
 
-        for event in events:
+        for record in records:
             try:
-                data = orjson.loads(event.value)
+                data = orjson.loads(record.value)
                 if data.get("k") == "rearm":
                     rearmed = track_of(data["m"]).rearm(data["c"])
                     if rearmed is not None:
@@ -344,8 +343,8 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                     rollouts += control(track_of(data["m"]), data)
                     continue
                 outcome = Outcome.from_dict(data)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                await emitter.deadletter(event, PoisonMessage(f"not an outcome: {exc!r}"), "monitoring.outcomes")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                rejected.append((record, PoisonMessage(f"not an outcome: {exc!r}")))
                 continue
             track = track_of(outcome.model)
             if not track.fresh(outcome):
@@ -370,9 +369,9 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                     outcomes=track.tally.to_dict(),
                 )
         for rollout in rollouts:
-            await emitter.emit(rollout, rollout.model_name)
+            await bus.publish(rollout, rollout.model_name, wait=False)
         for drift in drifts:
-            await emitter.emit(drift, drift.model_name)
+            await bus.publish(drift, drift.model_name, wait=False)
             DRIFTS.labels(drift.model_name, "concept").inc()
             log.warning(
                 "drift detected",
@@ -383,7 +382,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                 observations=drift.observations,
             )
         for notice in unresolved:
-            await emitter.emit(notice, notice.model_name)
+            await bus.publish(notice, notice.model_name, wait=False)
             log.warning(
                 "drift unresolved; monitor re-armed",
                 model=notice.model_name,
@@ -402,6 +401,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                 UNRESOLVED.labels(model).set(int(current.unresolved))
                 if current.rolling_accuracy is not None:
                     ROLLING_ACCURACY.labels(model).set(current.rolling_accuracy)
+        return rejected
 
     def forwarded(event: object) -> dict[str, Any] | None:
         """What of a registry or deployment event the track takes in order with the outcomes."""
@@ -421,17 +421,17 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
             return {"k": "abort", "m": event.model_name, "v": event.version, "r": event.reason}
         return None
 
-    async def on_turn_ended(events: Sequence[faust.EventT[Any]]) -> None:
+    async def on_turn_ended(records: list[Record]) -> Rejected:
         """Failed drift runs, rejected challengers, champion moves, staged versions and deployment's aborts,
         forwarded to their model's track."""
-        for event in events:
+        for message in records:
             try:
-                ended = parse_internal(event.value)
+                ended = parse_internal(message.value)
             except ValueError:
                 continue  # other services' records; theirs to dead-letter
             if (record := forwarded(ended)) is not None:
                 if record["m"] in models:
-                    await outcomes.send(key=record["m"].encode(), value=orjson.dumps(record))
+                    await bus.send(OUTCOMES_TOPIC, orjson.dumps(record), record["m"], [], wait=False)
                 continue
             if isinstance(ended, TrainingRunFailed) and ended.trigger == "drift":
                 reason = f"training run {ended.run_id} failed: {ended.error}"
@@ -440,27 +440,8 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
             else:
                 continue
             rearm = {"k": "rearm", "m": ended.model_name, "c": ended.correlation_id, "r": reason}
-            await outcomes.send(key=ended.model_name.encode(), value=orjson.dumps(rearm))
-
-    @app.agent(raw_topic(app, settings, "training.runs"))
-    async def watch_runs(stream: faust.StreamT[Any]) -> None:
-        async for events in batches(app, stream, settings.batch, settings.batch_within):
-            await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
-
-    @app.agent(raw_topic(app, settings, "registry.events"))
-    async def watch_registry(stream: faust.StreamT[Any]) -> None:
-        async for events in batches(app, stream, settings.batch, settings.batch_within):
-            await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
-
-    @app.agent(raw_topic(app, settings, "deployment.events"))
-    async def watch_rollouts(stream: faust.StreamT[Any]) -> None:
-        async for events in batches(app, stream, settings.batch, settings.batch_within):
-            await emitter.guard_batch(events, "monitoring.turns", on_turn_ended)
-
-    @app.agent(outcomes)
-    async def track_outcomes(stream: faust.StreamT[Any]) -> None:
-        async for events in batches(app, stream, settings.batch, settings.batch_within):
-            await emitter.guard_batch(events, "monitoring.outcomes", on_outcomes)
+            await bus.send(OUTCOMES_TOPIC, orjson.dumps(rearm), ended.model_name, [], wait=False)
+        return []
 
     # Beside the track: data drift and the estimated accuracy.
 
@@ -494,15 +475,16 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
 
     unsaved: dict[str, int] = {}
 
-    async def on_rows(events: Sequence[faust.EventT[Any]]) -> None:
+    async def on_rows(records: list[Record]) -> Rejected:
         touched: dict[str, DataWatch] = {}
         urgent: set[str] = set()
+        rejected: Rejected = []
         now = time.time()
-        for event in events:
+        for record in records:
             try:
-                batch = RowBatch.from_dict(orjson.loads(event.value))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                await emitter.deadletter(event, PoisonMessage(f"not a row batch: {exc!r}"), "monitoring.rows")
+                batch = RowBatch.from_dict(orjson.loads(record.value))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                rejected.append((record, PoisonMessage(f"not a row batch: {exc!r}")))
                 continue
             model = batch.model
             if model not in touched:
@@ -514,7 +496,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                 urgent.add(model)
             for observations, finding in watch.apply(batch, at=now):
                 drift = data_drift_event(watch, observations, finding)
-                await emitter.emit(drift, model)
+                await bus.publish(drift, model, wait=False)
                 watch.history.keep_drift(drift.model_dump(mode="json"))
                 DRIFTS.labels(model, "data").inc()
                 log.warning("data drift detected", model=model, version=drift.model_version, feature=drift.feature)
@@ -533,18 +515,49 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, references: Ref
                 ESTIMATED_ACCURACY.labels(model).set(estimate.accuracy)
                 ESTIMATED_LOWER.labels(model).set(estimate.lower)
                 ESTIMATED_UPPER.labels(model).set(estimate.upper)
+        return rejected
 
-    @app.agent(rows_topic)
-    async def track_rows(stream: faust.StreamT[Any]) -> None:
-        """Data drift and the estimate per model.
+    def forget_tracks(partition: int) -> None:
+        cache.clear()
 
-        The watch reaches its table at most every ``data_checkpoint_batches``
-        batches (at once after a finding or a new champion): its windows are a
-        sample of the stream, so a crash may lose the rows of the batches since
-        the last checkpoint, which only delays a check. The rows' marks go with
-        the windows, so rows re-read after a crash count once.
-        """
-        async for events in batches(app, stream, settings.batch, settings.batch_within):
-            await on_rows(events)
+    def forget_watches(partition: int) -> None:
+        watch_cache.clear()
+        unsaved.clear()
 
-    return streams
+    def stage(
+        name: str,
+        topics: list[str],
+        handler: Callable[[list[Record]], Awaitable[Rejected]],
+        tables: Tables | None,
+    ) -> ConsumerLoop:
+        return ConsumerLoop(
+            settings,
+            bus,
+            service="monitoring",
+            topics=topics,
+            group=f"monitoring-{name}",
+            stage=f"monitoring.{'outcomes' if name == 'track' else name}",
+            batch_handler=handler,
+            state=tables,
+            batch_size=settings.batch,
+            linger_seconds=settings.batch_within,
+            # Join records, outcomes and rows carry no event id: the stages' tables recognise repeats.
+            dedupe_key=None if tables is not None else (lambda record: record.event_id),
+        )
+
+    return MonitorStreams(
+        pending=pending,
+        tracks=tracks,
+        watches=watches,
+        track=load,
+        watch=cached_watch,
+        rolling_window=policy.accuracy_window,
+        loops={
+            "join": stage("join", [JOIN_TOPIC], on_join_batch, Tables(settings, APP, pending, reindex=reindex)),
+            "track": stage(
+                "track", [OUTCOMES_TOPIC], on_outcomes, Tables(settings, APP, tracks, reindex=forget_tracks)
+            ),
+            "rows": stage("rows", [ROWS_TOPIC], on_rows, Tables(settings, APP, watches, reindex=forget_watches)),
+            "turns": stage("turns", ["training.runs", "registry.events", "deployment.events"], on_turn_ended, None),
+        },
+    )
