@@ -81,7 +81,7 @@ class Table:
     ...     pass
     >>> sorted(table.keys()), table.get("c")
     (['a', 'b'], None)
-    >>> tables.apply()
+    >>> tables.park(); tables.apply()
     >>> tables.begin(0)
     >>> table.get("b"), len(table)
     ({'n': 2}, 2)
@@ -95,6 +95,8 @@ class Table:
         self._partition: int | None = None
         #: Writes staged by the batch in hand, then by each attempt of its handler (innermost last).
         self._layers: list[dict[str, Any]] = []
+        #: Per partition, the changes of a batch whose handler is done, until the poll's outputs are acknowledged.
+        self._parked: dict[int, dict[str, Any]] = {}
 
     def get(self, key: str, default: Any = None) -> Any:
         for layer in reversed(self._layers):
@@ -156,8 +158,8 @@ class Table:
 class Tables:
     """The tables of one stateful stage: rebuilt where partitions are assigned, written once per batch.
 
-    The ``ConsumerLoop`` drives it (``begin``, ``attempt``, ``flush``,
-    ``apply``, ``discard``, ``recover``, ``revoke``). A stage that keeps
+    The ``ConsumerLoop`` drives it (``begin``, ``attempt``, ``park``,
+    ``flush``, ``apply``, ``discard``, ``recover``, ``revoke``). A stage that keeps
     indexes or caches beside its tables gives ``reindex``: it is called with
     a partition whenever the partition's committed entries are the only
     truth left, after a recovery and after a batch of which a run failed
@@ -178,7 +180,8 @@ class Tables:
         self.stage = stage
         self.tables = tables
         self.reindex = reindex
-        self._failed = False
+        #: Partitions a run of whose handler failed in the batch in hand: their indexes are rebuilt after it.
+        self._failed: set[int] = set()
         #: Per table and partition, the next changelog offset not yet applied here.
         self._read_to: dict[tuple[str, int], int] = {}
         self._ready: set[int] = set()
@@ -209,7 +212,7 @@ class Tables:
             ],
         )
 
-    # The batch's life, driven by the consumer loop.
+    # The batch's life, driven by the consumer loop: begin, attempt(s), park; then flush, apply (or discard).
 
     def ready(self, partition: int) -> bool:
         return partition in self._ready
@@ -228,7 +231,8 @@ class Tables:
         try:
             yield
         except BaseException:
-            self._failed = True
+            if self._partition is not None:
+                self._failed.add(self._partition)
             for table in self.tables:
                 table._layers.pop()
             raise
@@ -236,48 +240,68 @@ class Tables:
             top = table._layers.pop()
             table._layers[-1].update(top)
 
+    def park(self) -> None:
+        """The partition's handler is done: keep its changes aside until the poll's outputs are acknowledged."""
+        partition = self._partition
+        assert partition is not None
+        for table in self.tables:
+            table._parked[partition] = table._layers[0] if table._layers else {}
+        self._close()
+
     def flush(self, bus: Bus) -> int:
-        """Defer the batch's changes to the enclosing ``bus.acknowledged()`` block; the number of changes."""
-        assert self._partition is not None
+        """Defer the parked changes to the enclosing ``bus.acknowledged()`` block; the number of changes."""
         changes = 0
         for table in self.tables:
-            staged = table._layers[0] if table._layers else {}
-            if staged:
-                partition = self._partition
-                changes_of = (
-                    (key, None if value is _DELETED else orjson.dumps(value)) for key, value in staged.items()
-                )
-                bus.defer(self.changelog(table), [(key.encode(), value, [], partition) for key, value in changes_of])
+            topic = self.changelog(table)
+            for partition, staged in table._parked.items():
+                encoded = ((key, None if value is _DELETED else orjson.dumps(value)) for key, value in staged.items())
+                bus.defer(topic, [(key.encode(), value, [], partition) for key, value in encoded])
                 changes += len(staged)
         return changes
 
     def apply(self) -> None:
-        """The batch's changes are on the broker: make them the tables' committed state."""
-        partition = self._partition
-        assert partition is not None
+        """The parked changes are on the broker: make them the tables' committed state."""
+        partitions: set[int] = set()
         for table in self.tables:
-            store = table._stores.setdefault(partition, {})
-            for key, value in (table._layers[0] if table._layers else {}).items():
-                if value is _DELETED:
-                    store.pop(key, None)
-                else:
-                    store[key] = value
-        self._end(partition)
+            for partition, staged in table._parked.items():
+                partitions.add(partition)
+                store = table._stores.setdefault(partition, {})
+                for key, value in staged.items():
+                    if value is _DELETED:
+                        store.pop(key, None)
+                    else:
+                        store[key] = value
+            table._parked = {}
+        self._reindex(partitions & self._failed)
 
     def discard(self) -> None:
-        """The batch failed: its changes go; it will be read again."""
-        if self._partition is not None:
-            self._failed = True
-            self._end(self._partition)
+        """The partition's batch failed: its changes go; it will be read again."""
+        partition = self._partition
+        if partition is not None:
+            self._close()
+            self._reindex({partition})
 
-    def _end(self, partition: int) -> None:
+    def discard_all(self) -> None:
+        """The poll's outputs failed: every change of it goes, the batch in hand and the parked ones."""
+        partitions = {p for table in self.tables for p in table._parked}
+        if self._partition is not None:
+            partitions.add(self._partition)
+            self._close()
+        for table in self.tables:
+            table._parked = {}
+        self._reindex(partitions)
+
+    def _close(self) -> None:
         self._partition = None
         for table in self.tables:
             table._partition = None
             table._layers = []
-        if self._failed and self.reindex is not None:
-            self.reindex(partition)
-        self._failed = False
+
+    def _reindex(self, partitions: set[int]) -> None:
+        self._failed -= partitions
+        if self.reindex is not None:
+            for partition in sorted(partitions):
+                self.reindex(partition)
 
     # Assignment.
 
