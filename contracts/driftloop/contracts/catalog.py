@@ -7,6 +7,7 @@ so a topic exists in exactly one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 from driftloop.contracts.envelope import Contract
 from driftloop.contracts.events import (
@@ -99,8 +100,9 @@ def payload_types() -> list[type[Contract]]:
     return list(seen.values())
 
 
+@cache
 def topic_for(payload: type[Contract]) -> str:
-    """The one topic a payload type is published on."""
+    """The one topic a payload type is published on (asked for every record sent, so remembered)."""
     for spec in TOPICS.values():
         if payload in spec.payloads:
             return spec.name

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from functools import cache
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -25,23 +26,45 @@ Headers = list[tuple[str, bytes]]
 
 
 def cloudevent_headers(event: Contract, source: str, subject: str | None) -> Headers:
-    """Binary-mode CloudEvents attributes, so any CloudEvents tool can route the record."""
+    """Binary-mode CloudEvents attributes, so any CloudEvents tool can route the record.
+
+    Every record sent carries them, so the parts a type and a source always
+    share are encoded once.
+
+    >>> from driftloop.contracts import LabelEvent
+    >>> [name for name, _ in cloudevent_headers(LabelEvent(event_id="e-1", label=1), "driftloop/test", "e-1")]
+    ['ce_specversion', 'ce_id', 'ce_source', 'ce_type', 'ce_time', 'ce_subject', 'content-type']
+    """
     if isinstance(event, Envelope):
         event_id, time = event.event_id, event.occurred_at
-        lineage = {"correlation_id": event.correlation_id, "causation_id": event.causation_id}
     else:
-        event_id, time, lineage = str(getattr(event, "event_id", "")), utcnow(), {}
-    attributes: dict[str, str | None] = {
-        "ce_specversion": "1.0",
-        "ce_id": event_id,
-        "ce_source": source,
-        "ce_type": event.EVENT_TYPE,
-        "ce_time": time.isoformat(),
-        "ce_subject": subject,
-        "content-type": "application/json",
-        **lineage,
-    }
-    return [(k, v.encode()) for k, v in attributes.items() if v is not None]
+        event_id, time = str(getattr(event, "event_id", "")), utcnow()
+    specversion, source_header, type_header, content_type = _constant_headers(type(event).EVENT_TYPE, source)
+    headers = [
+        specversion,
+        ("ce_id", event_id.encode()),
+        source_header,
+        type_header,
+        ("ce_time", time.isoformat().encode()),
+    ]
+    if subject is not None:
+        headers.append(("ce_subject", subject.encode()))
+    headers.append(content_type)
+    if isinstance(event, Envelope):
+        headers.append(("correlation_id", event.correlation_id.encode()))
+        if event.causation_id is not None:
+            headers.append(("causation_id", event.causation_id.encode()))
+    return headers
+
+
+@cache
+def _constant_headers(event_type: str, source: str) -> tuple[tuple[str, bytes], ...]:
+    return (
+        ("ce_specversion", b"1.0"),
+        ("ce_source", source.encode()),
+        ("ce_type", event_type.encode()),
+        ("content-type", b"application/json"),
+    )
 
 
 def deadletter_for(
