@@ -19,4 +19,10 @@ RETRIES = Counter(
     ["service", "stage", "reason"],
 )
 HANDLER_SECONDS = Histogram("driftloop_handler_seconds", "Time to handle one record.", ["service", "topic"])
+POLL_RECORDS = Histogram(
+    "driftloop_poll_records",
+    "Records a consumer loop handled in one poll (each poll costs the broker a produce and a commit).",
+    ["service", "stage"],
+    buckets=(1, 5, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
 CONSUMER_LAG = Gauge("driftloop_consumer_lag", "Records behind the partition end.", ["service", "topic"])

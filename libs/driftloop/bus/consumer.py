@@ -22,7 +22,7 @@ from driftloop.contracts import FieldError, parse_internal
 from driftloop.contracts.events import InternalEvent
 from driftloop.limits import oversized_record, record_head
 from driftloop.logging import get_logger
-from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED, RETRIES
+from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED, POLL_RECORDS, RETRIES
 from driftloop.settings import DriftloopSettings
 
 log = get_logger(__name__)
@@ -254,8 +254,8 @@ class ConsumerLoop:
         attempts: int = 4,
         backoff_seconds: float = 0.2,
         state: StageState | None = None,
-        batch_size: int = 500,
-        linger_seconds: float = 0.0,
+        batch_size: int | None = None,
+        linger_seconds: float | None = None,
         stage: str | None = None,
     ) -> None:
         self.settings = settings
@@ -284,8 +284,8 @@ class ConsumerLoop:
         self.state = state
         #: Names the loop in dead letters and retry metrics; ``service.topic`` by default.
         self.stage = stage
-        self.batch_size = batch_size
-        self.linger_seconds = linger_seconds
+        self.batch_size = batch_size or settings.consumer_batch
+        self.linger_seconds = settings.consumer_linger_ms / 1000 if linger_seconds is None else linger_seconds
         #: Held while a batch is handled and committed; a revocation waits for it.
         self._working = asyncio.Lock()
         #: Counts assignments, so records fetched before one are recognised and read again after it.
@@ -496,6 +496,7 @@ class ConsumerLoop:
                 consumer.pause(tp)
                 continue
             batches[tp] = self._prepare(messages)
+        POLL_RECORDS.labels(self.service, self.stage or self.group).observe(sum(len(m) for m in fetched.values()))
         handled: dict[TopicPartition, _Batch] = {}
         commits: dict[TopicPartition, int] = {}
         try:

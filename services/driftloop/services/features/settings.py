@@ -9,5 +9,5 @@ class FeaturesSettings(StreamSettings):
     offline_batch: int = 500
     offline_flush_seconds: float = 1.0
     #: Events folded per batch, and the longest the first one waits for the rest.
-    compute_batch: int = 500
+    compute_batch: int = 1000
     compute_within: float = 0.05

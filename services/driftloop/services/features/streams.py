@@ -78,7 +78,8 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
                 continue
             views = fresh.setdefault(entity, {})
             for view in config.feature_views:
-                vector = FeatureVector(
+                # Every value comes from a validated event or the entity's state: nothing to validate again.
+                vector = FeatureVector.model_construct(
                     event_id=validated.event_id,
                     correlation_id=validated.correlation_id,
                     causation_id=validated.event_id,
@@ -137,7 +138,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
     loops = {
         name: stage(name, topic, handler, size, linger, state)
         for name, topic, handler, size, linger, state in [
-            ("compute", "events.validated", compute, settings.compute_batch, 0.0, tables),
+            ("compute", "events.validated", compute, settings.compute_batch, settings.compute_within, tables),
             ("offline", "features", append_vectors, settings.offline_batch, flush, None),
             ("labels", "labels", append_labels, settings.offline_batch, flush, None),
         ]
