@@ -275,7 +275,7 @@ async def offered_load(stack: Stack, rate: float, seconds: float, drain: float =
                         result.outcomes += 1
                         latencies.append(m.timestamp / 1000 - started)
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=50, max_batch_size=256 * 1024)
     await producer.start()
     reader = asyncio.create_task(read_outcomes())
     rows = list(applications(int(rate * seconds), seed=5))

@@ -84,8 +84,9 @@ def _served(table: ServingTable, name: str) -> Served:
 
 def _predictions(side: Side, ids: list[str], scores: Scores, entity_id: str | None, own_ids: bool) -> list[Prediction]:
     labels, probabilities = scores
+    # The model's own output for a validated request: built without a second validation.
     return [
-        Prediction(
+        Prediction.model_construct(
             event_id=pid if own_ids else new_event_id(),
             source_event_id=pid,
             entity_id=entity_id,

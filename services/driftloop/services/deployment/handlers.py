@@ -302,7 +302,8 @@ class Predictor:
         if side.role == "challenger":
             await self.rollouts.check_latency(model, side.served.version, time.perf_counter() - started)
         for vector, label, probability in zip(batch, labels, probabilities, strict=True):
-            prediction = Prediction(
+            # A parsed vector and the model's own output: nothing to validate again.
+            prediction = Prediction.model_construct(
                 correlation_id=vector.correlation_id,
                 causation_id=vector.event_id,
                 source_event_id=vector.event_id,

@@ -47,6 +47,8 @@ def create_app(settings: MonitoringSettings | None = None, config: DriftloopConf
                 topics=["predictions", "labels", "features"],
                 group="monitoring-route",
                 batch_handler=Router(runtime.bus, runtime.config, settings.data_rows_per_record),
+                # The join recognises a repeated prediction or label by its entry.
+                dedupe_key=None,
             )
             try:
                 await streams.start(settings)
