@@ -65,7 +65,7 @@ class DriftloopSettings(BaseSettings):
     #: (Tansu about 0.2 ms of CPU), so a stage that handled each trickle of records on its own spent the broker's
     #: time on requests rather than records.
     consumer_batch: int = Field(default=1000, ge=1)
-    consumer_linger_ms: float = Field(default=20.0, ge=0)
+    consumer_linger_ms: float = Field(default=50.0, ge=0)
     #: A consumer with records waiting whose position has not moved for this long is not ready (stalled).
     consumer_stall_seconds: float = 60.0
     #: While a dependency is down, a consumer retries after this long, doubling each time up to the cap below.
