@@ -24,12 +24,14 @@ import orjson
 
 from driftloop.bus import Bus, PoisonMessage, Record
 from driftloop.config import DriftloopConfig, LabelSpec
-from driftloop.contracts import FeatureVector, Prediction
+from driftloop.contracts import Prediction
 from driftloop.services.monitoring.datadrift import PREDICTION, PROBABILITY
 from driftloop.services.monitoring.datawatch import FEATURES, PREDICTIONS, Row, RowBatch, Source
 from driftloop.services.monitoring.join import JoinRecord, LabelRecord, PredictionRecord
 from driftloop.validation import Invalid, validate_label
 
+#: The types a feature value may have in a row (JSON's scalars); None is a missing value.
+_SCALARS = (bool, int, float, str)
 #: Monitoring's own topic of join records, keyed by event id.
 JOIN_TOPIC = "driftloop-monitoring-join"
 #: Monitoring's own topic of data-drift rows, keyed by model.
@@ -113,12 +115,20 @@ class Router:
         return prediction_record(prediction)
 
     def feature_rows(self, record: Record, rows: dict[tuple[Source, str, int], list[Row]]) -> None:
-        """The vector as a row of every model that reads its view, with that model's features only. A vector
-        that does not parse is skipped: deployment, which scores this topic, dead-letters it."""
+        """The vector as a row of every model that reads its view, with that model's features only.
+
+        Only the view and the features are read, without the contract's full
+        validation: a vector that does not fit is dead-lettered by deployment,
+        which scores this topic, and here a value that is not a scalar is
+        simply missing from the row.
+        """
         try:
-            vector = record.parse(FeatureVector)
-        except PoisonMessage:
+            vector = orjson.loads(record.value)
+            view, features = vector["feature_view"], vector["features"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
             return
-        for model, names in self.views.get(vector.feature_view, []):
-            row: Row = (record.offset, None, {n: vector.features.get(n) for n in names})
-            rows.setdefault((FEATURES, model, record.partition), []).append(row)
+        if not isinstance(features, dict):
+            return
+        for model, names in self.views.get(view, []) if isinstance(view, str) else []:
+            values = {n: v if isinstance(v, _SCALARS) else None for n in names for v in (features.get(n),)}
+            rows.setdefault((FEATURES, model, record.partition), []).append((record.offset, None, values))
