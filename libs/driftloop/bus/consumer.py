@@ -496,7 +496,8 @@ class ConsumerLoop:
                 consumer.pause(tp)
                 continue
             batches[tp] = self._prepare(messages)
-        POLL_RECORDS.labels(self.service, self.stage or self.group).observe(sum(len(m) for m in fetched.values()))
+        stage = self.stage or self.group.removeprefix(self.settings.topic_prefix)
+        POLL_RECORDS.labels(self.service, stage).observe(sum(len(m) for m in fetched.values()))
         handled: dict[TopicPartition, _Batch] = {}
         commits: dict[TopicPartition, int] = {}
         try:
