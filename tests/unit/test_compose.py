@@ -407,12 +407,17 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard_folder() -> No
 
 
 def declared_metrics() -> set[str]:
-    pattern = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*[\"'](driftloop_\w+)[\"']")
+    """The driftloop_* metrics the code declares and also sets somewhere: a declared metric nothing sets
+    exports nothing, and a panel on it would stay empty for good."""
+    declaration = re.compile(r"\b(\w+)\s*=\s*(?:Counter|Gauge|Histogram|Summary)\(\s*[\"'](driftloop_\w+)[\"']")
+    sources = [
+        path.read_text() for folder in ("contracts", "libs", "services") for path in (ROOT / folder).rglob("*.py")
+    ]
+    code = "\n".join(sources)
     return {
         name
-        for folder in ("contracts", "libs", "services")
-        for path in (ROOT / folder).rglob("*.py")
-        for name in pattern.findall(path.read_text())
+        for variable, name in declaration.findall(code)
+        if re.search(rf"\b{variable}\.(?:labels|set|inc|dec|observe)\(", code)
     }
 
 

@@ -22,7 +22,7 @@ from driftloop.contracts import FieldError, parse_internal
 from driftloop.contracts.events import InternalEvent
 from driftloop.limits import oversized_record, record_head
 from driftloop.logging import get_logger
-from driftloop.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED, POLL_RECORDS, RETRIES
+from driftloop.metrics import CONSUMER_LAG, HANDLER_SECONDS, MESSAGES_CONSUMED, POLL_RECORDS, RETRIES
 from driftloop.settings import DriftloopSettings
 
 log = get_logger(__name__)
@@ -375,13 +375,20 @@ class ConsumerLoop:
         return True
 
     async def _observe(self, consumer: AIOKafkaConsumer) -> None:
-        """Record the durable position and the end offset of every assigned partition that has been fetched."""
+        """Record the durable position and the end offset of every assigned partition that has been fetched,
+        and the records waiting per topic (``driftloop_consumer_lag``; each replica its own partitions')."""
         now = time.monotonic()
         self._polled_at = now
+        lags = dict.fromkeys(self.topics, 0)
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
             if end is not None:
-                self.progress.observe(tp, position=await consumer.position(tp), end=end, now=now)
+                position = await consumer.position(tp)
+                self.progress.observe(tp, position=position, end=end, now=now)
+                topic = tp.topic.removeprefix(self.settings.topic_prefix)
+                lags[topic] = lags.get(topic, 0) + max(0, end - position)
+        for topic, lag in lags.items():
+            CONSUMER_LAG.labels(self.service, topic).set(lag)
 
     async def _run(self) -> None:
         assert self._consumer is not None
