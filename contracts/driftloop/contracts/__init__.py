@@ -6,7 +6,7 @@ hand-written.
 """
 
 from driftloop.contracts.catalog import TOPICS, TopicSpec, payload_types, topic_for
-from driftloop.contracts.envelope import Contract, Envelope, ProducerContract, new_event_id, utcnow
+from driftloop.contracts.envelope import Contract, Envelope, ProducerContract, new_event_id, new_event_ids, utcnow
 from driftloop.contracts.events import (
     DataEvent,
     DeadLetter,
@@ -62,6 +62,7 @@ __all__ = [
     "TrainingRunCompleted",
     "TrainingRunFailed",
     "new_event_id",
+    "new_event_ids",
     "parse_internal",
     "payload_types",
     "topic_for",

@@ -9,6 +9,7 @@ caused this one.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -22,6 +23,22 @@ def utcnow() -> datetime:
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_event_ids(count: int) -> list[str]:
+    """``count`` ids of the form ``new_event_id`` gives (random UUID4s, as hex), from one read of the
+    system's randomness: a prediction request of a hundred rows made a hundred reads, a tenth of its time.
+
+    >>> ids = new_event_ids(3)
+    >>> len(set(ids)), [uuid.UUID(i).version for i in ids], all(len(i) == 32 for i in ids)
+    (3, [4, 4, 4], True)
+    """
+    raw = bytearray(os.urandom(16 * count))
+    for start in range(0, len(raw), 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # the RFC 4122 variant
+    digits = raw.hex()
+    return [digits[start : start + 32] for start in range(0, len(digits), 32)]
 
 
 class Contract(BaseModel):

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
-from driftloop.contracts import Prediction, new_event_id
+from driftloop.contracts import Prediction, new_event_ids, utcnow
 from driftloop.contracts.events import Features, LabelValue
 from driftloop.http import READ
 from driftloop.logging import get_logger
@@ -83,11 +83,17 @@ def _served(table: ServingTable, name: str) -> Served:
 
 
 def _predictions(side: Side, ids: list[str], scores: Scores, entity_id: str | None, own_ids: bool) -> list[Prediction]:
+    """The model's own output for a request, with every field given: a default factory costs more than
+    validating all of them (pydantic 2.14). A REST prediction starts its own story: its id is its correlation
+    id."""
     labels, probabilities = scores
-    # The model's own output for a validated request: built without a second validation.
+    event_ids = ids if own_ids else new_event_ids(len(ids))
+    now = utcnow()
     return [
-        Prediction.model_construct(
-            event_id=pid if own_ids else new_event_id(),
+        Prediction(
+            event_id=event_id,
+            correlation_id=pid,
+            occurred_at=now,
             source_event_id=pid,
             entity_id=entity_id,
             model_name=side.served.model_name,
@@ -98,7 +104,7 @@ def _predictions(side: Side, ids: list[str], scores: Scores, entity_id: str | No
             prediction=label,
             probability=p,
         )
-        for pid, label, p in zip(ids, labels, probabilities, strict=True)
+        for pid, event_id, label, p in zip(ids, event_ids, labels, probabilities, strict=True)
     ]
 
 
@@ -135,7 +141,7 @@ async def _predict(
     A staged rollout routes the whole request by ``entity_id``, or by its
     first prediction id when the caller gives none (a random split).
     """
-    ids = [new_event_id() for _ in instances]
+    ids = new_event_ids(len(instances))
     sides = table.sides(name, entity_id or ids[0])
     if not sides:
         _served(table, name)

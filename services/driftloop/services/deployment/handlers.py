@@ -24,7 +24,9 @@ from driftloop.contracts import (
     RolloutCompleted,
     RolloutStarted,
     RolloutStepped,
+    new_event_ids,
     parse_internal,
+    utcnow,
 )
 from driftloop.logging import get_logger
 from driftloop.modeling import ModelArtifact
@@ -301,9 +303,13 @@ class Predictor:
         labels, probabilities = await asyncio.to_thread(side.served.artifact.predict, [v.features for v in batch])
         if side.role == "challenger":
             await self.rollouts.check_latency(model, side.served.version, time.perf_counter() - started)
-        for vector, label, probability in zip(batch, labels, probabilities, strict=True):
-            # A parsed vector and the model's own output: nothing to validate again.
-            prediction = Prediction.model_construct(
+        now = utcnow()
+        event_ids = new_event_ids(len(batch))
+        for vector, event_id, label, probability in zip(batch, event_ids, labels, probabilities, strict=True):
+            # Every field is given: a default factory costs more than validating all of them (pydantic 2.14).
+            prediction = Prediction(
+                event_id=event_id,
+                occurred_at=now,
                 correlation_id=vector.correlation_id,
                 causation_id=vector.event_id,
                 source_event_id=vector.event_id,

@@ -10,7 +10,7 @@ from typing import Any
 from driftloop.artifacts import ArtifactStore
 from driftloop.bus import Bus, ConsumerLoop, PoisonMessage, Record
 from driftloop.config import DriftloopConfig
-from driftloop.contracts import EventValidated, FeatureVector, LabelEvent
+from driftloop.contracts import EventValidated, FeatureVector, LabelEvent, utcnow
 from driftloop.offline import OfflineStore, view_feature_types
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
@@ -64,6 +64,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
     async def compute(records: list[Record]) -> Rejected:
         """Fold a batch into the entities' state: each entity's state is read and written once per batch."""
         batch, rejected = parsed(records, EventValidated)
+        now = utcnow()
         states: dict[str, EntityState] = {}
         latest: dict[str, dict[str, Any]] = {}
         fresh: dict[str, dict[str, FeatureVector]] = {}
@@ -81,6 +82,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
                 # Every value comes from a validated event or the entity's state: nothing to validate again.
                 vector = FeatureVector.model_construct(
                     event_id=validated.event_id,
+                    occurred_at=now,
                     correlation_id=validated.correlation_id,
                     causation_id=validated.event_id,
                     entity_id=entity,

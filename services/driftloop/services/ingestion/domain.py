@@ -83,15 +83,17 @@ def validate_event(payload: Any, schema: DatasetSchema, now: datetime) -> DataEv
     return event
 
 
-def validated(event: DataEvent) -> EventValidated:
-    """The event as the rest of the system sees it; its ``event_id`` stays the producer's.
+def validated(event: DataEvent, now: datetime) -> EventValidated:
+    """The event as the rest of the system sees it, validated at ``now``; its ``event_id`` stays the producer's.
 
     Built without validating again: every value comes from a validated
     ``DataEvent``, and a second validation of each event cost ingestion more
-    than its own checks.
+    than its own checks. Every field is given, because pydantic inspects a
+    default factory's signature at each ``model_construct``.
     """
     return EventValidated.model_construct(
         event_id=event.event_id,
+        occurred_at=now,
         correlation_id=event.event_id,
         entity_id=event.entity_id,
         event_time=event.event_time,

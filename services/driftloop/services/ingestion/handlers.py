@@ -43,5 +43,5 @@ class RawEventHandler:
             except Invalid as exc:
                 rejected.append((record, PoisonMessage(str(exc), exc.errors)))
                 continue
-            await self.bus.publish(validated(event), key=event.entity_id, wait=False)
+            await self.bus.publish(validated(event, now), key=event.entity_id, wait=False)
         return rejected
