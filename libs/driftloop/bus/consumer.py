@@ -304,7 +304,6 @@ class ConsumerLoop:
             rebalance_timeout_ms=self.settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=min(3000, self.settings.kafka_session_timeout_ms // 3),
             client_id=f"driftloop-{self.service}",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         self._consumer.subscribe([self.settings.topic(t) for t in self.topics], listener=_Membership(self))
         # Joining a group can take seconds (longer after a restart); the service answers HTTP meanwhile.
