@@ -20,6 +20,8 @@ so a client (or a test) can read what each operation needs.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -27,6 +29,8 @@ from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, HTTPException, Request, Response, Security, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.params import Security as SecurityParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -190,6 +194,11 @@ def require(role: Role) -> Any:
 READ = require(Role.viewer)
 
 
+def _json_number(value: float) -> float | str:
+    """A float as JSON can hold it: ``Infinity`` and ``NaN``, which Python's parser reads from a body, as text."""
+    return value if math.isfinite(value) else json.dumps(value)
+
+
 def service_app(
     name: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
@@ -210,6 +219,12 @@ def service_app(
     app = FastAPI(title=f"driftloop {name}", lifespan=guarded, max_body_size=settings.max_body_bytes, **kwargs)
     app.add_middleware(JsonLimits, max_depth=settings.max_json_depth, max_items=settings.max_batch)
     app.state.gatekeeper = gatekeeper
+
+    @app.exception_handler(RequestValidationError)
+    async def unprocessable(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each refused input and cannot render an Infinity a body sent: a 500.
+        detail = jsonable_encoder(exc.errors(), custom_encoder={float: _json_number})
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(KafkaError)
     async def broker_refused(_request: Request, exc: KafkaError) -> JSONResponse:
