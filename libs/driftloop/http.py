@@ -28,7 +28,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI, HTTPException, Request, Response, Security, status
+from fastapi import FastAPI, HTTPException, Query, Request, Response, Security, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Security as SecurityParam
@@ -192,6 +192,13 @@ def require(role: Role) -> Any:
 
 #: The dependency of every reading endpoint.
 READ = require(Role.viewer)
+
+#: The most rows one listing answers with, as MLflow bounds its ``max_results``. Past it, or below 1, a
+#: ``limit`` is a 422 naming it: unbounded, a 2**70 reached the database, which cannot hold it (a 500).
+MAX_LIMIT = 10_000
+
+#: The ``limit`` query parameter of every listing.
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"How many rows, newest first; at most {MAX_LIMIT}.")]
 
 
 def _json_number(value: float) -> float | str:

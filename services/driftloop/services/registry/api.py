@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from driftloop.auth import Identity, Role
 from driftloop.config import PromotionPolicy, RolloutPolicy
 from driftloop.db import OutboxRelay
-from driftloop.http import READ, require
+from driftloop.http import READ, Limit, require
 from driftloop.services.registry.domain import ALIAS_PATTERN
 from driftloop.services.registry.store import Conflict, ModelVersion, NotFound, Registry
 
@@ -52,6 +52,10 @@ PolicyDep = Annotated[PromotionPolicy, Depends(get_policy)]
 Operator = Annotated[Identity, require(Role.operator)]
 Approver = Annotated[Identity, require(Role.approver)]
 AliasName = Annotated[str, Path(pattern=ALIAS_PATTERN)]
+#: Versions are 32-bit integers in the database (PostgreSQL's INTEGER), so no larger number names one; bounded
+#: here, a 2**70 is a 422 naming the field instead of a number SQLite cannot bind (a 500).
+MAX_VERSION = 2**31 - 1
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 
 class ModelSummary(BaseModel):
@@ -109,7 +113,7 @@ class DecisionBody(BaseModel):
 
 
 class AliasBody(BaseModel):
-    version: int
+    version: int = Field(ge=1, le=MAX_VERSION)
     reason: str = ""
 
 
@@ -189,7 +193,12 @@ def _http_errors() -> Iterator[None]:
 
 @router.post("/models/{name}/versions/{version}/promote")
 async def promote(
-    who: Operator, name: str, version: int, registry: RegistryDep, relay: RelayDep, body: ChangeBody | None = None
+    who: Operator,
+    name: str,
+    version: VersionNumber,
+    registry: RegistryDep,
+    relay: RelayDep,
+    body: ChangeBody | None = None,
 ) -> VersionView:
     """Make a version champion by hand; the same path, audit row and event as a gate promotion."""
     body = body or ChangeBody()
@@ -252,7 +261,7 @@ async def get_pin(name: str, registry: RegistryDep) -> PinView:
 
 
 @router.get("/audit", dependencies=[READ])
-async def audit(registry: RegistryDep, model: str | None = None, limit: int = 200) -> list[AuditView]:
+async def audit(registry: RegistryDep, model: str | None = None, limit: Limit = 200) -> list[AuditView]:
     return [AuditView.model_validate(e, from_attributes=True) for e in registry.audit(model, limit)]
 
 
@@ -279,7 +288,7 @@ async def approvals(registry: RegistryDep, policy: PolicyDep, model: str | None 
 async def approve(
     who: Approver,
     name: str,
-    version: int,
+    version: VersionNumber,
     body: DecisionBody,
     registry: RegistryDep,
     relay: RelayDep,
@@ -298,7 +307,7 @@ async def approve(
 
 @router.post("/models/{name}/versions/{version}/reject")
 async def reject(
-    who: Approver, name: str, version: int, body: DecisionBody, registry: RegistryDep, relay: RelayDep
+    who: Approver, name: str, version: VersionNumber, body: DecisionBody, registry: RegistryDep, relay: RelayDep
 ) -> VersionView:
     """Refuse a waiting version; the loop reads it as a rejected challenger, its drift still unresolved."""
     with _http_errors(), registry.session() as s:

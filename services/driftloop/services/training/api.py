@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from driftloop.auth import Identity, Role
 from driftloop.contracts import RetrainRequested
-from driftloop.http import READ, require
+from driftloop.http import READ, Limit, require
 from driftloop.runtime import Runtime
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.services.training.store import RunStore
@@ -73,7 +73,7 @@ async def retrain(
 
 
 @router.get("/runs", dependencies=[READ])
-async def list_runs(runs: RunsDep, model: str | None = None, limit: int = 100) -> list[RunView]:
+async def list_runs(runs: RunsDep, model: str | None = None, limit: Limit = 100) -> list[RunView]:
     return [RunView.model_validate(r, from_attributes=True) for r in runs.list(model, limit)]
 
 
