@@ -35,6 +35,7 @@ from fastapi.params import Security as SecurityParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AfterValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftloop.auth import Identity, Role, allows, token_hash, token_id_of
@@ -199,6 +200,35 @@ MAX_LIMIT = 10_000
 
 #: The ``limit`` query parameter of every listing.
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"How many rows, newest first; at most {MAX_LIMIT}.")]
+
+
+#: Why a NUL character is refused where the database would see it: PostgreSQL's text cannot hold one, and its
+#: driver raises before the query runs (a 500), while SQLite would have stored it.
+NUL_REFUSED = "holds a NUL character, which the database cannot store"
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(NUL_REFUSED)
+    return value
+
+
+#: A body's text that a service writes to its database (a reason in the audit log).
+StoredText = Annotated[str, AfterValidator(_storable)]
+
+
+async def stored_parameters(request: Request) -> None:
+    """Refuses a request whose path or query holds a NUL, on routers whose endpoints look their parameters up
+    in the database: a 422 naming the parameter."""
+    values = [("path", request.path_params.items()), ("query", request.query_params.multi_items())]
+    errors = [
+        {"type": "value_error", "loc": (where, name), "msg": NUL_REFUSED, "input": value}
+        for where, pairs in values
+        for name, value in pairs
+        if "\x00" in value
+    ]
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def _json_number(value: float) -> float | str:

@@ -17,11 +17,11 @@ from pydantic import BaseModel, Field
 from driftloop.auth import Identity, Role
 from driftloop.config import PromotionPolicy, RolloutPolicy
 from driftloop.db import OutboxRelay
-from driftloop.http import READ, Limit, require
+from driftloop.http import READ, Limit, StoredText, require, stored_parameters
 from driftloop.services.registry.domain import ALIAS_PATTERN
 from driftloop.services.registry.store import Conflict, ModelVersion, NotFound, Registry
 
-router = APIRouter(prefix="/v1", tags=["registry"])
+router = APIRouter(prefix="/v1", tags=["registry"], dependencies=[Depends(stored_parameters)])
 
 
 def get_registry(request: Request) -> Registry:
@@ -103,18 +103,18 @@ class AuditView(BaseModel):
 class ChangeBody(BaseModel):
     """Why; who is the caller's token, not anything the body says."""
 
-    reason: str = ""
+    reason: StoredText = ""
 
 
 class DecisionBody(BaseModel):
     """An approval or rejection must say why: the reason is the audit's record of the person's judgement."""
 
-    reason: str = Field(min_length=1)
+    reason: StoredText = Field(min_length=1)
 
 
 class AliasBody(BaseModel):
     version: int = Field(ge=1, le=MAX_VERSION)
-    reason: str = ""
+    reason: StoredText = ""
 
 
 class ApprovalView(BaseModel):

@@ -25,13 +25,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from driftloop.http import READ
+from driftloop.http import READ, stored_parameters
 from driftloop.services.registry.store import ModelVersion, Registry
 
-router = APIRouter(prefix="/api/2.0/mlflow", tags=["mlflow"], dependencies=[READ])
+router = APIRouter(prefix="/api/2.0/mlflow", tags=["mlflow"], dependencies=[READ, Depends(stored_parameters)])
 
 STAGES = {
     "champion": "Production",

@@ -10,12 +10,12 @@ from pydantic import BaseModel
 
 from driftloop.auth import Identity, Role
 from driftloop.contracts import RetrainRequested
-from driftloop.http import READ, Limit, require
+from driftloop.http import READ, Limit, require, stored_parameters
 from driftloop.runtime import Runtime
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.services.training.store import RunStore
 
-router = APIRouter(prefix="/v1", tags=["training"])
+router = APIRouter(prefix="/v1", tags=["training"], dependencies=[Depends(stored_parameters)])
 
 
 def get_runtime(request: Request) -> Runtime[TrainingSettings]:
