@@ -170,7 +170,8 @@ async def test_micro_batched_requests_share_model_calls_and_each_gets_its_own_ro
     await bus.publish(_promoted(1, _artifact(settings, "r1", constant=1)), MODEL)
     deployment = DeploymentSettings(**settings.model_dump(), predict_batch_rows=64, predict_batch_wait_ms=50)
     requests = [[190_000.0 if (i + j) % 2 else 10_000.0 for j in range(1 + i % 3)] for i in range(16)]
-    # A row without its loan is NaN to the linear model, which rejects it: that request alone must fail.
+    # A row without its loan is NaN to the linear model, which rejects it: that request alone must fail, with a
+    # 422 naming the feature.
     without_loan = {k: v for k, v in APPLICATION.items() if k != "loan"}
     url = f"/v1/models/{MODEL}/predict"
     async with running(create_app(deployment)) as client:
@@ -191,7 +192,8 @@ async def test_micro_batched_requests_share_model_calls_and_each_gets_its_own_ro
         assert [r.json()["predictions"] for r in answers if isinstance(r, httpx.Response)] == [
             [int(x > 100_000) for x in loans] for loans in requests
         ]
-    assert isinstance(rejected, ValueError) and "NaN" in str(rejected)
+    assert isinstance(rejected, httpx.Response) and rejected.status_code == 422
+    assert [error["loc"] for error in rejected.json()["detail"]] == [["body", "instances", 0, "loan"]]
     records = await read_topic(settings, "predictions", 2 * sum(map(len, requests)))
     answered = [r for r in [*responses, *alongside] if isinstance(r, httpx.Response)]
     assert sorted(r.key or "" for r in records) == sorted(i for r in answered for i in r.json()["prediction_ids"])

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from driftloop.contracts import Prediction, new_event_ids, utcnow
-from driftloop.contracts.events import Features, LabelValue
+from driftloop.contracts.events import Features, FeatureValue, LabelValue
 from driftloop.http import READ
 from driftloop.logging import get_logger
 from driftloop.services.deployment.domain import Served, ServingTable, Side
@@ -49,9 +51,25 @@ RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
+def _finite(value: FeatureValue) -> FeatureValue:
+    """No model scores an infinite number, and a body can hold one: ``Infinity``, ``1e400`` or a 400-digit integer."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise ValueError("not a finite number")
+    return value
+
+
+#: A feature's value in a request: what an event may carry, and a number only when it is finite.
+RequestValue = Annotated[FeatureValue, AfterValidator(_finite)]
+
+
 class PredictRequest(BaseModel):
     #: How many is bounded for every request by ``max_batch`` (driftloop.http), before this model is built.
-    instances: list[Features] = Field(min_length=1)
+    instances: list[dict[str, RequestValue]] = Field(min_length=1)
 
 
 class PredictResponse(BaseModel):
@@ -108,9 +126,26 @@ def _predictions(side: Side, ids: list[str], scores: Scores, entity_id: str | No
     ]
 
 
+def _refused(served: Served, instances: list[Features], exc: ValueError) -> HTTPException:
+    """The model refused the rows: a 422 naming each feature the rows lack, the usual cause (NaN, which a
+    logistic regression cannot take); else one giving the model's own reason."""
+    reason = str(exc).partition("\n")[0]
+    model = f"version {served.version} of {served.model_name!r}"
+    detail = [
+        {"loc": ["body", "instances", index, name], "msg": f"missing, and {model} cannot do without it ({reason})"}
+        for index, row in enumerate(instances)
+        for name in served.artifact.feature_names
+        if row.get(name) is None
+    ] or [{"loc": ["body", "instances"], "msg": f"{model} cannot score these rows: {reason}"}]
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{**d, "type": "value_error"} for d in detail])
+
+
 async def _score(serving: Serving, rollouts: Rollouts, side: Side, instances: list[Features]) -> Scores:
     started = time.perf_counter()
-    scores = await serving.score(side.served, instances)
+    try:
+        scores = await serving.score(side.served, instances)
+    except ValueError as exc:
+        raise _refused(side.served, instances, exc) from exc
     if side.role == "challenger":
         await rollouts.check_latency(side.served.model_name, side.served.version, time.perf_counter() - started)
     return scores
@@ -191,9 +226,15 @@ class InferTensor(BaseModel):
     data: list[Any]
 
 
+class InferInput(InferTensor):
+    """A feature's column: one value per row, each a value a feature may hold."""
+
+    data: list[RequestValue] = Field(min_length=1)
+
+
 class InferRequest(BaseModel):
     id: str | None = None
-    inputs: list[InferTensor] = Field(min_length=1)
+    inputs: list[InferInput] = Field(min_length=1)
 
 
 class InferResponse(BaseModel):
@@ -209,6 +250,11 @@ async def infer(
 ) -> InferResponse:
     """Open Inference Protocol v2: one 1-D input tensor per feature, named after the feature."""
     _served(table, name)
+    if twice := sorted(feature for feature, n in Counter(t.name for t in body.inputs).items() if n > 1):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body", "inputs"], "msg": f"one tensor per feature; more than one for {twice}"}],
+        )
     sizes = {t.name: len(t.data) for t in body.inputs}
     if len(set(sizes.values())) != 1:
         raise HTTPException(
