@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel
 
 from driftloop.auth import Role
-from driftloop.contracts import utcnow
+from driftloop.contracts import DataEvent, LabelEvent, ProducerContract, utcnow
 from driftloop.http import require
 from driftloop.runtime import Runtime
 from driftloop.services.ingestion.domain import TooMany, split_body, validate_event
@@ -41,6 +41,21 @@ def _detail(index: int | None, exc: Invalid) -> list[dict[str, Any]]:
     return [{"loc": [*where, *e.field.split(".")], "msg": e.message, "type": "value_error"} for e in exc.errors]
 
 
+def _body(contract: type[ProducerContract]) -> dict[str, Any]:
+    """The request body as the OpenAPI document shows it: the endpoint parses it itself (one object, an array,
+    or NDJSON), so FastAPI cannot derive it, and without it a client (or schemathesis) sees no body at all."""
+    one = contract.model_json_schema()
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"anyOf": [one, {"type": "array", "items": one}]}},
+                "application/x-ndjson": {},
+            },
+        }
+    }
+
+
 async def _items(request: Request, limit: int) -> list[Any]:
     try:
         return split_body(await request.body(), request.headers.get("content-type", ""), limit)
@@ -54,7 +69,7 @@ async def _items(request: Request, limit: int) -> list[Any]:
     "/events",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[require(Role.producer)],
-    openapi_extra={"requestBody": {"content": {"application/json": {"schema": {}}, "application/x-ndjson": {}}}},
+    openapi_extra=_body(DataEvent),
 )
 async def post_events(request: Request, runtime: RuntimeDep) -> Accepted:
     """Accept one event, a JSON array or NDJSON; all-or-nothing, so a 422 means nothing was sent."""
@@ -72,7 +87,12 @@ async def post_events(request: Request, runtime: RuntimeDep) -> Accepted:
     return Accepted(accepted=len(events), event_ids=[e.event_id for e in events])
 
 
-@router.post("/labels", status_code=status.HTTP_202_ACCEPTED, dependencies=[require(Role.producer)])
+@router.post(
+    "/labels",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[require(Role.producer)],
+    openapi_extra=_body(LabelEvent),
+)
 async def post_labels(request: Request, runtime: RuntimeDep) -> Accepted:
     items = await _items(request, runtime.settings.max_batch)
     labels, errors = [], []
