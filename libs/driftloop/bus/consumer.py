@@ -226,14 +226,18 @@ def as_record(msg: ConsumerRecord[bytes, bytes], prefix: str) -> Record:
 
 
 def record_time(timestamp_ms: int | None) -> datetime | None:
-    """A Kafka record timestamp as a datetime; records of old message formats carry none (-1).
+    """A Kafka record timestamp as a datetime; records of old message formats carry none (-1), and one no
+    datetime can hold (past the year 9999: any producer may set the field) counts as none.
 
-    >>> record_time(1_700_000_000_000).isoformat(), record_time(-1)
-    ('2023-11-14T22:13:20+00:00', None)
+    >>> record_time(1_700_000_000_000).isoformat(), record_time(-1), record_time(2**62)
+    ('2023-11-14T22:13:20+00:00', None, None)
     """
     if timestamp_ms is None or timestamp_ms < 0:
         return None
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 class ConsumerLoop:
