@@ -25,14 +25,14 @@ def _app(service: str, settings: DriftloopSettings, read_access: str) -> FastAPI
 
 
 def _settings_class(service: str) -> type[ServiceSettings]:
+    """The settings class the service's own module defines (it may import a base, such as StreamSettings)."""
     settings_module = importlib.import_module(f"driftloop.services.{service}.settings")
     return next(
         value
-        for name, value in vars(settings_module).items()
-        if name.endswith("Settings")
-        and isinstance(value, type)
+        for value in vars(settings_module).values()
+        if isinstance(value, type)
         and issubclass(value, ServiceSettings)
-        and value is not ServiceSettings
+        and value.__module__ == settings_module.__name__
     )
 
 
