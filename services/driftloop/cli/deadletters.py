@@ -16,7 +16,6 @@ from driftloop.contracts import DeadLetter
 from driftloop.settings import DriftloopSettings
 
 deadletters_app = typer.Typer(help="The dead-letter topic: list rejected records, replay them once fixed.")
-console = Console()
 
 Topic = Annotated[str | None, typer.Option(help="Only letters whose record came from this topic.")]
 Reason = Annotated[str | None, typer.Option(help="Only letters whose reason contains this text (any case).")]
@@ -49,7 +48,8 @@ def list_letters(topic: Topic = None, reason: Reason = None, since: Since = None
             letter.original_event_id or "",
             letter.reason if replayable(letter) else f"{letter.reason} (payload truncated: not replayable)",
         )
-    console.print(table)
+    # Made when the command runs, so the table is as wide as the terminal (or COLUMNS) is then.
+    Console().print(table)
 
 
 @deadletters_app.command("replay")
@@ -72,7 +72,7 @@ def replay(topic: Topic = None, reason: Reason = None, since: Since = None, unti
     replayed = asyncio.run(send()) if letters else 0
     skipped = len(letters) - replayed
     note = f" ({skipped} truncated, left alone)" if skipped else ""
-    console.print(f"replayed {replayed} of {len(letters)} dead letters{note}")
+    Console().print(f"replayed {replayed} of {len(letters)} dead letters{note}")
 
 
 def register(app: typer.Typer) -> None:
