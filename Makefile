@@ -21,12 +21,16 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(BIN)/driftloop up
 
+# Two tests at a time (pytest-xdist, each worker with its own broker): most of the suite waits on brokers and
+# group joins rather than on the CPU.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The second broker tier: the integration and end-to-end suites on Apache Kafka (KRaft), jars fetched with Maven.
 test-kafka: $(STAMP)
-	DRIFTLOOP_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration tests/e2e
+	DRIFTLOOP_TEST_BROKER=kafka $(BIN)/python -m pytest -n $(TEST_WORKERS) tests/integration tests/e2e
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit contracts libs services
