@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -320,6 +321,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
     async def on_outcomes(records: list[Record]) -> Rejected:
         touched: dict[str, ModelTrack] = {}
         rejected: Rejected = []
+        counted: Counter[tuple[str, bool]] = Counter()
         drifts: list[DriftDetected] = []
         unresolved: list[DriftUnresolved] = []
         rollouts: list[RolloutStarted | RolloutStepped | RolloutCompleted | RolloutAborted] = []
@@ -350,11 +352,13 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
             if not track.fresh(outcome):
                 continue
             detected = track.apply(outcome)
-            OUTCOMES.labels(outcome.model, str(outcome.correct).lower()).inc()
+            counted[(outcome.model, outcome.correct)] += 1
             if detected is not None:
                 drift = drift_event(outcome.model, detected)
                 drifts.append(drift)
                 track.drifts = [*track.drifts, drift.model_dump(mode="json")][-_KEPT_DRIFTS:]
+        for (model, correct), count in counted.items():
+            OUTCOMES.labels(model, str(correct).lower()).inc(count)
         looked_at = datetime.fromtimestamp(time.time(), UTC)
         for model, track in touched.items():
             progress = track.look(config.rollout_for(model), looked_at)
