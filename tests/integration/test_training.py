@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import datetime, timedelta
 
+from prometheus_client import REGISTRY
 from river.datasets import synth
 
 from driftloop.artifacts import open_store, read_verified
@@ -15,6 +16,7 @@ from driftloop.config import TrainingPolicy, load_config
 from driftloop.contracts import (
     DriftDetected,
     FeatureVector,
+    RetrainRequested,
     TrainingRunCompleted,
     TrainingRunFailed,
     parse_internal,
@@ -26,6 +28,7 @@ from driftloop.reference import ReferenceSample
 from driftloop.services.training.main import create_app
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.settings import DriftloopSettings
+from tests.fixtures.postgres import PostgresServer
 from tests.support import issue_token, read_topic, running
 
 MODEL = "loan-approval"
@@ -139,3 +142,54 @@ async def test_manual_retrain_travels_over_kafka_and_a_run_without_enough_data_f
         one = await client.get(f"/v1/runs/{runs[0]['run_id']}")
         assert one.json()["error"] == failed[0].error
         assert (await client.get("/v1/runs/missing")).status_code == 404
+
+
+def _worker_retries() -> float:
+    labels = {"service": "training", "stage": "training.worker", "reason": "database"}
+    return REGISTRY.get_sample_value("driftloop_retries_total", labels) or 0.0
+
+
+async def test_a_run_under_way_waits_out_a_database_outage_and_completes_once(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    database = PostgresServer()
+    database.create()
+    training = TrainingSettings(
+        **{
+            **settings.model_dump(),
+            "database_url": database.url,
+            "data_poll_seconds": 0.2,
+            "retry_backoff_seconds": 0.1,
+            "retry_backoff_max_seconds": 0.5,
+        }
+    )
+    try:
+        async with running(create_app(training)) as client:
+            await bus.publish(RetrainRequested(model_name=MODEL, reason="manual", requested_by="ops"), MODEL)
+            for _ in range(100):
+                runs = (await client.get("/v1/runs")).json()
+                if runs and runs[0]["status"] == "waiting_for_data":
+                    break
+                await asyncio.sleep(0.2)
+            assert [r["status"] for r in runs] == ["waiting_for_data"]
+
+            # The database goes away while the run waits for its rows, and the rows arrive meanwhile.
+            retries_before = _worker_retries()
+            database.stop()
+            try:
+                for _ in range(100):
+                    if _worker_retries() >= retries_before + 3:
+                        break
+                    await asyncio.sleep(0.2)
+                _fill_offline_store(settings, 1800)
+            finally:
+                database.start()
+
+            runs = await _runs(client, 1)
+            announced = [parse_internal(r.value) for r in await read_topic(settings, "training.runs", 1)]
+    finally:
+        database.remove()
+    assert [r["status"] for r in runs] == ["completed"]
+    assert [type(e) for e in announced] == [TrainingRunCompleted]
+    assert announced[0].run_id == runs[0]["run_id"] and announced[0].data_window.rows == 1800
+    assert _worker_retries() >= retries_before + 3, "the worker never met the outage"

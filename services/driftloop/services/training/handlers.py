@@ -24,11 +24,13 @@ from threadpoolctl import threadpool_limits
 
 from driftloop.artifacts import ArtifactStore, sha256_hex
 from driftloop.bus import Record
+from driftloop.bus.faults import backoff_delay, classify
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import DriftDetected, RetrainRequested, TrainingRunCompleted, TrainingRunFailed, utcnow
 from driftloop.contracts.events import DataWindow
 from driftloop.db import OutboxRelay, aware, enqueue
 from driftloop.logging import get_logger
+from driftloop.metrics import RETRIES
 from driftloop.offline import OfflineStore, TrainingRow
 from driftloop.services.training.domain import (
     enough_rows,
@@ -167,14 +169,37 @@ class RunWorker:
         return self.settings.instance_id
 
     async def run_forever(self) -> None:
+        failures = 0
         while True:
             self.wakeup.clear()
-            while run := await asyncio.to_thread(self.runs.claim_next, self.owner, self.settings.lease_seconds):
-                self.current = run.run_id
-                try:
-                    await self._work(run)
-                finally:
-                    self.current = None
+            try:
+                while run := await asyncio.to_thread(self.runs.claim_next, self.owner, self.settings.lease_seconds):
+                    self.current = run.run_id
+                    try:
+                        await self._work(run)
+                    finally:
+                        self.current = None
+            except Exception as exc:
+                verdict = classify(exc)
+                if verdict.kind != "retry":
+                    raise
+                # The database or the object store is away: an open run stays ours, and is claimed again after
+                # the wait. Ending here would leave it open for good, with nobody working the queue.
+                failures += 1
+                delay = backoff_delay(
+                    failures, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds
+                )
+                RETRIES.labels("training", "training.worker", verdict.reason).inc()
+                log.warning(
+                    "dependency unavailable; training worker waiting",
+                    reason=verdict.reason,
+                    attempt=failures,
+                    retry_in=delay,
+                    error=repr(exc),
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), 2.0)
 
@@ -190,6 +215,9 @@ class RunWorker:
                 raise
             log.warning("training run abandoned: its claim passed to another replica", run_id=run.run_id)
         except Exception as exc:
+            if classify(exc).kind == "retry":
+                # Not the run's failure: it is worked again, whole, once the dependency is back.
+                raise
             log.exception("training run failed", run_id=run.run_id)
             await asyncio.to_thread(self._finish_failed, run, repr(exc))
         finally:
