@@ -15,10 +15,11 @@ import os
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.bus import Bus, ConsumerLoop, Record, TopicUnavailable, replay, topic_partitions
+from driftloop.bus.faults import Verdict, classify
 from driftloop.contracts import TOPICS, LabelEvent, RetrainRequested
 from driftloop.services.ingestion.main import create_app
 from driftloop.services.ingestion.settings import IngestionSettings
@@ -54,6 +55,33 @@ async def _create(settings: DriftloopSettings, topic: str, partitions: int = 1, 
 
 async def test_producer_idempotence_is_on_exactly_when_the_broker_grants_it(bus: Bus, on_kafka: bool) -> None:
     assert bus.idempotent is on_kafka
+
+
+async def test_a_producer_whose_sequence_the_broker_refuses_is_replaced_and_the_records_go_out_on_a_retry(
+    settings: DriftloopSettings, bus: Bus, kafka_only: None
+) -> None:
+    """aiokafka 0.14 leaves an idempotent producer refused when a batch expires while its partition has no
+    leader, as when Apache Kafka restarts after an outage longer than the request timeout: the batch took its
+    sequence numbers without reaching the broker. The same state is made here by taking numbers by hand."""
+    first = RetrainRequested(model_name="m", reason="manual", requested_by="before")
+    await bus.publish(first, key="m")
+    refused = bus._producer
+    assert refused is not None
+    for tp in await topic_partitions(settings.bootstrap, [settings.topic("training.requests")]):
+        refused._txn_manager.increment_sequence_number(tp, 5)
+    second = RetrainRequested(model_name="m", reason="manual", requested_by="after")
+    with pytest.raises(OutOfOrderSequenceNumber) as raised:
+        await bus.publish(second, key="m")
+    assert classify(raised.value) == Verdict("retry", "broker"), "a consumer holds its partition and retries"
+    for _ in range(50):
+        try:
+            await bus.publish(second, key="m")
+            break
+        except OutOfOrderSequenceNumber:
+            await asyncio.sleep(0.2)
+    assert bus._producer is not refused and bus.idempotent
+    records = await read_topic(settings, "training.requests", 2)
+    assert [RetrainRequested.model_validate_json(r.value) for r in records] == [first, second]
 
 
 async def test_partitions_are_found_by_asking_for_the_topic_by_name(settings: DriftloopSettings) -> None:

@@ -11,6 +11,8 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaTimeoutError,
     NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
     UnsupportedVersionError,
 )
 from minio.error import S3Error, ServerError
@@ -53,6 +55,8 @@ def _wrapped(outer: Exception, inner: Exception) -> Exception:
         (KafkaConnectionError("broker down"), "broker"),
         (NotLeaderForPartitionError(), "broker"),
         (KafkaTimeoutError(), "broker"),
+        (OutOfOrderSequenceNumber(), "broker"),
+        (ProducerClosed(), "broker"),
         (OperationalError("SELECT 1", {}, Exception("server closed the connection")), "database"),
         (_s3_error("ServiceUnavailable"), "object_store"),
         (_s3_error("SlowDown"), "object_store"),

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber, ProducerClosed
 from minio.error import InvalidResponseError, S3Error, ServerError
 from pydantic import ValidationError
 from sqlalchemy import exc as sa
@@ -80,8 +80,12 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def _unavailable(exc: BaseException) -> str | None:
     """Which dependency ``exc`` says is unavailable, or None when it says nothing of the kind."""
     if isinstance(exc, KafkaError):
-        # aiokafka marks a send timeout as not retriable, yet it is what a broker that is down produces.
-        return "broker" if exc.retriable or isinstance(exc, KafkaTimeoutError) else None
+        # aiokafka marks a send timeout as not retriable, yet it is what a broker that is down produces; and a
+        # refused sequence number is what a broker back from a long outage answers, until the bus's new producer
+        # (``driftloop.bus.producer``) sends the retry. A send that met the refused producer as it was closed
+        # goes out with the new one too.
+        lost = isinstance(exc, KafkaTimeoutError | OutOfOrderSequenceNumber | ProducerClosed)
+        return "broker" if exc.retriable or lost else None
     if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
         return "database"
     if isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.DisconnectionError | sa.TimeoutError):

@@ -8,10 +8,10 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from functools import cache
+from functools import cache, partial
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from driftloop.bus.partitioner import partition_for
@@ -109,6 +109,12 @@ class _Pending:
         self.futures: list[asyncio.Future[object]] = []
 
 
+#: What the broker answers an idempotent producer whose sequence numbers it no longer follows. aiokafka 0.14
+#: leaves a producer so when a batch expires while its partition has no leader, as when Apache Kafka restarts
+#: after an outage longer than the request timeout: the batch took its numbers without reaching the broker,
+#: which then refuses every later batch to that partition. Only a new producer id starts the numbers again.
+_LOST_SEQUENCE = OutOfOrderSequenceNumber
+
 #: The sends of the current caller; set by ``Bus.acknowledged`` for one block.
 _pending: ContextVar[_Pending | None] = ContextVar("driftloop_pending_sends", default=None)
 
@@ -133,6 +139,7 @@ class Bus:
         self.service = service
         self.idempotent = False
         self._producer: AIOKafkaProducer | None = None
+        self._renewal: asyncio.Task[None] | None = None
         self._spread = itertools.count()
 
     def _new_producer(self, idempotent: bool) -> AIOKafkaProducer:
@@ -147,6 +154,10 @@ class Bus:
         )
 
     async def start(self) -> None:
+        self._producer, self.idempotent = await self._started()
+
+    async def _started(self) -> tuple[AIOKafkaProducer, bool]:
+        """A started producer, idempotent when the settings and the broker allow it, and whether it is."""
         mode = self.settings.kafka_idempotence
         if mode != "off":
             producer = self._new_producer(idempotent=True)
@@ -160,16 +171,36 @@ class Bus:
                     raise
                 log.info("broker grants no producer id; producing without idempotence", error=repr(exc))
             else:
-                self._producer, self.idempotent = producer, True
-                return
+                return producer, True
             finally:
                 logging.getLogger("aiokafka.producer.sender").removeFilter(quiet)
-        self._producer = self._new_producer(idempotent=False)
-        await self._producer.start()
+        producer = self._new_producer(idempotent=False)
+        await producer.start()
+        return producer, False
 
     async def stop(self) -> None:
+        if self._renewal is not None:
+            await asyncio.gather(self._renewal, return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
+
+    def _watch(self, producer: AIOKafkaProducer, future: asyncio.Future[object]) -> None:
+        """Replace ``producer`` once the broker refuses its sequence numbers (see ``_LOST_SEQUENCE``)."""
+        if future.cancelled() or not isinstance(future.exception(), _LOST_SEQUENCE):
+            return
+        if producer is self._producer and self._renewal is None:
+            self._renewal = asyncio.create_task(self._renew(producer), name=f"renew-producer:{self.service}")
+
+    async def _renew(self, lost: AIOKafkaProducer) -> None:
+        """Send with a new producer id from now on; the refused sends are their callers' to retry."""
+        try:
+            self._producer, self.idempotent = await self._started()
+            log.warning("producer replaced: the broker refused its sequence numbers", service=self.service)
+            await lost.stop()
+        except Exception:
+            log.exception("producer not replaced; the next refused send tries again", service=self.service)
+        finally:
+            self._renewal = None
 
     async def publish(self, event: Contract, key: str | None, topic: str | None = None, *, wait: bool = True) -> None:
         """Produce ``event``; with ``wait=False`` the enclosing ``acknowledged()`` block awaits the broker."""
@@ -222,9 +253,11 @@ class Bus:
 
     async def _hand_over(self, topic: str, value: bytes, key: str | None, headers: Headers) -> asyncio.Future[object]:
         assert self._producer is not None, "Bus.start() first"
-        future: asyncio.Future[object] = await self._producer.send(
+        producer = self._producer
+        future: asyncio.Future[object] = await producer.send(
             self.settings.topic(topic), value, key=key.encode() if key is not None else None, headers=headers
         )
+        future.add_done_callback(partial(self._watch, producer))
         MESSAGES_PRODUCED.labels(self.service, topic).inc()
         return future
 
@@ -253,7 +286,9 @@ class Bus:
         async def send(partition: int) -> None:
             batch, members = building.pop(partition)
             batch.close()
-            futures.update(dict.fromkeys(members, await producer.send_batch(batch, name, partition=partition)))
+            sent = await producer.send_batch(batch, name, partition=partition)
+            sent.add_done_callback(partial(self._watch, producer))
+            futures.update(dict.fromkeys(members, sent))
 
         for index, (key, value, headers, partition) in enumerate(records):
             if partition is None:
@@ -266,6 +301,7 @@ class Bus:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     # Larger than a whole batch: the producer sizes a batch of its own for it.
                     futures[index] = await producer.send(name, value, key=key, partition=partition, headers=headers)
+                    futures[index].add_done_callback(partial(self._watch, producer))
                     continue
             members.append(index)
         for partition in [p for p, (_, members) in building.items() if members]:
