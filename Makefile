@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo up test test-kafka test-unit test-integration test-e2e lint format contracts bench clean
+.PHONY: setup demo up test test-kafka test-chaos test-unit test-integration test-e2e lint format contracts bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), sys.version' || { echo "driftloop needs Python 3.11+ (make PYTHON=...)"; exit 1; }
@@ -31,6 +31,10 @@ test: $(STAMP)
 # The second broker tier: the integration and end-to-end suites on Apache Kafka (KRaft), jars fetched with Maven.
 test-kafka: $(STAMP)
 	DRIFTLOOP_TEST_BROKER=kafka $(BIN)/python -m pytest -n $(TEST_WORKERS) tests/integration tests/e2e
+
+# Kills and outages on a whole stack under load, on the broker DRIFTLOOP_TEST_BROKER names (tansu or kafka).
+test-chaos: $(STAMP)
+	$(BIN)/python -m pytest tests/chaos -m chaos
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit contracts libs services
