@@ -22,17 +22,20 @@ up: $(STAMP)
 	$(BIN)/driftloop up
 
 # Two tests at a time (pytest-xdist, each worker with its own broker): most of the suite waits on brokers and
-# group joins rather than on the CPU.
+# group joins rather than on the CPU. The chaos suite runs after, alone: it loads the machine on purpose.
 TEST_WORKERS ?= 2
 
+# Every test, on the embedded broker (or the one DRIFTLOOP_TEST_BROKER names).
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest tests/chaos -m chaos
 
-# The second broker tier: the integration and end-to-end suites on Apache Kafka (KRaft), jars fetched with Maven.
+# The second broker tier: the integration, end-to-end and chaos suites on Apache Kafka (KRaft), jars from Maven.
 test-kafka: $(STAMP)
 	DRIFTLOOP_TEST_BROKER=kafka $(BIN)/python -m pytest -n $(TEST_WORKERS) tests/integration tests/e2e
+	DRIFTLOOP_TEST_BROKER=kafka $(BIN)/python -m pytest tests/chaos -m chaos
 
-# Kills and outages on a whole stack under load, on the broker DRIFTLOOP_TEST_BROKER names (tansu or kafka).
+# Kills and outages on a whole stack under load alone, on the broker DRIFTLOOP_TEST_BROKER names (tansu or kafka).
 test-chaos: $(STAMP)
 	$(BIN)/python -m pytest tests/chaos -m chaos
 
