@@ -25,6 +25,10 @@ OPTIONS = DemoOptions(
     model=MODEL, warmup=1200, drift_at=3000, max_events=8000, eval_events=600, rate=100.0, timeout=240.0
 )
 RESTART_AT = 2200
+#: The same loop at the rate issue 7 names: the drift well past the first version's warm-up, labels as late.
+AT_2000 = DemoOptions(
+    model=MODEL, warmup=1500, drift_at=30_000, max_events=80_000, eval_events=1000, rate=2000.0, timeout=240.0
+)
 
 
 def _get(stack: Stack, service: str, path: str) -> httpx.Response:
@@ -110,3 +114,21 @@ async def test_drift_retrains_promotes_and_recovers_accuracy_with_one_correlatio
 
     # (f) the dashboard shows the drift, the new version and its gate decision.
     await check_dashboard(stack, result, tmp_path)
+
+
+@pytest.mark.e2e
+async def test_the_loop_closes_at_2000_events_per_second(stack: Stack) -> None:
+    """Batching must not cost the loop its decisions: at 2,000 events/s the drift is still seen after it
+    happens (never before), one run retrains, the gate promotes, and the new version serves the new concept."""
+    urls = {name: child.url for name, child in stack.children.items()}
+    demo = await run_demo(stack.settings, AT_2000, urls, show=False)
+    result = demo.result
+    assert demo.failures() == []
+    assert result.events_sent >= AT_2000.drift_at
+    assert result.detection_position is not None and result.detection_position >= AT_2000.drift_at
+    assert all(position >= AT_2000.drift_at for position in result.drift_positions), result.drift_positions
+    assert result.run is not None and result.run.trigger == "drift"
+    assert result.promoted is not None and result.promoted.version == 2 and result.promoted.actor == "gate"
+    assert result.new_on_new_concept is not None and result.old_on_new_concept is not None
+    assert result.new_on_new_concept >= 0.9
+    assert result.new_on_new_concept - result.old_on_new_concept >= 0.25
