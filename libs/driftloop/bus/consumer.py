@@ -406,10 +406,24 @@ class ConsumerLoop:
             except Exception:
                 # Nothing of the failed batch was committed: go back and read it again.
                 log.exception("consumer batch failed; re-reading from the last commit", group=self.group)
-                await asyncio.sleep(1.0)
+                await self._back_to_commit(consumer)
+
+    async def _back_to_commit(self, consumer: AIOKafkaConsumer) -> None:
+        """Rewind to the last commit, again and again while the broker or the group is still away (reading
+        the commits fails then too): a loop that gave up here would leave its service up, consuming nothing."""
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
                 await self._rewind(consumer)
                 # Back at the last commit, the position is durable again: a batch failing forever shows as stalled.
                 await self._observe(consumer)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("rewind to the last commit failed; trying again", group=self.group, exc_info=True)
+                delay = min(2 * delay, 10.0)
 
     @staticmethod
     async def _rewind(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition] | None = None) -> None:
@@ -421,6 +435,8 @@ class ConsumerLoop:
         """
         for tp in consumer.assignment() if partitions is None else partitions:
             committed = await consumer.committed(tp)
+            if tp not in consumer.assignment():
+                continue  # revoked while its commit was read: its next owner starts from that commit anyway
             if committed is None:
                 await consumer.seek_to_beginning(tp)
             else:
