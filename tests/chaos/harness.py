@@ -136,9 +136,22 @@ class Supervisor:
         await asyncio.sleep(1.0)
         while any(state != "ready" for state in self.states.values()):
             if time.monotonic() - began > timeout:
-                raise AssertionError(f"not all ready after {timeout:.0f}s: {self.states}; see {self.stack.log_dir}")
+                why = await self._why_not_ready()
+                raise AssertionError(f"not all ready after {timeout:.0f}s: {why}; see {self.stack.log_dir}")
             await asyncio.sleep(0.25)
         return time.monotonic() - began
+
+    async def _why_not_ready(self) -> dict[str, str]:
+        """Each child that is not ready, with what its readiness endpoint says (which consumer, and why)."""
+        why = {}
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            for name, state in self.states.items():
+                if state != "ready":
+                    try:
+                        why[name] = f"{state}: {(await client.get(f'{self.stack.children[name].url}/readyz')).text}"
+                    except httpx.HTTPError as exc:
+                        why[name] = f"{state}: {exc!r}"
+        return why
 
 
 def chaos_stack(
