@@ -178,6 +178,23 @@ class AccuracyEstimation(_Strict):
     level: float = Field(default=0.95, gt=0, lt=1)
 
 
+class CusumPolicy(_Strict):
+    """A one-sided Bernoulli CUSUM on the error stream (``monitoring/cusum.py`` says how each is used)."""
+
+    #: Mean labelled outcomes between false alarms on a stationary stream: at 10⁸ a false alarm within 10⁶
+    #: outcomes has a 1 % chance, less with the margin ``reference_se`` adds.
+    arl: float = Field(default=1e8, gt=1)
+    #: The rise of the error rate worth a retrain, in points of error rate (0.05: five points of accuracy).
+    rise: float = Field(default=0.05, gt=0, lt=1)
+    #: Standard errors the reference error rate is taken above its estimate, so an estimate that came out
+    #: low does not make the stationary stream look like a rise.
+    reference_se: float = Field(default=2.0, gt=0)
+    #: Up to this many of a version's first outcomes (those the statistic had settled back to zero on) make
+    #: its reference error rate; detection starts after ``grace_observations`` of them, against the reference
+    #: as it stands. The more, the narrower the margin ``reference_se`` puts on it.
+    reference: int = Field(default=10_000, ge=1)
+
+
 class DriftPolicy(_Strict):
     detector: Literal["adwin"] = "adwin"
     delta: float = Field(default=0.002, gt=0, lt=1)
