@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from driftloop.services.monitoring.domain import ModelMonitor, ModelTrack
 from driftloop.services.monitoring.join import Outcome
@@ -117,3 +118,32 @@ def test_a_recovered_model_is_not_raised_again() -> None:
     track.drifts = [{"model_version": 1, "correlation_id": "c", "event_id": "d"}]
     assert track.rearm("c") is not None
     assert feed(track, outcomes(1, [(2000, 0.05)], seed=4, start=1300)) == [], "accuracy came back on its own"
+
+
+def backlog(stream: list[Outcome], partitions: int = 3) -> list[Outcome]:
+    """The outcomes as a backlog reaches the track: the join partitions' shares one after another, first of the
+    predictions that carried their label, then of those whose label came on its own (every third)."""
+    rng = random.Random(5)
+    shares: list[list[Outcome]] = [[] for _ in range(2 * partitions)]
+    for i, outcome in enumerate(stream):
+        shares[rng.randrange(partitions) + (partitions if i % 3 == 0 else 0)].append(outcome)
+    arrived, offsets = [], [0] * partitions
+    for number, share in enumerate(shares):
+        part = number % partitions
+        for outcome in share:
+            arrived.append(replace(outcome, source=(part, offsets[part], 0)))
+            offsets[part] += 1
+    return arrived
+
+
+def test_a_backlog_is_read_in_event_order_and_counted_once() -> None:
+    """Read as it arrives, the backlog has the drifted outcomes of some events before older ones of the old
+    regime. In event order the drift is found soon after it began; a repeat counts once, within the batch or
+    in a later one."""
+    stream = backlog(outcomes(1, [(700, 0.02), (500, 0.5)], seed=1))
+    track = new_track()
+    taken = track.in_event_order(stream + stream[:100])
+    assert [o.event_time for o in taken] == sorted(o.event_time for o in stream)
+    found = [o.event_time for o in taken if track.apply(o) is not None]
+    assert len(found) == 1 and 700 <= found[0] < 800
+    assert track.in_event_order(stream) == [] and track.monitors[1].observations == 1200

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -341,10 +342,37 @@ class ModelTrack:
         partition, offset, index = outcome.source
         return (offset, index) > self.applied.get(partition, (-1, -1))
 
+    def in_event_order(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """A batch's outcomes that are ``fresh``, each once, in event order; to ``apply`` in that order.
+
+        The join sends an event's outcome when its last record arrives, so a
+        backlog (monitoring restarted, labels sent in bulk, labels of some
+        predictions sent apart) reaches the track as one partition's outcomes
+        over the whole period, then another's, or the predictions that
+        carried their label, then the rest. Read in that order the error
+        stream shows the old regime coming back after the new one began: a
+        detector learns the new regime as its reference (the CUSUM's grace
+        period may lie across the drift) or sees the change fade. The change
+        happened in event time, so a batch is read in event time.
+
+        Freshness is judged on the marks as the batch found them: a join
+        partition's outcomes reach the track in offset order, so everything of
+        it below its mark was applied in an earlier batch; a repeat within
+        the batch (the join re-sent what the track had not read yet) counts
+        once.
+        """
+        seen: set[tuple[int, int, int]] = set()
+        taken = []
+        for outcome in outcomes:
+            if outcome.source not in seen and self.fresh(outcome):
+                seen.add(outcome.source)
+                taken.append(outcome)
+        return sorted(taken, key=lambda outcome: outcome.event_time)
+
     def apply(self, outcome: Outcome) -> Detected | None:
         """Fold in an outcome that is ``fresh``; return the drift it reveals on the current version, if any."""
         partition, offset, index = outcome.source
-        self.applied[partition] = (offset, index)
+        self.applied[partition] = max((offset, index), self.applied.get(partition, (-1, -1)))
         self._count(outcome)
         monitor = self.monitors.get(outcome.version)
         if monitor is None:

@@ -333,30 +333,44 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
                 )
             return touched[model]
 
+        def apply(outcomes: list[Outcome]) -> None:
+            by_model: dict[str, list[Outcome]] = {}
+            for outcome in outcomes:
+                by_model.setdefault(outcome.model, []).append(outcome)
+            for model, mine in by_model.items():
+                track = track_of(model)
+                for outcome in track.in_event_order(mine):
+                    detected = track.apply(outcome)
+                    counted[(model, outcome.correct)] += 1
+                    if detected is not None:
+                        drift = drift_event(model, detected)
+                        drifts.append(drift)
+                        track.drifts = [*track.drifts, drift.model_dump(mode="json")][-_KEPT_DRIFTS:]
+            outcomes.clear()
+
+        # The outcomes between two control records are applied together, in event order (``in_event_order``);
+        # a control record (a re-arm, a champion named, a version staged, an abort) takes effect where it stands.
+        waiting: list[Outcome] = []
         for record in records:
             try:
                 data = orjson.loads(record.value)
-                if data.get("k") == "rearm":
-                    rearmed = track_of(data["m"]).rearm(data["c"])
-                    if rearmed is not None:
-                        unresolved.append(unresolved_event(data["m"], rearmed, data["c"], data["r"]))
+                if data.get("k") not in ("rearm", "champion", "stage", "abort"):
+                    waiting.append(Outcome.from_dict(data))
                     continue
-                if data.get("k") in ("champion", "stage", "abort"):
-                    rollouts += control(track_of(data["m"]), data)
-                    continue
-                outcome = Outcome.from_dict(data)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 rejected.append((record, PoisonMessage(f"not an outcome: {exc!r}")))
                 continue
-            track = track_of(outcome.model)
-            if not track.fresh(outcome):
-                continue
-            detected = track.apply(outcome)
-            counted[(outcome.model, outcome.correct)] += 1
-            if detected is not None:
-                drift = drift_event(outcome.model, detected)
-                drifts.append(drift)
-                track.drifts = [*track.drifts, drift.model_dump(mode="json")][-_KEPT_DRIFTS:]
+            apply(waiting)
+            try:
+                if data["k"] == "rearm":
+                    rearmed = track_of(data["m"]).rearm(data["c"])
+                    if rearmed is not None:
+                        unresolved.append(unresolved_event(data["m"], rearmed, data["c"], data["r"]))
+                else:
+                    rollouts += control(track_of(data["m"]), data)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                rejected.append((record, PoisonMessage(f"not an outcome: {exc!r}")))
+        apply(waiting)
         for (model, correct), count in counted.items():
             OUTCOMES.labels(model, str(correct).lower()).inc(count)
         looked_at = datetime.fromtimestamp(time.time(), UTC)
