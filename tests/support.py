@@ -208,7 +208,7 @@ def samples() -> list[Contract]:
             model_name="m",
             model_version=1,
             kind="concept",
-            detector="adwin",
+            detector="cusum",
             observations=500,
             window=120,
             accuracy_before=0.98,

@@ -196,8 +196,11 @@ class CusumPolicy(_Strict):
 
 
 class DriftPolicy(_Strict):
-    detector: Literal["adwin"] = "adwin"
+    #: The concept-drift detector on the error stream: ``cusum`` (see ``cusum``) or River's ADWIN (``delta``).
+    detector: Literal["cusum", "adwin"] = "cusum"
+    #: ADWIN's confidence: a smaller delta is slower and raises fewer false alarms.
     delta: float = Field(default=0.002, gt=0, lt=1)
+    cusum: CusumPolicy = CusumPolicy()
     #: Labelled predictions a new version must see before drift can be declared on it.
     grace_observations: int = Field(default=200, ge=1)
     #: Window of the rolling accuracy reported by monitoring.
@@ -206,6 +209,15 @@ class DriftPolicy(_Strict):
     cooldown: timedelta = timedelta(minutes=2)
     data: DataDriftPolicy = DataDriftPolicy()
     estimation: AccuracyEstimation = AccuracyEstimation()
+
+    @model_validator(mode="after")
+    def _reference_covers_grace(self) -> DriftPolicy:
+        if self.cusum.reference < self.grace_observations:
+            raise ValueError(
+                f"cusum.reference ({self.cusum.reference}) must be at least grace_observations "
+                f"({self.grace_observations}): detection starts once the grace period is in the reference"
+            )
+        return self
 
 
 class TrainingPolicy(_Strict):

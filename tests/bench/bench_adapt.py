@@ -154,8 +154,7 @@ def train(stream: Stream, seed: int) -> Version:
 
 
 def new_track(model: str) -> ModelTrack:
-    policy = CONFIG.drift
-    return ModelTrack(model, policy.delta, policy.grace_observations, policy.accuracy_window)
+    return ModelTrack(model, CONFIG.drift)
 
 
 def feed(track: ModelTrack, version: int, correct: Sequence[bool], start: int) -> int | None:

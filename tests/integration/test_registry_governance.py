@@ -84,7 +84,7 @@ async def test_an_approval_end_to_end_drift_run_gate_pending_approved_rolled_out
             model_name="loan-approval",
             model_version=1,
             kind="concept",
-            detector="adwin",
+            detector="cusum",
             observations=900,
             window=200,
             accuracy_before=0.95,

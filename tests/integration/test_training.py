@@ -60,7 +60,7 @@ def _drift() -> DriftDetected:
         model_name=MODEL,
         model_version=1,
         kind="concept",
-        detector="adwin",
+        detector="cusum",
         observations=900,
         window=300,
         accuracy_before=0.99,

@@ -12,7 +12,7 @@ MODEL = "loan-approval"
 def _demo() -> Demo:
     demo = Demo(DriftloopSettings(), DemoOptions(model=MODEL, eval_events=500, min_new_predictions=300))
     demo.result.drift_event = DriftDetected(
-        model_name=MODEL, model_version=1, kind="concept", detector="adwin", observations=900, window=100
+        model_name=MODEL, model_version=1, kind="concept", detector="cusum", observations=900, window=100
     )
     demo.result.promoted = ModelPromoted(
         model_name=MODEL, version=2, previous_version=1, artifact_uri="file:///a", actor="gate"

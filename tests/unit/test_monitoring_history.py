@@ -6,7 +6,7 @@ import random
 
 import orjson
 
-from driftloop.config import AccuracyEstimation, DataDriftPolicy
+from driftloop.config import AccuracyEstimation, DataDriftPolicy, DriftPolicy
 from driftloop.services.monitoring.datawatch import FEATURES, PREDICTIONS, DataWatch, Row, RowBatch, VersionReference
 from driftloop.services.monitoring.domain import ModelTrack
 from driftloop.services.monitoring.estimation import AccuracyEstimate
@@ -25,6 +25,7 @@ from tests.support import feature_rows, reference_sample
 
 POLICY = DataDriftPolicy(window=200, check_every=200)
 ESTIMATION = AccuracyEstimation(window=100, level=0.95)
+TRACKED = DriftPolicy(grace_observations=200, accuracy_window=100)
 
 
 def _outcomes(version: int, count: int, error: float, start: int, rng: random.Random) -> list[Outcome]:
@@ -35,7 +36,7 @@ def _outcomes(version: int, count: int, error: float, start: int, rng: random.Ra
 
 def test_the_track_takes_a_point_per_every_outcomes_of_the_current_version_and_keeps_it_through_json() -> None:
     rng = random.Random(1)
-    track = ModelTrack("m", delta=0.002, grace=200, window=100)
+    track = ModelTrack("m", TRACKED)
     taken = []
     for batch_start in range(0, 400, 40):
         for outcome in _outcomes(1, 40, 0.1, batch_start, rng):
@@ -53,14 +54,14 @@ def test_the_track_takes_a_point_per_every_outcomes_of_the_current_version_and_k
     assert track.realized.points[-1].accuracy == 1.0
 
     stored = orjson.loads(orjson.dumps(track.to_dict()))
-    again = ModelTrack.from_dict(stored, "m", 0.002, 200, 100)
+    again = ModelTrack.from_dict(stored, "m", TRACKED)
     assert again.realized == track.realized
 
 
 def test_a_track_stored_before_the_history_reads_back_with_an_empty_one() -> None:
-    track = ModelTrack("m", delta=0.002, grace=200, window=100)
+    track = ModelTrack("m", TRACKED)
     stored = {key: value for key, value in track.to_dict().items() if key != "realized"}
-    assert ModelTrack.from_dict(stored, "m", 0.002, 200, 100).realized.points == RealizedSeries().points
+    assert ModelTrack.from_dict(stored, "m", TRACKED).realized.points == RealizedSeries().points
 
 
 def test_a_series_keeps_its_latest_points_only() -> None:

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
+import orjson
+import pytest
+from pydantic import ValidationError
+from river import drift as river_drift
+
+from driftloop.config import CusumPolicy, DriftPolicy, load_config
+from driftloop.services.monitoring.cusum import BernoulliCusum
 from driftloop.services.monitoring.domain import ModelMonitor, ModelTrack
 from driftloop.services.monitoring.join import Outcome
+
+#: The defaults' detector (CUSUM) with the grace and window the tests count with; ADWIN beside it.
+POLICY = DriftPolicy(grace_observations=200, accuracy_window=300)
+ADWIN = DriftPolicy(detector="adwin", delta=0.002, grace_observations=200, accuracy_window=300)
+DETECTORS = pytest.mark.parametrize("policy", [POLICY, ADWIN], ids=["cusum", "adwin"])
 
 
 def outcomes(version: int, error_rates: list[tuple[int, float]], seed: int = 0, start: int = 0) -> list[Outcome]:
@@ -29,8 +42,8 @@ def feed(track: ModelTrack, stream: list[Outcome]) -> list[int]:
     return found
 
 
-def new_track() -> ModelTrack:
-    return ModelTrack("m", delta=0.002, grace=200, window=300)
+def new_track(policy: DriftPolicy = POLICY) -> ModelTrack:
+    return ModelTrack("m", policy)
 
 
 def test_a_replayed_outcome_counts_once() -> None:
@@ -39,7 +52,7 @@ def test_a_replayed_outcome_counts_once() -> None:
     feed(track, stream[:300])
     saved = track.to_dict()
     feed(track, stream[300:])
-    again = ModelTrack.from_dict(saved, "m", 0.002, 200, 300)
+    again = ModelTrack.from_dict(saved, "m", POLICY)
     feed(again, stream[250:])  # a crash after the save: the join repeats outcomes from before it
     assert again.monitors[1].observations == track.monitors[1].observations == 500
     assert again.monitors[1].correct_total == track.monitors[1].correct_total
@@ -65,33 +78,83 @@ def test_late_outcomes_of_a_superseded_version_do_not_touch_the_current_one() ->
     assert track.monitors[1].observations == 700
 
 
-def test_drift_fires_when_the_error_rises_and_not_when_it_falls() -> None:
-    rising = new_track()
+def test_the_default_detector_is_the_cusum_and_adwin_stays_selectable() -> None:
+    shipped = load_config(Path(__file__).resolve().parents[2] / "driftloop.yaml").drift
+    assert DriftPolicy().detector == shipped.detector == "cusum" and shipped.cusum == CusumPolicy()
+    feed(track := new_track(), outcomes(1, [(10, 0.1)]))
+    assert isinstance(track.monitors[1].detector, BernoulliCusum)
+    feed(track := new_track(ADWIN), outcomes(1, [(10, 0.1)]))
+    assert isinstance(track.monitors[1].detector, river_drift.ADWIN)
+    assert track.monitors[1].detector_name == "adwin(delta=0.002)"
+    with pytest.raises(ValidationError, match="grace_observations"):
+        DriftPolicy(grace_observations=500, cusum=CusumPolicy(reference=300))
+
+
+@DETECTORS
+def test_drift_fires_when_the_error_rises_and_not_when_it_falls(policy: DriftPolicy) -> None:
+    rising = new_track(policy)
     found = feed(rising, outcomes(1, [(1500, 0.05), (1500, 0.45)]))
     assert len(found) == 1 and 1500 < found[0] < 1700
-    falling = new_track()
+    falling = new_track(policy)
     assert feed(falling, outcomes(1, [(1500, 0.45), (1500, 0.05)])) == [], "a model that got better needs no retrain"
     assert falling.monitors[1].drift is None
 
 
-def test_a_monitor_read_back_from_its_json_goes_on_exactly_where_it_was() -> None:
-    stream = outcomes(1, [(1000, 0.05), (1000, 0.45)])
-    whole = new_track()
-    whole_found = feed(whole, stream)
-    half = new_track()
-    feed(half, stream[:1050])
-    resumed = ModelTrack.from_dict(half.to_dict(), "m", 0.002, 200, 300)
-    resumed_found = [1050 + i for i in feed(resumed, stream[1050:])]
-    assert resumed_found and abs(resumed_found[0] - whole_found[0]) < 50
-    assert resumed.monitors[1].rolling_accuracy == whole.monitors[1].rolling_accuracy
-    assert ModelMonitor.from_dict(whole.monitors[1].to_dict(), delta=0.002, grace=200, window=300).drift == (
-        whole.monitors[1].drift
-    )
-
-
-def test_an_unresolved_drift_is_raised_again_after_a_back_off_that_doubles() -> None:
-    """The drifted version keeps serving (its run failed): the monitor must not stay silent for good."""
+def test_the_cusum_drift_names_its_detector_the_run_that_crossed_and_its_statistic() -> None:
     track = new_track()
+    stream = outcomes(1, [(1500, 0.05), (1500, 0.45)])
+    found = feed(track, stream)
+    drift = track.monitors[1].drift
+    assert drift is not None and drift.detector == "cusum(arl=1e+08, rise=0.05, reference_se=2, reference=10000)"
+    assert 1490 <= drift.change_point_time <= found[0], "where the CUSUM last left zero, in event time"
+    assert drift.window == drift.observations - drift.statistics["change_index"]
+    assert drift.statistics["statistic"] >= drift.statistics["threshold"]
+    assert drift.statistics["p0"] > drift.statistics["reference_error_rate"], "the reference is taken high"
+    before = [not o.correct for o in stream[:1500]]
+    assert drift.statistics["reference_outcomes"] == 1500, "the run under way did not join the reference"
+    assert drift.statistics["reference_error_rate"] == sum(before) / 1500
+    assert drift.accuracy_before > 0.9 > 0.7 > drift.accuracy_after
+
+
+@DETECTORS
+def test_a_monitor_read_back_from_its_json_goes_on_where_it_was(policy: DriftPolicy) -> None:
+    """The CUSUM's state is written whole, so it goes on exactly; ADWIN is rebuilt from the recent outcomes."""
+    stream = outcomes(1, [(1000, 0.05), (1000, 0.45)])
+    whole = new_track(policy)
+    whole_found = feed(whole, stream)
+    half = new_track(policy)
+    feed(half, stream[:1050])
+    resumed = ModelTrack.from_dict(orjson.loads(orjson.dumps(half.to_dict())), "m", policy)
+    resumed_found = [1050 + i for i in feed(resumed, stream[1050:])]
+    if policy.detector == "cusum":
+        assert resumed_found == whole_found
+    else:
+        assert resumed_found and abs(resumed_found[0] - whole_found[0]) < 50
+    assert resumed.monitors[1].rolling_accuracy == whole.monitors[1].rolling_accuracy
+    assert ModelMonitor.from_dict(whole.monitors[1].to_dict(), policy).drift == whole.monitors[1].drift
+
+
+def test_a_state_written_under_the_other_detector_is_rebuilt_from_its_recent_outcomes() -> None:
+    """A stack upgraded from ADWIN (whose stored monitors hold no CUSUM) keeps its monitors, and they still see
+    a rise; a switch back to ADWIN likewise."""
+    stream = outcomes(1, [(1000, 0.05), (1000, 0.45)])
+    under_adwin = new_track(ADWIN)
+    feed(under_adwin, stream[:900])
+    stored = orjson.loads(orjson.dumps(under_adwin.to_dict()))
+    assert stored["monitors"]["1"]["cusum"] is None
+    upgraded = ModelTrack.from_dict(stored, "m", POLICY)
+    assert upgraded.monitors[1].observations == 900
+    found = [900 + i for i in feed(upgraded, stream[900:])]
+    assert len(found) == 1 and 1000 < found[0] < 1100
+    back = ModelTrack.from_dict(orjson.loads(orjson.dumps(upgraded.to_dict())), "m", ADWIN)
+    assert back.monitors[1].drift == upgraded.monitors[1].drift
+    assert back.monitors[1].detector_name == "adwin(delta=0.002)"
+
+
+@DETECTORS
+def test_an_unresolved_drift_is_raised_again_after_a_back_off_that_doubles(policy: DriftPolicy) -> None:
+    """The drifted version keeps serving (its run failed): the monitor must not stay silent for good."""
+    track = new_track(policy)
     stream = outcomes(1, [(1000, 0.05), (4000, 0.45)])
     raised = feed(track, stream[:1200])
     assert len(raised) == 1
@@ -112,8 +175,9 @@ def test_an_unresolved_drift_is_raised_again_after_a_back_off_that_doubles() -> 
     assert track.monitors[1].unresolved
 
 
-def test_a_recovered_model_is_not_raised_again() -> None:
-    track = new_track()
+@DETECTORS
+def test_a_recovered_model_is_not_raised_again(policy: DriftPolicy) -> None:
+    track = new_track(policy)
     feed(track, outcomes(1, [(1000, 0.05), (300, 0.45)]))
     track.drifts = [{"model_version": 1, "correlation_id": "c", "event_id": "d"}]
     assert track.rearm("c") is not None
@@ -136,12 +200,16 @@ def backlog(stream: list[Outcome], partitions: int = 3) -> list[Outcome]:
     return arrived
 
 
-def test_a_backlog_is_read_in_event_order_and_counted_once() -> None:
-    """Read as it arrives, the backlog has the drifted outcomes of some events before older ones of the old
-    regime. In event order the drift is found soon after it began; a repeat counts once, within the batch or
+@DETECTORS
+def test_a_backlog_is_read_in_event_order_and_counted_once(policy: DriftPolicy) -> None:
+    """Read as it arrives, the backlog has the drifted outcomes of some events inside the grace period, and the
+    old regime comes back after them: the CUSUM takes the new error rate for its reference and misses the
+    drift. In event order the drift is found soon after it began; a repeat counts once, within the batch or
     in a later one."""
     stream = backlog(outcomes(1, [(700, 0.02), (500, 0.5)], seed=1))
-    track = new_track()
+    if policy.detector == "cusum":
+        assert feed(new_track(policy), stream) == [], "the fault this guards against"
+    track = new_track(policy)
     taken = track.in_event_order(stream + stream[:100])
     assert [o.event_time for o in taken] == sorted(o.event_time for o in stream)
     found = [o.event_time for o in taken if track.apply(o) is not None]

@@ -10,7 +10,7 @@ from driftloop.modeling import ModelArtifact
 from driftloop.rollout import routes_to_challenger, split_salt, start
 from driftloop.services.deployment.domain import RolloutState, Served, ServingTable, Split, follow
 from driftloop.services.monitoring.domain import ModelTrack
-from tests.unit.test_monitoring_track import feed, outcomes
+from tests.unit.test_monitoring_track import POLICY, feed, outcomes
 
 ENTITIES = [f"customer-{i}" for i in range(2000)]
 COMMON = {"model_name": "m", "version": 2, "instance": "monitoring"}
@@ -75,14 +75,14 @@ def _policy() -> RolloutPolicy:
 
 
 def test_the_track_counts_both_sides_keeps_the_champion_current_and_steps_the_plan() -> None:
-    track = ModelTrack("m", delta=0.002, grace=200, window=300)
+    track = ModelTrack("m", POLICY)
     track.name_champion(1)
     now = datetime(2026, 11, 23, tzinfo=UTC)
     assert track.begin(start(_policy(), "m", 2, 1, "drift-1", now)) is None
     feed(track, outcomes(1, [(300, 0.10)], seed=1) + outcomes(2, [(100, 0.02)], seed=2, start=1000))
     assert (track.tally.champion.outcomes, track.tally.challenger.outcomes) == (300, 100)
     assert track.current is not None and track.current.version == 1, "a challenger never becomes current"
-    again = ModelTrack.from_dict(track.to_dict(), "m", 0.002, 200, 300)
+    again = ModelTrack.from_dict(track.to_dict(), "m", POLICY)
     assert (again.tally, again.rollout, again.champion) == (track.tally, track.rollout, 1)
     progress = track.look(_policy(), now + timedelta(seconds=1))
     assert progress is not None and progress.transition == "completed"
@@ -90,7 +90,7 @@ def test_the_track_counts_both_sides_keeps_the_champion_current_and_steps_the_pl
 
 
 def test_a_worse_challenger_is_aborted_and_a_new_stage_supersedes_a_running_one() -> None:
-    track = ModelTrack("m", delta=0.002, grace=200, window=300)
+    track = ModelTrack("m", POLICY)
     track.name_champion(1)
     now = datetime(2026, 11, 23, tzinfo=UTC)
     track.begin(start(_policy(), "m", 2, 1, "drift-1", now))

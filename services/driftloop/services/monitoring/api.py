@@ -174,7 +174,7 @@ async def drift(name: str, streams: StreamsDep) -> DriftState:
     return DriftState(
         model_name=name,
         model_version=current.version,
-        detector=f"adwin(delta={current.delta})",
+        detector=current.detector_name,
         drift_detected=evidence is not None,
         detected_at=_when(evidence.detected_at if evidence else None),
         change_point_time=_when(evidence.change_point_time if evidence else None),

@@ -1,22 +1,26 @@
 """Concept-drift detection on a served model's error stream, in River's style: ``update`` then look.
 
 >>> import random
+>>> from driftloop.config import DriftPolicy
+>>> policy = DriftPolicy(grace_observations=200, accuracy_window=300)
 >>> rng = random.Random(0)
->>> monitor = ModelMonitor("m", version=1, delta=0.002, grace=200, window=300)
+>>> monitor = ModelMonitor("m", version=1, policy=policy)
 >>> found = []
 >>> for i in range(3000):
 ...     correct = rng.random() > (0.02 if i < 1500 else 0.5)
 ...     if monitor.update(correct, float(i)):
 ...         found.append(i)
->>> len(found) == 1 and 1500 < found[0] < 1700
+>>> len(found) == 1 and 1500 <= found[0] < 1540
 True
 >>> monitor.drift is not None and monitor.drift.accuracy_before > 0.95 > 0.9 > monitor.drift.accuracy_after
 True
+>>> monitor.drift.detector, 1490 < monitor.drift.change_point_time <= found[0]
+('cusum(arl=1e+08, rise=0.05, reference_se=2, reference=10000)', True)
 
 The state is plain JSON, so it can live in a changelog-backed table, and a
 monitor read back from it carries on where it was:
 
->>> again = ModelMonitor.from_dict(monitor.to_dict(), delta=0.002, grace=200, window=300)
+>>> again = ModelMonitor.from_dict(monitor.to_dict(), policy)
 >>> (again.observations, again.rolling_accuracy, again.drift) == (3000, monitor.rolling_accuracy, monitor.drift)
 True
 """
@@ -32,8 +36,9 @@ from typing import Any
 
 from river.drift import ADWIN
 
-from driftloop.config import RolloutPolicy
+from driftloop.config import DriftPolicy, RolloutPolicy
 from driftloop.rollout import Progress, RolloutPlan, Tally, abort, step
+from driftloop.services.monitoring.cusum import BernoulliCusum
 from driftloop.services.monitoring.history import RealizedSeries
 from driftloop.services.monitoring.join import Outcome
 
@@ -79,15 +84,34 @@ class DriftEvidence:
     #: Event times, in seconds since the epoch.
     change_point_time: float
     detected_at: float
+    #: The detector that fired, with its settings, and its figures at the time (the CUSUM's statistic,
+    #: threshold and reference rates).
+    detector: str = ""
+    statistics: dict[str, float] = field(default_factory=dict)
 
 
 #: Outcomes kept for the change-point estimate and for rebuilding the detector from the stored state.
 HISTORY = 2000
 
 
+def detector_name(policy: DriftPolicy) -> str:
+    """The concept detector as events and the API name it: its kind and its settings.
+
+    >>> detector_name(DriftPolicy(detector="adwin"))
+    'adwin(delta=0.002)'
+    """
+    if policy.detector == "adwin":
+        return f"adwin(delta={policy.delta:g})"
+    c = policy.cusum
+    return f"cusum(arl={c.arl:g}, rise={c.rise:g}, reference_se={c.reference_se:g}, reference={c.reference})"
+
+
 @dataclass
 class ModelMonitor:
-    """Rolling accuracy and an ADWIN detector for one version of one model.
+    """Rolling accuracy and a concept-drift detector for one version of one model.
+
+    The detector is the policy's: a one-sided Bernoulli CUSUM (``cusum.py``)
+    against the version's own first outcomes, or River's ADWIN.
 
     A new version starts a new monitor: its errors are a new stream, and it
     gets ``grace`` observations before drift may be declared on it. Drift is
@@ -95,21 +119,21 @@ class ModelMonitor:
     be retrained for. Once declared, the monitor waits for a new version; if
     none comes (the run failed, the gate rejected the challenger) it is
     ``rearm``-ed, and after a back-off it declares the drift again as long as
-    the accuracy stays below what it was before. ADWIN looks for a change,
+    the accuracy stays below what it was before. A detector looks for a change,
     and a drifted model's error no longer changes: it stays high, so the
     re-armed monitor asks whether the drop persists instead.
 
-    River's ADWIN cannot be written out, so the stored state keeps the last
-    ``HISTORY`` outcomes and a monitor read back rebuilds its detector from
-    them: after a restart it has forgotten what lay further back, which only
-    makes it a little slower to see a change that began before the restart.
+    The CUSUM's state is a few numbers, stored as they are. River's ADWIN
+    cannot be written out, so the stored state keeps the last ``HISTORY``
+    outcomes and a monitor read back rebuilds ADWIN from them: after a
+    restart it has forgotten what lay further back, which only makes it a
+    little slower to see a change that began before the restart. A state
+    written under the other detector is rebuilt the same way.
     """
 
     model_name: str
     version: int
-    delta: float
-    grace: int
-    window: int
+    policy: DriftPolicy
     observations: int = 0
     correct_total: int = 0
     drift: DriftEvidence | None = None
@@ -121,11 +145,28 @@ class ModelMonitor:
     unresolved: bool = False
     recent: deque[tuple[bool, float]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     rolling_correct: int = 0
-    detector: ADWIN = field(init=False)
+    detector: ADWIN | BernoulliCusum = field(init=False)
 
     def __post_init__(self) -> None:
-        self.detector = ADWIN(delta=self.delta)
+        self.detector = self._new_detector()
         self.recent = deque(self.recent, maxlen=max(self.window, HISTORY))
+
+    def _new_detector(self) -> ADWIN | BernoulliCusum:
+        if self.policy.detector == "adwin":
+            return ADWIN(delta=self.policy.delta)
+        return BernoulliCusum(self.policy.cusum, grace=self.grace)
+
+    @property
+    def grace(self) -> int:
+        return self.policy.grace_observations
+
+    @property
+    def window(self) -> int:
+        return self.policy.accuracy_window
+
+    @property
+    def detector_name(self) -> str:
+        return detector_name(self.policy)
 
     @property
     def rolling_size(self) -> int:
@@ -147,7 +188,7 @@ class ModelMonitor:
             self.rolling_correct -= int(self.recent[-self.window][0])
         self.recent.append((correct, event_time))
         self.rolling_correct += int(correct)
-        self.detector.update(0 if correct else 1)
+        self._detect(correct, event_time)
         if not self.armed or self.observations < max(self.grace, self.armed_after):
             return None
         evidence = self._change(event_time) if self.drift is None else self._persisting(event_time)
@@ -155,9 +196,52 @@ class ModelMonitor:
             self.drift, self.armed, self.attempts = evidence, False, self.attempts + 1
         return evidence
 
+    def _detect(self, correct: bool, event_time: float) -> None:
+        if isinstance(self.detector, BernoulliCusum):
+            self.detector.update(not correct, event_time)
+        else:
+            self.detector.update(0 if correct else 1)
+
     def _change(self, event_time: float) -> DriftEvidence | None:
-        """A first drift: ADWIN saw the error stream change, and the error went up."""
-        if not self.detector.drift_detected:
+        """A first drift: the detector fired, and the error went up."""
+        if isinstance(self.detector, BernoulliCusum):
+            return self._cusum_change(self.detector, event_time)
+        return self._adwin_change(self.detector, event_time)
+
+    def _cusum_change(self, cusum: BernoulliCusum, event_time: float) -> DriftEvidence | None:
+        """The run since the CUSUM last left zero is the new regime; everything before it the old one."""
+        design = cusum.design
+        if not cusum.alarm or design is None or cusum.run_start is None:
+            return None
+        before = self.observations - cusum.run_outcomes
+        accuracy_after = 1 - cusum.run_errors / cusum.run_outcomes
+        accuracy_before = (
+            (self.correct_total - (cusum.run_outcomes - cusum.run_errors)) / before if before else 1 - design.estimate
+        )
+        if accuracy_after >= accuracy_before:
+            return None
+        return DriftEvidence(
+            observations=self.observations,
+            window=cusum.run_outcomes,
+            accuracy_before=accuracy_before,
+            accuracy_after=accuracy_after,
+            change_point_time=cusum.run_start,
+            detected_at=event_time,
+            detector=self.detector_name,
+            statistics={
+                "statistic": cusum.statistic,
+                "threshold": design.threshold,
+                "p0": design.p0,
+                "p1": design.p1,
+                "reference_error_rate": design.estimate,
+                "reference_outcomes": float(cusum.reference_outcomes),
+                "change_index": float(before),
+            },
+        )
+
+    def _adwin_change(self, adwin: ADWIN, event_time: float) -> DriftEvidence | None:
+        """ADWIN saw the error stream change; where is re-estimated, and the error must have gone up."""
+        if not adwin.drift_detected:
             return None
         # Labels arrive late and out of order: the change happened in event time, so it is looked for there.
         history = sorted(self.recent, key=lambda outcome: outcome[1])
@@ -174,6 +258,7 @@ class ModelMonitor:
             accuracy_after=accuracy_after,
             change_point_time=after[0][1],
             detected_at=event_time,
+            detector=self.detector_name,
         )
 
     def _persisting(self, event_time: float) -> DriftEvidence | None:
@@ -193,6 +278,7 @@ class ModelMonitor:
             accuracy_after=accuracy,
             change_point_time=last.change_point_time,
             detected_at=event_time,
+            detector=last.detector or self.detector_name,
         )
 
     def rearm(self) -> int | None:
@@ -209,6 +295,7 @@ class ModelMonitor:
         return backoff
 
     def to_dict(self) -> dict[str, Any]:
+        cusum = self.detector.to_dict() if isinstance(self.detector, BernoulliCusum) else None
         return {
             "version": self.version,
             "observations": self.observations,
@@ -220,14 +307,16 @@ class ModelMonitor:
             "armed": self.armed,
             "armed_after": self.armed_after,
             "unresolved": self.unresolved,
+            "cusum": cusum,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, model_name: str = "", **policy: Any) -> ModelMonitor:
+    def from_dict(cls, data: dict[str, Any], policy: DriftPolicy, *, model_name: str = "") -> ModelMonitor:
         recent = deque(zip((c == "1" for c in data["outcomes"]), data["times"], strict=True))
         monitor = cls(
             model_name,
             int(data["version"]),
+            policy,
             observations=data["observations"],
             correct_total=data["correct"],
             drift=DriftEvidence(**data["drift"]) if data["drift"] else None,
@@ -236,10 +325,13 @@ class ModelMonitor:
             armed_after=data.get("armed_after", 0),
             unresolved=data.get("unresolved", False),
             recent=recent,
-            **policy,
         )
-        for correct, _ in monitor.recent:
-            monitor.detector.update(0 if correct else 1)
+        stored = data.get("cusum")
+        if isinstance(monitor.detector, BernoulliCusum) and stored is not None:
+            monitor.detector = BernoulliCusum.from_dict(stored, policy.cusum, grace=monitor.grace)
+        else:
+            for correct, event_time in monitor.recent:
+                monitor._detect(correct, event_time)
         monitor.rolling_correct = sum(c for c, _ in list(monitor.recent)[-monitor.window :])
         return monitor
 
@@ -286,9 +378,7 @@ class ModelTrack:
     """
 
     model_name: str
-    delta: float
-    grace: int
-    window: int
+    policy: DriftPolicy
     monitors: dict[int, ModelMonitor] = field(default_factory=dict)
     applied: dict[int, tuple[int, int]] = field(default_factory=dict)
     drifts: list[dict[str, Any]] = field(default_factory=list)
@@ -376,7 +466,7 @@ class ModelTrack:
         self._count(outcome)
         monitor = self.monitors.get(outcome.version)
         if monitor is None:
-            monitor = ModelMonitor(self.model_name, outcome.version, self.delta, self.grace, self.window)
+            monitor = ModelMonitor(self.model_name, outcome.version, self.policy)
             self.monitors[outcome.version] = monitor
             kept = {self.champion, self.rollout.version if self.rollout else None}
             for old in [v for v in sorted(self.monitors) if v not in kept][:-KEPT_VERSIONS]:
@@ -425,14 +515,11 @@ class ModelTrack:
         }
 
     @classmethod
-    def from_dict(
-        cls, data: dict[str, Any] | None, model_name: str, delta: float, grace: int, window: int
-    ) -> ModelTrack:
-        track = cls(model_name, delta, grace, window)
+    def from_dict(cls, data: dict[str, Any] | None, model_name: str, policy: DriftPolicy) -> ModelTrack:
+        track = cls(model_name, policy)
         if data:
-            policy = {"delta": delta, "grace": grace, "window": window}
             track.monitors = {
-                int(v): ModelMonitor.from_dict(m, model_name=model_name, **policy) for v, m in data["monitors"].items()
+                int(v): ModelMonitor.from_dict(m, policy, model_name=model_name) for v, m in data["monitors"].items()
             }
             track.applied = {int(p): (mark[0], mark[1]) for p, mark in data["applied"].items()}
             track.drifts = list(data["drifts"])

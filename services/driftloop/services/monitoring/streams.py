@@ -149,7 +149,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
         cached = cache.get(model)
         if cached is not None and cached[0] == stored["stamp"]:
             return cached[1]
-        track = ModelTrack.from_dict(stored, model, policy.delta, policy.grace_observations, policy.accuracy_window)
+        track = ModelTrack.from_dict(stored, model, policy)
         cache[model] = (stored["stamp"], track)
         return track
 
@@ -241,13 +241,17 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
             model_name=model,
             model_version=detected.version,
             kind="concept",
-            detector=f"adwin(delta={policy.delta})",
+            detector=evidence.detector,
             observations=evidence.observations,
             window=evidence.window,
             accuracy_before=evidence.accuracy_before,
             accuracy_after=evidence.accuracy_after,
             change_point_time=datetime.fromtimestamp(evidence.change_point_time, UTC),
-            evidence={"error_rate": 1 - evidence.accuracy_after, "width": float(evidence.window)},
+            evidence={
+                "error_rate": 1 - evidence.accuracy_after,
+                "width": float(evidence.window),
+                **evidence.statistics,
+            },
         )
 
     def unresolved_event(model: str, rearmed: Rearmed, correlation_id: str, reason: str) -> DriftUnresolved:
@@ -328,9 +332,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
 
         def track_of(model: str) -> ModelTrack:
             if model not in touched:
-                touched[model] = load(model) or ModelTrack(
-                    model, policy.delta, policy.grace_observations, policy.accuracy_window
-                )
+                touched[model] = load(model) or ModelTrack(model, policy)
             return touched[model]
 
         def apply(outcomes: list[Outcome]) -> None:
