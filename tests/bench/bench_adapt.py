@@ -2,7 +2,9 @@
 
 Run with ``python -m tests.bench.bench_adapt [--broker tansu|kafka]`` (``make bench`` runs it).
 
-1. The detectors alone, no broker, with the defaults of ``driftloop.yaml``:
+1. The detectors alone, no broker, with the defaults of ``driftloop.yaml``
+   (``--detectors``: each concept detector, CUSUM and ADWIN, on the same
+   outcomes, side by side):
    - detection delay: monitoring's concept monitor (``ModelTrack``) fed the
      error stream of a model trained, as training trains it, on the first
      concept (SEA variant 0, Agrawal function 0); after ``PRE_DRIFT``
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -56,7 +59,7 @@ from threadpoolctl import threadpool_limits
 
 from driftloop.cli.demo import Demo, DemoOptions, Row, RowStream
 from driftloop.cli.stack import Stack
-from driftloop.config import ModelSpec, load_config
+from driftloop.config import DriftPolicy, ModelSpec, load_config
 from driftloop.contracts import DriftDetected, ModelPromoted, RolloutCompleted, TrainingRunCompleted
 from driftloop.modeling import ModelArtifact
 from driftloop.offline import TrainingRow
@@ -153,8 +156,12 @@ def train(stream: Stream, seed: int) -> Version:
     return Version(served, reference)
 
 
-def new_track(model: str) -> ModelTrack:
-    return ModelTrack(model, CONFIG.drift)
+def detectors(both: bool) -> dict[str, DriftPolicy]:
+    """The drift policy of ``driftloop.yaml`` with its detector, or with each detector in turn."""
+    if not both:
+        return {CONFIG.drift.detector: CONFIG.drift}
+    settings = CONFIG.drift.model_dump()
+    return {kind: DriftPolicy.model_validate({**settings, "detector": kind}) for kind in ("cusum", "adwin")}
 
 
 def feed(track: ModelTrack, version: int, correct: Sequence[bool], start: int) -> int | None:
@@ -185,7 +192,7 @@ class Detection:
         found = sorted(d for d in self.delays if d is not None)
         return {
             "median": statistics.median(found) if found else None,
-            "p90": found[int(0.9 * (len(found) - 1))] if found else None,
+            "p90": found[math.ceil(0.9 * len(found)) - 1] if found else None,
             "max": found[-1] if found else None,
             "missed": sum(d is None for d in self.delays),
             "within_target": sum(d is not None and d <= TARGET_DETECTION for d in self.delays) / len(self.delays),
@@ -193,22 +200,26 @@ class Detection:
         }
 
 
-def detection_delay(stream: Stream, trials: int) -> Detection:
-    """Each trial: a first version trained on its own seed, ``PRE_DRIFT`` samples of its concept, then the new one."""
-    result = Detection(stream.name, trials)
+def detection_delay(stream: Stream, trials: int, policies: dict[str, DriftPolicy]) -> dict[str, Detection]:
+    """Each trial: a first version trained on its own seed, ``PRE_DRIFT`` samples of its concept, then the new one.
+
+    Every detector sees the same outcomes of the same versions.
+    """
+    results = {name: Detection(stream.name, trials) for name in policies}
     for trial in range(trials):
         seed = 100 + trial
         version = train(stream, seed)
         before = hits(version, stream.take(False, seed + 10_000, PRE_DRIFT))
         after = hits(version, stream.take(True, seed + 20_000, POST_DRIFT))
-        track = new_track(stream.model)
-        if feed(track, 1, before, 0) is not None:
-            result.early += 1
-            result.delays.append(None)
-            continue
-        found = feed(track, 1, after, PRE_DRIFT)
-        result.delays.append(None if found is None else found - PRE_DRIFT + 1)
-    return result
+        for name, policy in policies.items():
+            result, track = results[name], ModelTrack(stream.model, policy)
+            if feed(track, 1, before, 0) is not None:
+                result.early += 1
+                result.delays.append(None)
+                continue
+            found = feed(track, 1, after, PRE_DRIFT)
+            result.delays.append(None if found is None else found - PRE_DRIFT + 1)
+    return results
 
 
 @dataclass
@@ -216,19 +227,22 @@ class FalseAlarms:
     stream: str
     events: int
     accuracy: float = 0.0
-    concept_alarms: list[int] = field(default_factory=list)
+    #: Positions of each concept detector's alarms.
+    concept_alarms: dict[str, list[int]] = field(default_factory=dict)
     data_checks: int = 0
     #: (position, column, p adjusted, PSI) of each data-drift finding.
     data_alarms: list[tuple[int, str, float, float]] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def stationary(stream: Stream, events: int) -> FalseAlarms:
-    """``events`` of the first concept through both detectors, in batches of ``CHUNK``."""
+def stationary(stream: Stream, events: int, policies: dict[str, DriftPolicy]) -> FalseAlarms:
+    """``events`` of the first concept through the concept detectors and the data-drift one, in batches of
+    ``CHUNK``."""
     began = time.perf_counter()
-    result = FalseAlarms(stream.name, events)
+    result = FalseAlarms(stream.name, events, concept_alarms={name: [] for name in policies})
     version = train(stream, 1)
-    track, number = new_track(stream.model), 1
+    tracks = {name: ModelTrack(stream.model, policy) for name, policy in policies.items()}
+    numbers = dict.fromkeys(policies, 1)
     policy = CONFIG.drift.data
     detector = DataDriftDetector(stream.model, 1, ReferenceProfile.from_sample(version.reference, policy), policy)
     samples, correct = stream.make(False, 7), 0
@@ -237,12 +251,13 @@ def stationary(stream: Stream, events: int) -> FalseAlarms:
         predictions, probabilities = version.served.predict([x for x, _ in chunk])
         outcomes = [p == y for p, (_, y) in zip(predictions, chunk, strict=True)]
         correct += sum(outcomes)
-        offset = 0
-        while (found := feed(track, number, outcomes[offset:], start + offset)) is not None:
-            # A false alarm would start a run and, once promoted, a new version with a fresh monitor.
-            result.concept_alarms.append(found)
-            number += 1
-            offset = found - start + 1
+        for name, track in tracks.items():
+            offset = 0
+            while (found := feed(track, numbers[name], outcomes[offset:], start + offset)) is not None:
+                # A false alarm would start a run and, once promoted, a new version with a fresh monitor.
+                result.concept_alarms[name].append(found)
+                numbers[name] += 1
+                offset = found - start + 1
         rows = [
             {**x, PREDICTION: p, PROBABILITY: q} for (x, _), p, q in zip(chunk, predictions, probabilities, strict=True)
         ]
@@ -445,26 +460,28 @@ def report(result: dict[str, Any]) -> None:
     table = Table(title=f"adaptation to an abrupt drift on {result['broker']} ({result['machine']['cpus']} cores)")
     for column, justify in (("stream", "left"), ("what", "left"), ("figure", "right"), ("peer / target", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for name, figures in result.get("detection", {}).items():
-        table.add_row(
-            name,
-            f"detection delay, labelled samples ({figures['trials']} drifts): median / p90 / max",
-            f"{fmt(figures['median'])} / {fmt(figures['p90'])} / {fmt(figures['max'])}",
-            f"<= {TARGET_DETECTION}",
-        )
-        table.add_row(
-            "",
-            "  within target; missed; alarms before the drift",
-            f"{figures['within_target']:.0%}; {figures['missed']}; {figures['early_alarms']}",
-            "100 %; 0; 0",
-        )
+    for name, by_detector in result.get("detection", {}).items():
+        for detector, figures in by_detector.items():
+            table.add_row(
+                name,
+                f"{detector}: detection delay, labelled samples ({figures['trials']} drifts): median / p90 / max",
+                f"{fmt(figures['median'])} / {fmt(figures['p90'])} / {fmt(figures['max'])}",
+                f"<= {TARGET_DETECTION}",
+            )
+            table.add_row(
+                "",
+                "  within target; missed; alarms before the drift",
+                f"{figures['within_target']:.0%}; {figures['missed']}; {figures['early_alarms']}",
+                "100 %; 0; 0",
+            )
     for name, figures in result.get("stationary", {}).items():
-        table.add_row(
-            name,
-            f"false alarms in {figures['events']:,} stationary events: concept monitor",
-            str(len(figures["concept_alarms"])),
-            "0",
-        )
+        for detector, found in figures["concept_alarms"].items():
+            table.add_row(
+                name,
+                f"{detector}: false alarms in {figures['events']:,} stationary events, concept monitor",
+                str(len(found)),
+                "0",
+            )
         table.add_row(
             "",
             f"  data drift ({figures['data_checks']:,} checks of every column)",
@@ -509,17 +526,20 @@ def report(result: dict[str, Any]) -> None:
 
 def pure(args: argparse.Namespace, streams: Sequence[Stream], result: dict[str, Any]) -> None:
     """The parts with no broker, each filling its key of ``result``."""
+    policies = detectors(args.detectors)
     if "detection" not in args.skip:
         result["detection"] = {}
         for stream in streams:
-            console.print(f"detection delay on {stream.name}, {args.trials} drifts …")
-            found = detection_delay(stream, args.trials)
-            result["detection"][stream.name] = {"trials": args.trials, **found.summary(), "delays": found.delays}
+            console.print(f"detection delay on {stream.name}, {args.trials} drifts, {', '.join(policies)} …")
+            found = detection_delay(stream, args.trials, policies)
+            result["detection"][stream.name] = {
+                name: {"trials": args.trials, **d.summary(), "delays": d.delays} for name, d in found.items()
+            }
     if "stationary" not in args.skip:
         result["stationary"] = {}
         for stream in streams:
             console.print(f"false alarms on {stream.name}, {args.stationary:,} stationary events …")
-            result["stationary"][stream.name] = asdict(stationary(stream, args.stationary))
+            result["stationary"][stream.name] = asdict(stationary(stream, args.stationary, policies))
     if "gate" not in args.skip:
         console.print(f"gate on equally good models, {args.gate_trials} trials …")
         result["gate"] = {"trials": args.gate_trials, "false_promotion": gate(args.gate_trials)}
@@ -536,6 +556,11 @@ def main() -> None:
     parser.add_argument("--post", type=int, default=10_000, help="events after the drift at most")
     parser.add_argument("--streams", nargs="+", choices=[s.name for s in STREAMS], default=[s.name for s in STREAMS])
     parser.add_argument("--skip", nargs="*", choices=["detection", "stationary", "recovery", "gate"], default=[])
+    parser.add_argument(
+        "--detectors",
+        action="store_true",
+        help="detection delay and false alarms of both concept detectors (cusum, adwin) side by side",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out: Path = args.out or Path(".driftloop") / "bench" / f"adapt-{args.broker}.json"
