@@ -156,8 +156,8 @@ def test_an_unresolved_drift_is_raised_again_after_a_back_off_that_doubles(polic
     """The drifted version keeps serving (its run failed): the monitor must not stay silent for good."""
     track = new_track(policy)
     stream = outcomes(1, [(1000, 0.05), (4000, 0.45)])
-    raised = feed(track, stream[:1200])
-    assert len(raised) == 1
+    detected = [d for o in stream[:1200] if (d := track.apply(o)) is not None]
+    assert [d.attempt for d in detected] == [1], "named by its number on the version"
     first = track.monitors[1].drift
     assert first is not None
     track.drifts = [{"model_version": 1, "correlation_id": "turn-1", "event_id": "drift-1"}]
@@ -165,8 +165,8 @@ def test_an_unresolved_drift_is_raised_again_after_a_back_off_that_doubles(polic
     rearmed = track.rearm("turn-1")
     assert rearmed is not None and (rearmed.attempts, rearmed.backoff) == (1, 200)
     assert track.rearm("turn-1") is None, "a repeated notice re-arms once"
-    again = [1200 + i for i in feed(track, stream[1200:])]
-    assert again[:1] == [1200 + 200 - 1], "raised again at the first outcome past the back-off"
+    again = [(1200 + i, d.attempt) for i, o in enumerate(stream[1200:]) if (d := track.apply(o)) is not None]
+    assert again[:1] == [(1200 + 200 - 1, 2)], "raised again at the first outcome past the back-off"
     second = track.monitors[1].drift
     assert second is not None and second.change_point_time == first.change_point_time
     assert second.accuracy_before == first.accuracy_before and second.accuracy_after < 0.7

@@ -344,6 +344,8 @@ KEPT_VERSIONS = 3
 class Detected:
     version: int
     evidence: DriftEvidence
+    #: Which drift of the version this is (1 the first, then each raised again after a re-arm).
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -477,7 +479,7 @@ class ModelTrack:
         current = self.current
         if evidence is None or current is None or current.version != outcome.version:
             return None
-        return Detected(outcome.version, evidence)
+        return Detected(outcome.version, evidence, monitor.attempts)
 
     def rearm(self, correlation_id: str) -> Rearmed | None:
         """Re-arm the current version after the turn of the loop its last drift began ended without a new one.

@@ -95,7 +95,9 @@ from driftloop.streams import Table, Tables, create_internal
 
 log = get_logger(__name__)
 
-#: Drift events are named by what they report, so one found again after a replay has the same event id.
+#: Drift events are named by what they report, so one found again after a replay has the same event id. A
+#: concept drift is named by its version and its number on it: a replay applies a batch's outcomes in event
+#: order, and batches cut elsewhere may tip the detector a few outcomes earlier or later.
 _DRIFT_NAMESPACE = uuid.UUID("6f1d3c1e-3b0a-4c7e-9a53-2f0a5c7d9e11")
 #: Drift events kept per model for the API.
 _KEPT_DRIFTS = 20
@@ -234,7 +236,7 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
 
     def drift_event(model: str, detected: Detected) -> DriftDetected:
         evidence = detected.evidence
-        event_id = uuid.uuid5(_DRIFT_NAMESPACE, f"{model}:{detected.version}:{evidence.observations}").hex
+        event_id = uuid.uuid5(_DRIFT_NAMESPACE, f"{model}:{detected.version}:drift:{detected.attempt}").hex
         return DriftDetected(
             event_id=event_id,
             correlation_id=event_id,
