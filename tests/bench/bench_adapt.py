@@ -151,7 +151,7 @@ def train(stream: Stream, seed: int) -> Version:
     result = fit(spec, f"bench-{seed}", train_rows, holdout)
     served = refit(spec, f"bench-{seed}", rows) if CONFIG.training.refit else result.artifact
     reference = reference_sample(
-        spec, f"bench-{seed}", result.artifact, rows, holdout, CONFIG.drift.data.reference_rows, served
+        spec, f"bench-{seed}", result.artifact, rows, holdout, CONFIG.drift.data.reference_rows
     )
     return Version(served, reference)
 

@@ -228,3 +228,18 @@ def test_checks_fall_every_check_every_rows_whatever_the_batch_size(batch: int) 
         checks += watcher.update(data[start : start + batch])
     assert [c.observations for c in checks] == list(range(250, 3001, 250))
     assert [len(c.results) for c in checks] == [0, 0, 0] + [7] * 9, "columns are tested once their window is full"
+
+
+def test_probabilities_are_compared_at_two_decimals_so_a_surer_fit_of_the_same_recipe_is_no_drift() -> None:
+    """A model sure of its rows serves 0.9993 from one fit and 0.99996 from another: below the second decimal
+    the two are the same answer, yet quantile bins on the digits beyond tell them apart at once."""
+    rng = np.random.default_rng(4)
+    policy = DataDriftPolicy(window=500, check_every=500)
+    sample = ReferenceSample(
+        "m", "r", {}, predictions=[1] * 2000, probabilities=rng.uniform(0.999, 0.9995, 2000).tolist()
+    )
+    detector = DataDriftDetector("m", 1, ReferenceProfile.from_sample(sample, policy), policy)
+    live = [{PREDICTION: 1, PROBABILITY: float(p)} for p in rng.uniform(0.9996, 0.99999, 1000)]
+    assert [f.feature for check in detector.update(live) for f in check.findings] == []
+    unsure = [{PREDICTION: 1, PROBABILITY: float(p)} for p in rng.uniform(0.6, 0.9, 500)]
+    assert [f.feature for check in detector.update(unsure) for f in check.findings] == [PROBABILITY]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from river.datasets import synth
 from driftloop.artifacts import ArtifactNotFound, LocalArtifactStore
 from driftloop.config import AccuracyEstimation, DataDriftPolicy, ModelSpec
 from driftloop.offline import TrainingRow
-from driftloop.reference import ReferenceSample
+from driftloop.reference import Calibration, ReferenceSample, sample_indices
 from driftloop.services.monitoring.datadrift import PREDICTION, PROBABILITY, DataDriftDetector, ReferenceProfile
 from driftloop.services.monitoring.estimation import AccuracyEstimator
 from driftloop.services.training.domain import fit, reference_sample, refit, time_split
@@ -49,9 +51,9 @@ def test_the_reference_is_stored_beside_the_model_and_read_back_whole(
     read = ReferenceSample.from_bytes(store.get(uri))
     assert read == reference
     assert list(read.features) == FEATURES and {len(c) for c in read.features.values()} == {2000}
-    assert read.window_rows == 3000 and len(read.predictions) == len(read.probabilities) == 900
+    assert read.window_rows == 3000 and len(read.predictions) == len(read.probabilities) == 2000
     accuracy = result.metrics["accuracy"]  # type: ignore[attr-defined]
-    assert sum(read.correct) / 900 == accuracy
+    assert abs(sum(read.correct) / 2000 - accuracy) < 0.02, "out of fold, about as right as on the holdout"
     with pytest.raises(ArtifactNotFound):
         store.get("models/loan-approval/run-2/reference.json")
 
@@ -113,27 +115,68 @@ def test_the_stored_calibration_estimates_the_accuracy_of_fresh_data(
     assert estimate is not None and estimate.covers(float(correct.mean()))
 
 
-def test_a_refit_version_is_judged_against_its_own_probabilities_so_a_stationary_stream_is_not_drift() -> None:
-    """The served refit is surer of itself than the gated model: a reference of the gated model's probabilities
-    flagged ``@probability`` on data of the very same concept; the reference of the served model does not."""
-    rows = agrawal(3000, seed=1)
+def sea(n: int, seed: int) -> list[TrainingRow]:
+    """SEA's first concept with 10 % of labels flipped: a model is never sure, so its probabilities spread."""
+    return [
+        TrainingRow(f"{seed}-{i}", "e", START + timedelta(seconds=i), {f"x{k + 1}": v for k, v in x.items()}, int(y))
+        for i, (x, y) in enumerate(synth.SEA(variant=0, noise=0.1, seed=seed).take(n))
+    ]
+
+
+def test_the_prediction_columns_are_out_of_fold_so_the_served_refit_on_the_same_concept_is_no_drift() -> None:
+    """The served refit scores live rows it never saw. A reference of its probabilities on a holdout it trained
+    on is surer than that, and on a noisy stream ``@probability`` drifted in check after check; the cross-fit
+    reference, each row scored by a fit on the other four fifths of the window, is not."""
+    spec = ModelSpec(
+        name="sea", feature_view="v", features=["x1", "x2", "x3"], params={"max_iter": 200, "random_state": 0}
+    )
+    rows = sea(1500, seed=1)
     train, holdout = time_split(rows, 0.3)
-    gated = fit(SPEC, "run-1", train, holdout)
-    served = refit(SPEC, "run-1", rows)
-    fresh = agrawal(4000, seed=2)
+    gated = fit(spec, "run-1", train, holdout)
+    served = refit(spec, "run-1", rows)
+    fresh = sea(20_000, seed=2)
     labels, probabilities = served.predict([r.features for r in fresh])
     stream = [
         {**r.features, PREDICTION: y, PROBABILITY: p} for r, y, p in zip(fresh, labels, probabilities, strict=True)
     ]
 
-    def findings(reference: ReferenceSample) -> set[str]:
+    def drifted_checks(reference: ReferenceSample) -> int:
         policy = DataDriftPolicy()
-        detector = DataDriftDetector("loan-approval", 1, ReferenceProfile.from_sample(reference, policy), policy)
-        return {f.feature for check in detector.update(stream) for f in check.findings}  # type: ignore[arg-type]
+        detector = DataDriftDetector("sea", 1, ReferenceProfile.from_sample(reference, policy), policy)
+        checks = detector.update(stream)  # type: ignore[arg-type]
+        assert len(checks) == 80
+        return sum(r.drifted for check in checks for r in check.results)
 
-    of_gated = reference_sample(SPEC, "run-1", gated.artifact, rows, holdout, size=2000)
-    of_served = reference_sample(SPEC, "run-1", gated.artifact, rows, holdout, size=2000, served=served)
-    assert findings(of_gated) == {PROBABILITY}, "the mismatch this guards against"
-    assert findings(of_served) == set()
-    assert of_served.probabilities == served.predict([r.features for r in holdout])[1]
-    assert of_served.calibration == of_gated.calibration, "calibrated on the model that never saw the holdout"
+    reference = reference_sample(spec, "run-1", gated.artifact, rows, holdout, size=2000)
+    in_sample, in_sample_probabilities = served.predict([r.features for r in holdout])
+    of_refit = replace(reference, predictions=in_sample, probabilities=in_sample_probabilities)
+    assert drifted_checks(of_refit) > 10, "the fault this guards against"
+    assert drifted_checks(reference) == 0
+    gated_labels, gated_probabilities = gated.artifact.predict([r.features for r in holdout])
+    right = [y == r.label for y, r in zip(gated_labels, holdout, strict=True)]
+    assert reference.calibration == Calibration.fit(gated_probabilities, right), (  # type: ignore[arg-type]
+        "calibrated on the model the gate judged, on the holdout it never saw"
+    )
+
+
+def test_the_cross_fit_scores_every_row_with_a_model_that_never_saw_it() -> None:
+    """Labels that are coin flips: a forest that scores rows it trained on is right about nearly all of them, one
+    that never saw them about half; the reference must be the second, and the same for the same run."""
+    rng = random.Random(8)
+    rows = [
+        TrainingRow(
+            str(i), "e", START + timedelta(seconds=i), {"x": rng.random(), "y": rng.random()}, rng.randint(0, 1)
+        )
+        for i in range(1000)
+    ]
+    spec = ModelSpec(
+        name="m", feature_view="v", features=["x", "y"], estimator="random_forest", params={"random_state": 0}
+    )
+    train, holdout = time_split(rows, 0.3)
+    gated = fit(spec, "run-x", train, holdout)
+    reference = reference_sample(spec, "run-x", gated.artifact, rows, holdout, size=500)
+    chosen = [rows[i] for i in sample_indices(1000, 500, "run-x")]
+    memorised, _ = refit(spec, "run-x", rows).predict([r.features for r in chosen])
+    assert sum(y == r.label for y, r in zip(memorised, chosen, strict=True)) > 450, "the fault this guards against"
+    assert 0.4 < sum(reference.correct) / 500 < 0.6
+    assert reference_sample(spec, "run-x", gated.artifact, rows, holdout, size=500) == reference

@@ -61,6 +61,12 @@ from driftloop.reference import ReferenceSample
 PREDICTION = "@prediction"
 PROBABILITY = "@probability"
 
+#: Decimals the served probability is compared at. A model sure of a row serves 0.9993 one time and 0.99996
+#: the next; quantile bins of such values split hairs no one acts on, and a reference scored by other fits
+#: of the same recipe (training's cross-fit) differs from the served model in exactly those digits. Rounded,
+#: both are the same 1.00.
+PROBABILITY_DIGITS = 2
+
 #: The category of values the reference never held.
 OTHER = "@other"
 
@@ -175,6 +181,17 @@ def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
     result = np.empty(m, dtype=float)
     result[order] = np.minimum(adjusted, 1.0)
     return result
+
+
+def compared(name: str, values: Sequence[FeatureValue]) -> list[FeatureValue]:
+    """A column's values as they are compared: the probability at ``PROBABILITY_DIGITS``, the rest as they are.
+
+    >>> compared(PROBABILITY, [0.99996, 0.514, None]), compared("x", [0.99996])
+    ([1.0, 0.51, None], [0.99996])
+    """
+    if name != PROBABILITY:
+        return list(values)
+    return [round(v, PROBABILITY_DIGITS) if isinstance(v, float) else v for v in values]
 
 
 def _number(value: FeatureValue) -> float | None:
@@ -303,7 +320,7 @@ class ReferenceProfile:
             (name, profile(name, values, policy)) for name, values in sample.features.items()
         ]
         candidates.append((PREDICTION, profile(PREDICTION, sample.predictions, policy, categorical=True)))
-        candidates.append((PROBABILITY, profile(PROBABILITY, sample.probabilities, policy)))
+        candidates.append((PROBABILITY, profile(PROBABILITY, compared(PROBABILITY, sample.probabilities), policy)))
         columns = {name: p for name, p in candidates if p is not None}
         rows = {
             name: int(p.values.size if isinstance(p, NumericProfile) else p.counts.sum()) for name, p in columns.items()
@@ -412,7 +429,7 @@ class DataDriftDetector:
             chunk = rows[start : start + self.policy.check_every - self.since_check]
             start += len(chunk)
             for name, column in self.reference.columns.items():
-                self.windows[name].extend(column.window([row.get(name) for row in chunk]))
+                self.windows[name].extend(column.window(compared(name, [row.get(name) for row in chunk])))
             self.observations += len(chunk)
             self.since_check += len(chunk)
             if self.since_check >= self.policy.check_every:

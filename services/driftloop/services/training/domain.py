@@ -7,12 +7,16 @@ from, so they are kept here and tested as plain functions.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from driftloop.config import DataDriftPolicy, ModelSpec, TrainingPolicy
+from driftloop.contracts.events import LabelValue
 from driftloop.modeling import ModelArtifact, build_pipeline, score, select
 from driftloop.offline import TrainingRow
 from driftloop.reference import Calibration, ReferenceSample, feature_columns, sample_indices
@@ -88,6 +92,37 @@ def fit(spec: ModelSpec, run_id: str, train: Sequence[TrainingRow], holdout: Seq
     )
 
 
+#: Folds of the cross-fit that scores a version's reference rows: each row by a model fitted on the other
+#: four fifths of the window, as the served refit scores live rows it never saw.
+CROSS_FIT_FOLDS = 5
+
+
+def cross_fit(
+    spec: ModelSpec, run_id: str, rows: Sequence[TrainingRow], scored: np.ndarray, folds: int, fallback: ModelArtifact
+) -> tuple[list[LabelValue], list[float | None]]:
+    """Out-of-fold predictions of the rows at ``scored``: the run's estimator fitted ``folds`` times.
+
+    The folds are a shuffle of the window seeded by the run, so they are the
+    same for the same run. A fold whose other rows hold one class cannot be
+    fitted; its rows are scored by ``fallback`` instead.
+    """
+    fold_of = np.random.default_rng(zlib.crc32(f"{run_id}:folds".encode())).permutation(len(rows)) % folds
+    predictions: list[LabelValue] = [0] * len(scored)
+    probabilities: list[float | None] = [None] * len(scored)
+    for fold in range(folds):
+        inside = [j for j, i in enumerate(scored.tolist()) if fold_of[i] == fold]
+        if not inside:
+            continue
+        try:
+            model = _fitted(spec, run_id, [row for row, f in zip(rows, fold_of, strict=True) if f != fold])
+        except SingleClassError:
+            model = fallback
+        labels, chances = model.predict([rows[int(scored[j])].features for j in inside])
+        for j, label, chance in zip(inside, labels, chances, strict=True):
+            predictions[j], probabilities[j] = label, chance
+    return predictions, probabilities
+
+
 def reference_sample(
     spec: ModelSpec,
     run_id: str,
@@ -95,17 +130,22 @@ def reference_sample(
     rows: Sequence[TrainingRow],
     holdout: Sequence[TrainingRow],
     size: int,
-    served: ModelArtifact | None = None,
+    folds: int = CROSS_FIT_FOLDS,
 ) -> ReferenceSample:
-    """What monitoring compares the live stream with: ``size`` rows of the window, and the holdout as served.
+    """What monitoring compares the live stream with: ``size`` rows of the window, their features and how a
+    version like this one scores rows it never saw.
 
     The features are sampled from the whole window the version was built on.
-    The prediction columns are the holdout scored by the model the version
-    serves (``served``, its refit, when there is one): a refit is more sure
-    of itself than the model the gate judged, and comparing its live
-    probabilities with the gated model's made prediction drift fire on a
-    stream whose concept had not changed. The calibration still comes from
-    the gated model, the only one that never saw the holdout.
+    The prediction columns are the same rows' out-of-fold predictions
+    (``cross_fit``): the served model scores live rows it did not train on,
+    and a model scoring its own training rows is surer of itself than that.
+    A reference of in-sample probabilities (the refit's, on a holdout it
+    trained on) made prediction drift fire on a noisy stream whose concept
+    had not changed, and one of the gated model's (fitted on seven tenths of
+    the window, then compared with a refit on all of it) fired at once. Each
+    fold's model is fitted on four fifths of the window, nearest to the
+    refit's whole. The calibration comes from the gated model on the holdout:
+    the model the gate judged, on rows it never saw.
 
     >>> from datetime import datetime, UTC
     >>> spec = ModelSpec(name="m", feature_view="v", features=["x"], estimator="logistic_regression")
@@ -114,21 +154,20 @@ def reference_sample(
     >>> result = fit(spec, "run", rows[:70], rows[70:])
     >>> sample = reference_sample(spec, "run", result.artifact, rows, rows[70:], size=40)
     >>> len(sample.features["x"]), len(sample.predictions), all(sample.correct), sample.window_rows
-    (40, 30, True, 100)
+    (40, 40, True, 100)
     """
     chosen = sample_indices(len(rows), size, run_id)
-    features = [r.features for r in holdout]
-    gated, gated_probabilities = artifact.predict(features)
+    gated, gated_probabilities = artifact.predict([r.features for r in holdout])
     gated_correct = [prediction == row.label for prediction, row in zip(gated, holdout, strict=True)]
     calibrated = [(p, c) for p, c in zip(gated_probabilities, gated_correct, strict=True) if p is not None]
-    predictions, probabilities = served.predict(features) if served is not None else (gated, gated_probabilities)
+    predictions, probabilities = cross_fit(spec, run_id, rows, chosen, folds, artifact)
     return ReferenceSample(
         model_name=spec.name,
         run_id=run_id,
         features=feature_columns([r.features for r in rows], spec.features, chosen),
         predictions=predictions,
         probabilities=probabilities,
-        correct=[prediction == row.label for prediction, row in zip(predictions, holdout, strict=True)],
+        correct=[p == rows[i].label for p, i in zip(predictions, chosen.tolist(), strict=True)],
         calibration=Calibration.fit([p for p, _ in calibrated], [c for _, c in calibrated]),
         window_rows=len(rows),
     )

@@ -267,7 +267,7 @@ class RunWorker:
         prefix = f"models/{spec.name}/{run.run_id}"
         model = await asyncio.to_thread(result.artifact.to_bytes)
         artifact_uri = await asyncio.to_thread(self.store.put, f"{prefix}/model.skops", model)
-        refit_uri, refit_sha256, refitted = None, None, None
+        refit_uri, refit_sha256 = None, None
         if self.config.training.refit:
             refitted = await fitting(self.settings.fit_threads, refit, spec, run.run_id, rows)
             refit_model = await asyncio.to_thread(refitted.to_bytes)
@@ -278,7 +278,8 @@ class RunWorker:
             f"{prefix}/holdout.jsonl",
             "\n".join(json.dumps(holdout_record(r)) for r in holdout).encode(),
         )
-        reference = await asyncio.to_thread(
+        reference = await fitting(
+            self.settings.fit_threads,
             reference_sample,
             spec,
             run.run_id,
@@ -286,7 +287,6 @@ class RunWorker:
             rows,
             holdout,
             self.config.drift.data.reference_rows,
-            refitted,
         )
         reference_uri = await asyncio.to_thread(self.store.put, f"{prefix}/reference.json", reference.to_bytes())
         window = DataWindow(
