@@ -197,7 +197,7 @@ class CusumPolicy(_Strict):
 
 class DriftPolicy(_Strict):
     #: The concept-drift detector on the error stream: ``cusum`` (see ``cusum``) or River's ADWIN (``delta``).
-    detector: Literal["cusum", "adwin"] = "cusum"
+    detector: Literal["cusum", "adwin"] = "adwin"
     #: ADWIN's confidence: a smaller delta is slower and raises fewer false alarms.
     delta: float = Field(default=0.002, gt=0, lt=1)
     cusum: CusumPolicy = CusumPolicy()

@@ -16,8 +16,8 @@ from driftloop.services.monitoring.cusum import BernoulliCusum
 from driftloop.services.monitoring.domain import ModelMonitor, ModelTrack
 from driftloop.services.monitoring.join import Outcome
 
-#: The defaults' detector (CUSUM) with the grace and window the tests count with; ADWIN beside it.
-POLICY = DriftPolicy(grace_observations=200, accuracy_window=300)
+#: The CUSUM with the grace and window the tests count with; ADWIN, the default detector, beside it.
+POLICY = DriftPolicy(detector="cusum", grace_observations=200, accuracy_window=300)
 ADWIN = DriftPolicy(detector="adwin", delta=0.002, grace_observations=200, accuracy_window=300)
 DETECTORS = pytest.mark.parametrize("policy", [POLICY, ADWIN], ids=["cusum", "adwin"])
 
@@ -78,9 +78,9 @@ def test_late_outcomes_of_a_superseded_version_do_not_touch_the_current_one() ->
     assert track.monitors[1].observations == 700
 
 
-def test_the_default_detector_is_the_cusum_and_adwin_stays_selectable() -> None:
+def test_the_default_detector_is_adwin_and_the_cusum_is_selectable() -> None:
     shipped = load_config(Path(__file__).resolve().parents[2] / "driftloop.yaml").drift
-    assert DriftPolicy().detector == shipped.detector == "cusum" and shipped.cusum == CusumPolicy()
+    assert DriftPolicy().detector == shipped.detector == "adwin" and shipped.cusum == CusumPolicy()
     feed(track := new_track(), outcomes(1, [(10, 0.1)]))
     assert isinstance(track.monitors[1].detector, BernoulliCusum)
     feed(track := new_track(ADWIN), outcomes(1, [(10, 0.1)]))

@@ -2,7 +2,7 @@
 
 >>> import random
 >>> from driftloop.config import DriftPolicy
->>> policy = DriftPolicy(grace_observations=200, accuracy_window=300)
+>>> policy = DriftPolicy(detector="cusum", grace_observations=200, accuracy_window=300)
 >>> rng = random.Random(0)
 >>> monitor = ModelMonitor("m", version=1, policy=policy)
 >>> found = []
