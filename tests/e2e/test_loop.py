@@ -125,8 +125,12 @@ async def test_the_loop_closes_at_2000_events_per_second(stack: Stack) -> None:
     result = demo.result
     assert demo.failures() == []
     assert result.events_sent >= AT_2000.drift_at
-    assert result.detection_position is not None and result.detection_position >= AT_2000.drift_at
-    assert all(position >= AT_2000.drift_at for position in result.drift_positions), result.drift_positions
+    # No drift before the drift (the demo's own view of the newest scored event trails the stream at this
+    # rate, so the events sent when each drift event arrived are what is compared), and a real one after it.
+    assert result.drift_positions and all(p >= AT_2000.drift_at for p in result.drift_positions), result.drift_positions
+    drift = result.drift_event
+    assert drift is not None and drift.accuracy_before is not None and drift.accuracy_after is not None
+    assert drift.accuracy_before > 0.9 and drift.accuracy_after < drift.accuracy_before - 0.1
     assert result.run is not None and result.run.trigger == "drift"
     assert result.promoted is not None and result.promoted.version == 2 and result.promoted.actor == "gate"
     assert result.new_on_new_concept is not None and result.old_on_new_concept is not None
