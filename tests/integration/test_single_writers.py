@@ -160,6 +160,23 @@ def test_a_training_table_from_before_claims_gets_the_new_columns_and_its_runs_a
 # --- claimed training runs ---------------------------------------------------------------------------------------
 
 
+def test_a_deferred_run_is_claimed_by_nobody_before_its_time_and_then_once(engines: list[Engine]) -> None:
+    now = utcnow()
+    (run_id,) = _queue_runs(engines[0], 1, now)
+    with Session(engines[0]) as session:
+        run = session.get(TrainingRun, run_id)
+        assert run is not None
+        run.not_before = now + timedelta(minutes=2)
+        session.add(run)
+        session.commit()
+    stores = [RunStore(engine) for engine in engines]
+    early = _race([lambda s=s, i=i: s.claim_next(f"replica-{i}", 60, now) for i, s in enumerate(stores)])
+    assert early == [None] * CONTENDERS
+    due = now + timedelta(minutes=2, seconds=1)
+    claimed = _race([lambda s=s, i=i: s.claim_next(f"replica-{i}", 60, due) for i, s in enumerate(stores)])
+    assert [run.run_id for run in claimed if run is not None] == [run_id]
+
+
 def test_racing_replicas_claim_each_run_exactly_once(engines: list[Engine]) -> None:
     ids = _queue_runs(engines[0], 24, utcnow() - timedelta(minutes=5))
 

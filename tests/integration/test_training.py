@@ -78,6 +78,32 @@ async def _runs(client: object, expected: int) -> list[dict[str, object]]:
     raise AssertionError(f"runs did not finish: {runs}")
 
 
+async def test_a_drift_after_the_last_drift_run_ended_waits_out_the_cooldown_instead_of_being_dropped(
+    settings: DriftloopSettings, bus: Bus
+) -> None:
+    """Monitoring re-arms and raises again after a failed run or a rejected challenger; inside the cooldown
+    that new drift used to be debounced for good, leaving the drifted champion serving with nothing to try."""
+    _fill_offline_store(settings, 1800)
+    first, again = _drift(), _drift()
+    async with running(create_app(TrainingSettings(**settings.model_dump()))) as client:
+        await bus.publish(first, MODEL)
+        runs = await _runs(client, 1)
+        await bus.publish(again, MODEL)
+        for _ in range(100):
+            runs = (await client.get("/v1/runs")).json()
+            if len(runs) == 2:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.5)  # a worker poll or more: a due run would have been claimed by now
+        runs = (await client.get("/v1/runs")).json()
+    ended = next(r for r in runs if r["correlation_id"] == first.correlation_id)
+    waiting = next(r for r in runs if r["correlation_id"] == again.correlation_id)
+    assert ended["status"] == "completed" and ended["not_before"] is None
+    assert waiting["status"] == "queued" and waiting["started_at"] is None, waiting
+    cooldown = load_config(settings.config).drift.cooldown
+    assert datetime.fromisoformat(waiting["not_before"]) == datetime.fromisoformat(ended["created_at"]) + cooldown
+
+
 async def test_a_burst_of_concept_drift_gives_one_run_since_the_change_point_and_data_drift_gives_none(
     settings: DriftloopSettings, bus: Bus
 ) -> None:

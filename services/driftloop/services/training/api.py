@@ -58,6 +58,8 @@ class RunView(BaseModel):
     data_window: dict[str, Any] | None
     artifact_uri: str | None
     error: str | None
+    #: A drift run admitted within the cooldown of the one before waits until then.
+    not_before: datetime | None = None
 
 
 @router.post("/models/{name}/retrain", status_code=status.HTTP_202_ACCEPTED)

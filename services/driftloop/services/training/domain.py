@@ -1,6 +1,6 @@
 """Training decisions and the fit itself, with no I/O.
 
-The debounce rule and the time-ordered split are tiny, but they are where a
+The drift admission rule and the time-ordered split are tiny, but they are where a
 burst of drift events becomes one run and where an honest holdout comes
 from, so they are kept here and tested as plain functions.
 """
@@ -22,9 +22,34 @@ from driftloop.offline import TrainingRow
 from driftloop.reference import Calibration, ReferenceSample, feature_columns, sample_indices
 
 
-def within_cooldown(last_started: datetime | None, now: datetime, cooldown: timedelta) -> bool:
-    """A drift-triggered run is skipped when another run of the model started less than ``cooldown`` ago."""
-    return last_started is not None and now - last_started < cooldown
+def admit_drift(
+    open_run: bool, last_created: datetime | None, now: datetime, cooldown: timedelta
+) -> tuple[bool, datetime | None]:
+    """How a drift enters the run queue: whether it is debounced, and else the earliest time its run may start.
+
+    A drift while a drift run of the model is still open belongs to the turn
+    that run answers (a burst of events): it is debounced. A drift after that
+    run has ended is a new turn, even within the cooldown: monitoring raises
+    one only when the last turn ended without a better champion (a failed
+    run, a rejected challenger) and its re-arm back-off has run out. Dropping
+    it would leave the drifted champion serving with nothing left to try, so
+    it waits instead, queued until the cooldown since the last drift run has
+    passed.
+
+    >>> from datetime import UTC
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> admit_drift(True, t, t + timedelta(seconds=5), timedelta(minutes=2))
+    (True, None)
+    >>> admit_drift(False, t, t + timedelta(seconds=5), timedelta(minutes=2))[1] == t + timedelta(minutes=2)
+    True
+    >>> admit_drift(False, t, t + timedelta(minutes=3), timedelta(minutes=2)), admit_drift(False, None, t, timedelta(0))
+    ((False, None), (False, None))
+    """
+    if open_run:
+        return True, None
+    if last_created is not None and now - last_created < cooldown:
+        return False, last_created + cooldown
+    return False, None
 
 
 def retrains_on(kind: str, policy: DataDriftPolicy) -> bool:

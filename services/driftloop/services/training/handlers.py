@@ -33,6 +33,7 @@ from driftloop.logging import get_logger
 from driftloop.metrics import RETRIES
 from driftloop.offline import OfflineStore, TrainingRow
 from driftloop.services.training.domain import (
+    admit_drift,
     enough_rows,
     fit,
     holdout_record,
@@ -40,7 +41,6 @@ from driftloop.services.training.domain import (
     refit,
     retrains_on,
     time_split,
-    within_cooldown,
 )
 from driftloop.services.training.settings import TrainingSettings
 from driftloop.services.training.store import RunStore, TrainingRun
@@ -97,8 +97,8 @@ class RequestHandlers:
             )
             return
         with self.runs.session() as session:
-            last = self.runs.last_drift_run(session, drift.model_name)
-        debounced = within_cooldown(last, utcnow(), self.config.drift.cooldown)
+            open_run, last = self.runs.drift_turn(session, drift.model_name)
+        debounced, not_before = admit_drift(open_run, last, utcnow(), self.config.drift.cooldown)
         self._queue(
             drift.event_id,
             drift.model_name,
@@ -107,6 +107,7 @@ class RequestHandlers:
             drift.correlation_id,
             drift.change_point_time,
             debounced=debounced,
+            not_before=not_before,
         )
 
     def _queue(
@@ -119,6 +120,7 @@ class RequestHandlers:
         since: datetime | None,
         *,
         debounced: bool,
+        not_before: datetime | None = None,
     ) -> None:
         if model not in {m.name for m in self.config.models}:
             log.warning("training request for an unknown model ignored", model=model)
@@ -132,6 +134,7 @@ class RequestHandlers:
             requested_by=requested_by,
             correlation_id=correlation_id,
             since=since,
+            not_before=not_before,
         )
         with self.runs.session() as session:
             if self.runs.by_request(session, request_id) is not None:
@@ -141,7 +144,14 @@ class RequestHandlers:
                 session.commit()
             except IntegrityError:
                 return
-        log.info("training run recorded", run_id=run.run_id, model=model, status=run.status, trigger=trigger)
+        log.info(
+            "training run recorded",
+            run_id=run.run_id,
+            model=model,
+            status=run.status,
+            trigger=trigger,
+            not_before=not_before.isoformat() if not_before else None,
+        )
         self.wakeup.set()
 
 

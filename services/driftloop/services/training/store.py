@@ -39,6 +39,8 @@ class TrainingRun(SQLModel, table=True):
     #: The replica (``instance_id``) that claimed the run, and until when its claim holds unless renewed.
     owner: str | None = None
     lease_until: datetime | None = None
+    #: A drift run admitted within the cooldown of the one before is not claimed before this.
+    not_before: datetime | None = None
 
 
 def create_tables(engine: Engine) -> None:
@@ -55,9 +57,10 @@ class RunStore:
     def by_request(self, session: Session, request_event_id: str) -> TrainingRun | None:
         return session.exec(select(TrainingRun).where(TrainingRun.request_event_id == request_event_id)).first()
 
-    def last_drift_run(self, session: Session, model_name: str) -> datetime | None:
-        """When the last drift-triggered run of the model was recorded; manual runs don't debounce drift."""
-        run = session.exec(
+    def drift_turn(self, session: Session, model_name: str) -> tuple[bool, datetime | None]:
+        """Whether a drift-triggered run of the model is open, and when the last one was recorded; manual runs
+        and debounced drifts count for neither."""
+        runs = session.exec(
             select(TrainingRun)
             .where(
                 TrainingRun.model_name == model_name,
@@ -65,16 +68,22 @@ class RunStore:
                 col(TrainingRun.status) != "debounced",
             )
             .order_by(col(TrainingRun.created_at).desc())
-        ).first()
-        return aware(run.created_at) if run else None
+        ).all()
+        is_open = any(run.status in OPEN_STATES for run in runs)
+        return is_open, aware(runs[0].created_at) if runs else None
 
     @staticmethod
     def _claimable(owner: str, now: datetime) -> ColumnElement[bool]:
-        """Open, and nobody's, or its owner's lease ran out, or it is ours from before a restart."""
-        return col(TrainingRun.status).in_(OPEN_STATES) & or_(
-            col(TrainingRun.owner).is_(None),
-            col(TrainingRun.lease_until) < now,
-            col(TrainingRun.owner) == owner,
+        """Open and due, and nobody's, or its owner's lease ran out, or it is ours from before a restart."""
+        due = or_(col(TrainingRun.not_before).is_(None), col(TrainingRun.not_before) <= now)
+        return (
+            col(TrainingRun.status).in_(OPEN_STATES)
+            & due
+            & or_(
+                col(TrainingRun.owner).is_(None),
+                col(TrainingRun.lease_until) < now,
+                col(TrainingRun.owner) == owner,
+            )
         )
 
     def claim_next(self, owner: str, lease_seconds: float, now: datetime | None = None) -> TrainingRun | None:
