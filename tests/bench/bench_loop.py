@@ -197,7 +197,9 @@ class LoopResult:
     seconds: float
     replicas: int
     events_sent: int = 0
+    #: Events with an outcome, each counted once; ``repeated`` counts the outcomes of an event already scored.
     outcomes: int = 0
+    repeated: int = 0
     #: Outcomes per second while the load was offered, and the lag (events without outcome) when it ended.
     sustained_rate: float = 0.0
     #: All the events offered over the time until the last of their outcomes (None when they did not all come).
@@ -256,6 +258,7 @@ async def offered_load(stack: Stack, rate: float, seconds: float, drain: float =
     result = LoopResult(offered_rate=rate, seconds=seconds, replicas=max(stack.replicas.values(), default=1))
     tag = f"load{uuid.uuid4().hex[:6]}"
     sent_at: dict[str, float] = {}
+    scored: set[str] = set()
     latencies: list[float] = []
     tps = await topic_partitions(settings.bootstrap, [settings.topic(OUTCOMES)])
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
@@ -269,11 +272,16 @@ async def offered_load(stack: Stack, rate: float, seconds: float, drain: float =
         while True:
             for messages in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
                 for m in messages:
-                    outcome = orjson.loads(m.value or b"{}")
-                    started = sent_at.get(outcome.get("e", ""))
-                    if started is not None:
-                        result.outcomes += 1
-                        latencies.append(m.timestamp / 1000 - started)
+                    event = orjson.loads(m.value or b"{}").get("e", "")
+                    started = sent_at.get(event)
+                    if started is None:
+                        continue
+                    if event in scored:
+                        result.repeated += 1
+                        continue
+                    scored.add(event)
+                    result.outcomes += 1
+                    latencies.append(m.timestamp / 1000 - started)
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=50, max_batch_size=256 * 1024)
     await producer.start()

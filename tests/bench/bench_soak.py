@@ -105,7 +105,8 @@ def report(result: dict[str, Any]) -> None:
         )
     console.print(table)
     console.print(
-        f"outcomes {loop['outcomes']:,} of {loop['events_sent']:,} events; sustained {loop['sustained_rate']:,.0f}/s;"
+        f"scored {loop['outcomes']:,} of {loop['events_sent']:,} events, {loop.get('repeated', 0):,} outcomes repeated;"
+        f" sustained {loop['sustained_rate']:,.0f}/s;"
         f" lag at the end of the offered window {loop['lag_at_end']:,}; drained in {loop['drained_seconds']} s"
     )
 
