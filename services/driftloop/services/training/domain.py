@@ -132,10 +132,11 @@ def cross_fit(
     fitted; its rows are scored by ``fallback`` instead.
     """
     fold_of = np.random.default_rng(zlib.crc32(f"{run_id}:folds".encode())).permutation(len(rows)) % folds
+    scored_fold = fold_of[scored]
     predictions: list[LabelValue] = [0] * len(scored)
     probabilities: list[float | None] = [None] * len(scored)
     for fold in range(folds):
-        inside = [j for j, i in enumerate(scored.tolist()) if fold_of[i] == fold]
+        inside = np.flatnonzero(scored_fold == fold).tolist()
         if not inside:
             continue
         try:

@@ -60,17 +60,14 @@ class RunStore:
     def drift_turn(self, session: Session, model_name: str) -> tuple[bool, datetime | None]:
         """Whether a drift-triggered run of the model is open, and when the last one was recorded; manual runs
         and debounced drifts count for neither."""
-        runs = session.exec(
-            select(TrainingRun)
-            .where(
-                TrainingRun.model_name == model_name,
-                TrainingRun.trigger == "drift",
-                col(TrainingRun.status) != "debounced",
-            )
-            .order_by(col(TrainingRun.created_at).desc())
-        ).all()
-        is_open = any(run.status in OPEN_STATES for run in runs)
-        return is_open, aware(runs[0].created_at) if runs else None
+        drift_runs = select(TrainingRun).where(
+            TrainingRun.model_name == model_name,
+            TrainingRun.trigger == "drift",
+            col(TrainingRun.status) != "debounced",
+        )
+        last = session.exec(drift_runs.order_by(col(TrainingRun.created_at).desc())).first()
+        is_open = session.exec(drift_runs.where(col(TrainingRun.status).in_(OPEN_STATES))).first() is not None
+        return is_open, aware(last.created_at) if last else None
 
     @staticmethod
     def _claimable(owner: str, now: datetime) -> ColumnElement[bool]:
