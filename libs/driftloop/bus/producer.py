@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from driftloop.bus.partitioner import partition_for
+from driftloop.bus.partitioner import partitions_for
 from driftloop.contracts import Contract, DeadLetter, Envelope, FieldError, topic_for, utcnow
 from driftloop.logging import get_logger
 from driftloop.metrics import DEADLETTERS, MESSAGES_PRODUCED
@@ -290,9 +290,11 @@ class Bus:
             sent.add_done_callback(partial(self._watch, producer))
             futures.update(dict.fromkeys(members, sent))
 
+        keyed = {i: key for i, (key, _, _, partition) in enumerate(records) if partition is None and key is not None}
+        chosen = dict(zip(keyed, partitions_for(list(keyed.values()), count), strict=True))
         for index, (key, value, headers, partition) in enumerate(records):
             if partition is None:
-                partition = partition_for(key, count) if key is not None else next(self._spread) % count
+                partition = chosen[index] if key is not None else next(self._spread) % count
             batch, members = building.setdefault(partition, (producer.create_batch(), []))
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 if members:
