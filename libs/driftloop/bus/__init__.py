@@ -11,7 +11,7 @@ from driftloop.bus.consumer import ConsumerLoop, Deduper, MemoryDeduper, Record,
 from driftloop.bus.faults import PoisonMessage, classify
 from driftloop.bus.follow import FollowerFailed, follower_state, wait_caught_up
 from driftloop.bus.metadata import TopicUnavailable, topic_partitions
-from driftloop.bus.producer import Bus, cloudevent_headers, deadletter_for
+from driftloop.bus.producer import Bus, Outgoing, cloudevent_headers, deadletter_for
 from driftloop.bus.topics import ensure_topics
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ConsumerLoop",
     "Deduper",
     "MemoryDeduper",
+    "Outgoing",
     "PoisonMessage",
     "Record",
     "TopicUnavailable",

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from functools import cache, partial
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from aiokafka.producer.message_accumulator import BatchBuilder
+from pydantic_core import to_json
 
 from driftloop.bus.partitioner import partitions_for
 from driftloop.contracts import Contract, DeadLetter, Envelope, FieldError, topic_for, utcnow
@@ -35,25 +38,37 @@ def cloudevent_headers(event: Contract, source: str, subject: str | None) -> Hea
     >>> [name for name, _ in cloudevent_headers(LabelEvent(event_id="e-1", label=1), "driftloop/test", "e-1")]
     ['ce_specversion', 'ce_id', 'ce_source', 'ce_type', 'ce_time', 'ce_subject', 'content-type']
     """
+    constant = _constant_headers(type(event).EVENT_TYPE, source)
     if isinstance(event, Envelope):
-        event_id, time = event.event_id, event.occurred_at
-    else:
-        event_id, time = str(getattr(event, "event_id", "")), utcnow()
-    specversion, source_header, type_header, content_type = _constant_headers(type(event).EVENT_TYPE, source)
-    headers = [
-        specversion,
-        ("ce_id", event_id.encode()),
-        source_header,
-        type_header,
-        ("ce_time", time.isoformat().encode()),
-    ]
+        return _headers(
+            constant,
+            event.event_id,
+            event.occurred_at.isoformat().encode(),
+            subject,
+            (event.correlation_id, event.causation_id),
+        )
+    return _headers(constant, str(getattr(event, "event_id", "")), utcnow().isoformat().encode(), subject, None)
+
+
+def _headers(
+    constant: tuple[tuple[str, bytes], ...],
+    event_id: str,
+    time: bytes,
+    subject: str | None,
+    lineage: tuple[str, str | None] | None,
+) -> Headers:
+    """The headers of one record: the constant ones of its type and source, and its own; ``lineage`` is an
+    envelope's correlation and causation ids."""
+    specversion, source_header, type_header, content_type = constant
+    headers = [specversion, ("ce_id", event_id.encode()), source_header, type_header, ("ce_time", time)]
     if subject is not None:
         headers.append(("ce_subject", subject.encode()))
     headers.append(content_type)
-    if isinstance(event, Envelope):
-        headers.append(("correlation_id", event.correlation_id.encode()))
-        if event.causation_id is not None:
-            headers.append(("causation_id", event.causation_id.encode()))
+    if lineage is not None:
+        correlation_id, causation_id = lineage
+        headers.append(("correlation_id", correlation_id.encode()))
+        if causation_id is not None:
+            headers.append(("causation_id", causation_id.encode()))
     return headers
 
 
@@ -229,27 +244,45 @@ class Bus:
             raise RuntimeError("defer() outside `async with bus.acknowledged()`: nobody would send it")
         pending.records.setdefault(topic, []).extend(records)
 
-    async def publish_batch(self, events: Sequence[tuple[Contract, str | None]]) -> list[asyncio.Future[object]]:
-        """Hand ``events`` to the producer now, as batches; the future of each one's acknowledgement, in order.
+    def encode_many(
+        self, template: Envelope, changes: Sequence[Mapping[str, Any]], keys: Sequence[str | None]
+    ) -> list[Outgoing]:
+        """The records ``publish`` sends for ``template`` with each change applied, keyed by ``keys``.
+
+        For many events of one contract that differ in a few fields (a batch's
+        predictions): the template is validated once and dumped once, and each
+        record's JSON is written by pydantic's own serializer from a dict, so
+        it is byte for byte what the contract model gives, at about a third of
+        the cost of building and dumping a model per record. The changes are
+        not validated again: they must hold values of the fields' own types,
+        as the code that computed them guarantees; a field the contract lacks
+        is refused.
+        """
+        base = template.model_dump()
+        if unknown := {name for change in changes[:1] for name in change} - base.keys():
+            raise ValueError(f"{type(template).__name__} has no field {sorted(unknown)}")
+        constant = _constant_headers(type(template).EVENT_TYPE, f"driftloop/{self.service}")
+        stamps: dict[datetime, bytes] = {}
+        records: list[Outgoing] = []
+        for change, key in zip(changes, keys, strict=True):
+            fields = {**base, **change}
+            at = fields["occurred_at"]
+            stamp = stamps.get(at) or stamps.setdefault(at, at.isoformat().encode())
+            lineage = (fields["correlation_id"], fields["causation_id"])
+            headers = _headers(constant, fields["event_id"], stamp, key, lineage)
+            value = to_json(fields, inf_nan_mode="null")
+            records.append((key.encode() if key is not None else None, value, headers, None))
+        return records
+
+    async def publish_batch(self, topic: str, records: list[Outgoing]) -> list[asyncio.Future[object]]:
+        """Hand encoded ``records`` to the producer now, as batches; the future of each one's acknowledgement,
+        in order.
 
         For a caller that settles many records itself (deployment's prediction
         log): no coroutine or task per record, and each record's outcome apart
         (records of one batch share its future).
         """
-        by_topic: dict[str, list[int]] = {}
-        outgoing: list[Outgoing] = []
-        for index, (event, key) in enumerate(events):
-            by_topic.setdefault(topic_for(type(event)), []).append(index)
-            headers = cloudevent_headers(event, f"driftloop/{self.service}", key)
-            outgoing.append(
-                (key.encode() if key is not None else None, event.model_dump_json().encode(), headers, None)
-            )
-        futures: list[asyncio.Future[object] | None] = [None] * len(outgoing)
-        for topic, indexes in by_topic.items():
-            sent = await self._send_batched(topic, [outgoing[i] for i in indexes])
-            for index, future in zip(indexes, sent, strict=True):
-                futures[index] = future
-        return [future for future in futures if future is not None]
+        return await self._send_batched(topic, records)
 
     async def _hand_over(self, topic: str, value: bytes, key: str | None, headers: Headers) -> asyncio.Future[object]:
         assert self._producer is not None, "Bus.start() first"

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import AfterValidator, BaseModel, Field
 
+from driftloop.bus import Bus, Outgoing
 from driftloop.contracts import Prediction, new_event_ids, utcnow
 from driftloop.contracts.events import Features, FeatureValue, LabelValue
 from driftloop.http import READ
@@ -100,30 +101,32 @@ def _served(table: ServingTable, name: str) -> Served:
     return served
 
 
-def _predictions(side: Side, ids: list[str], scores: Scores, entity_id: str | None, own_ids: bool) -> list[Prediction]:
-    """The model's own output for a request, with every field given: a default factory costs more than
-    validating all of them (pydantic 2.14). A REST prediction starts its own story: its id is its correlation
-    id."""
+def _predictions(
+    bus: Bus, side: Side, ids: list[str], scores: Scores, entity_id: str | None, own_ids: bool
+) -> list[Outgoing]:
+    """The model's own output for a request, encoded from one validated template (``Bus.encode_many``). A REST
+    prediction starts its own story: its id is its correlation id, and it is keyed by it, as labels are."""
     labels, probabilities = scores
     event_ids = ids if own_ids else new_event_ids(len(ids))
-    now = utcnow()
-    return [
-        Prediction(
-            event_id=event_id,
-            correlation_id=pid,
-            occurred_at=now,
-            source_event_id=pid,
-            entity_id=entity_id,
-            model_name=side.served.model_name,
-            model_version=side.served.version,
-            role=side.role,
-            served=side.serves,
-            channel="rest",
-            prediction=label,
-            probability=p,
-        )
+    template = Prediction(
+        event_id=event_ids[0],
+        correlation_id=ids[0],
+        occurred_at=utcnow(),
+        source_event_id=ids[0],
+        entity_id=entity_id,
+        model_name=side.served.model_name,
+        model_version=side.served.version,
+        role=side.role,
+        served=side.serves,
+        channel="rest",
+        prediction=labels[0],
+        probability=probabilities[0],
+    )
+    changes = [
+        {"event_id": event_id, "correlation_id": pid, "source_event_id": pid, "prediction": label, "probability": p}
         for pid, event_id, label, p in zip(ids, event_ids, labels, probabilities, strict=True)
     ]
+    return bus.encode_many(template, changes, ids)
 
 
 def _refused(served: Served, instances: list[Features], exc: ValueError) -> HTTPException:
@@ -158,7 +161,8 @@ async def _beside(
     them, and a failure here never reaches the caller."""
     try:
         scores = await _score(serving, rollouts, side, instances)
-        await serving.log.record(_predictions(side, ids, scores, entity_id, own_ids=False))
+        records = _predictions(serving.log.bus, side, ids, scores, entity_id, own_ids=False)
+        await serving.log.record(side.served.model_name, records)
     except Exception:
         log.exception("shadow scoring failed", model=side.served.model_name, version=side.served.version)
 
@@ -183,7 +187,7 @@ async def _predict(
     first = sides[0]
     scores = await _score(serving, rollouts, first, instances)
     try:
-        await serving.log.record(_predictions(first, ids, scores, entity_id, own_ids=True))
+        await serving.log.record(name, _predictions(serving.log.bus, first, ids, scores, entity_id, own_ids=True))
     except PublishFailed as exc:
         PREDICTIONS.labels(name, "rest", "unpublished").inc(len(ids))
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"predictions not recorded: {exc}") from exc

@@ -26,6 +26,7 @@ from driftloop.contracts import (
     RolloutStepped,
     new_event_ids,
     parse_internal,
+    topic_for,
     utcnow,
 )
 from driftloop.logging import get_logger
@@ -37,6 +38,7 @@ from driftloop.services.deployment.settings import DeploymentSettings
 log = get_logger(__name__)
 
 #: A replica's rollout events are named by what they report, so every replica that reports it gives one id.
+_TOPIC = topic_for(Prediction)
 _ROLLOUT_NAMESPACE = uuid.UUID("3c0f8a55-1d2e-4b6f-8a9c-7e5d4c3b2a19")
 
 
@@ -303,25 +305,38 @@ class Predictor:
         labels, probabilities = await asyncio.to_thread(side.served.artifact.predict, [v.features for v in batch])
         if side.role == "challenger":
             await self.rollouts.check_latency(model, side.served.version, time.perf_counter() - started)
-        now = utcnow()
         event_ids = new_event_ids(len(batch))
-        for vector, event_id, label, probability in zip(batch, event_ids, labels, probabilities, strict=True):
-            # Every field is given: a default factory costs more than validating all of them (pydantic 2.14).
-            prediction = Prediction(
-                event_id=event_id,
-                occurred_at=now,
-                correlation_id=vector.correlation_id,
-                causation_id=vector.event_id,
-                source_event_id=vector.event_id,
-                entity_id=vector.entity_id,
-                event_time=vector.event_time,
-                model_name=model,
-                model_version=side.served.version,
-                role=side.role,
-                served=side.serves,
-                channel="stream",
-                prediction=label,
-                probability=probability,
-                label=vector.label,
-            )
-            await self.bus.publish(prediction, vector.event_id, wait=False)
+        first = batch[0]
+        # Every field is given: a default factory costs more than validating all of them (pydantic 2.14).
+        template = Prediction(
+            event_id=event_ids[0],
+            occurred_at=utcnow(),
+            correlation_id=first.correlation_id,
+            causation_id=first.event_id,
+            source_event_id=first.event_id,
+            entity_id=first.entity_id,
+            event_time=first.event_time,
+            model_name=model,
+            model_version=side.served.version,
+            role=side.role,
+            served=side.serves,
+            channel="stream",
+            prediction=labels[0],
+            probability=probabilities[0],
+            label=first.label,
+        )
+        changes = [
+            {
+                "event_id": event_id,
+                "correlation_id": vector.correlation_id,
+                "causation_id": vector.event_id,
+                "source_event_id": vector.event_id,
+                "entity_id": vector.entity_id,
+                "event_time": vector.event_time,
+                "prediction": label,
+                "probability": probability,
+                "label": vector.label,
+            }
+            for vector, event_id, label, probability in zip(batch, event_ids, labels, probabilities, strict=True)
+        ]
+        self.bus.defer(_TOPIC, self.bus.encode_many(template, changes, [v.event_id for v in batch]))

@@ -16,8 +16,8 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from driftloop.bus import Bus
-from driftloop.contracts import Prediction
+from driftloop.bus import Bus, Outgoing
+from driftloop.contracts import Prediction, topic_for
 from driftloop.contracts.events import Features, LabelValue
 from driftloop.logging import get_logger
 from driftloop.services.deployment.domain import Served
@@ -26,6 +26,7 @@ from driftloop.services.deployment.metrics import BATCH_ROWS, PUBLISH_FAILURES, 
 log = get_logger(__name__)
 
 Scores = tuple[list[LabelValue], list[float | None]]
+_TOPIC = topic_for(Prediction)
 
 
 class PublishFailed(Exception):
@@ -34,7 +35,9 @@ class PublishFailed(Exception):
 
 @dataclass
 class _Publication:
-    predictions: Sequence[Prediction]
+    model_name: str
+    #: Encoded ``Prediction`` records (``Bus.encode_many``).
+    records: list[Outgoing]
     #: Resolved once the broker has them, for a caller that waits (``prediction_acks=wait``).
     acknowledged: asyncio.Future[None] | None
 
@@ -43,7 +46,7 @@ class PredictionLog:
     """Publishes REST predictions to ``predictions`` from one sender task, up to ``chunk`` records at a time.
 
     A chunk's records are handed to the producer as whole batches
-    (``Bus.publish_batch``) and their acknowledgements gathered per chunk,
+    (``Bus.publish_batch``), encoded by the caller (``Bus.encode_many``) and their acknowledgements gathered per chunk,
     without a coroutine or a future per record: a backlog of thousands of
     concurrent sends (eight connections of 100-row requests) spent the loop
     waking itself, about ten times the cost per record of sending in chunks.
@@ -83,13 +86,13 @@ class PredictionLog:
         """Wait until everything recorded so far has been sent (acknowledged or failed)."""
         await self._idle.wait()
 
-    async def record(self, predictions: Sequence[Prediction]) -> None:
+    async def record(self, model_name: str, records: list[Outgoing]) -> None:
         while self._queued >= self.max_queued:
             self._room.clear()
             await self._room.wait()
         acknowledged = asyncio.get_running_loop().create_future() if self.acks == "wait" else None
-        self._queue.append(_Publication(predictions, acknowledged))
-        self._queued += len(predictions)
+        self._queue.append(_Publication(model_name, records, acknowledged))
+        self._queued += len(records)
         QUEUED.set(self._queued)
         self._idle.clear()
         self._work.set()
@@ -104,14 +107,14 @@ class PredictionLog:
                 await self._work.wait()
                 continue
             batch = [self._queue.popleft()]
-            size = len(batch[0].predictions)
-            while self._queue and size + len(self._queue[0].predictions) <= self.chunk:
-                size += len(self._queue[0].predictions)
+            size = len(batch[0].records)
+            while self._queue and size + len(self._queue[0].records) <= self.chunk:
+                size += len(self._queue[0].records)
                 batch.append(self._queue.popleft())
-            records = [p for publication in batch for p in publication.predictions]
+            records = [r for publication in batch for r in publication.records]
             results: list[object]
             try:
-                futures = await self.bus.publish_batch([(p, p.source_event_id) for p in records])
+                futures = await self.bus.publish_batch(_TOPIC, records)
             except Exception as exc:
                 results = [exc] * len(records)
             else:
@@ -122,15 +125,15 @@ class PredictionLog:
             self._room.set()
             start = 0
             for publication in batch:
-                end = start + len(publication.predictions)
+                end = start + len(publication.records)
                 self._settle(publication, [r for r in results[start:end] if isinstance(r, BaseException)])
                 start = end
 
     def _settle(self, publication: _Publication, failures: list[BaseException]) -> None:
         done = publication.acknowledged
         if failures:
-            total = len(publication.predictions)
-            PUBLISH_FAILURES.labels(publication.predictions[0].model_name).inc(len(failures))
+            total = len(publication.records)
+            PUBLISH_FAILURES.labels(publication.model_name).inc(len(failures))
             error = PublishFailed(f"{len(failures)} of {total} predictions not published: {failures[0]!r}")
             if done is None:
                 log.error("predictions not published", error=str(error))
