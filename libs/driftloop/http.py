@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, HTTPException, Query, Request, Response, Security, status
@@ -35,7 +35,7 @@ from fastapi.params import Security as SecurityParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftloop.auth import Identity, Role, allows, token_hash, token_id_of
@@ -229,6 +229,37 @@ async def stored_parameters(request: Request) -> None:
     ]
     if errors:
         raise RequestValidationError(errors)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class JsonBody(Generic[M]):
+    """A request body read by pydantic's own JSON parser, in one pass with its validation, for a hot endpoint.
+
+    FastAPI parses a body with Python's ``json`` and then validates the
+    objects it built: for a 100-row prediction request that is three times
+    what ``model_validate_json`` costs. Use the instance as the parameter's
+    dependency and ``openapi`` as the route's ``openapi_extra``, so the
+    document still shows the body (FastAPI cannot see a body it does not
+    parse). Errors are FastAPI's own 422, each located under ``body``. The
+    model's schema must be self-contained (no nested models), since the
+    document inlines it.
+    """
+
+    def __init__(self, model: type[M]) -> None:
+        self.model = model
+        schema = model.model_json_schema()
+        if "$defs" in schema:
+            raise ValueError(f"{model.__name__} nests models; its inlined schema could not resolve them")
+        self.openapi = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+    async def __call__(self, request: Request) -> M:
+        try:
+            return self.model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from exc
 
 
 def _json_number(value: float) -> float | str:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import math
+import sys
 import time
 from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, Field
 
 from driftloop.bus import Bus, Outgoing
 from driftloop.contracts import Prediction, new_event_ids, utcnow
 from driftloop.contracts.events import Features, FeatureValue, LabelValue
-from driftloop.http import READ
+from driftloop.http import READ, JsonBody
 from driftloop.logging import get_logger
 from driftloop.services.deployment.domain import Served, ServingTable, Side
 from driftloop.services.deployment.handlers import Rollouts
@@ -52,16 +53,25 @@ RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
+#: The largest integer a float holds; past it a model cannot score the number.
+_LARGEST = int(sys.float_info.max)
+_NOT_FINITE = "not a finite number"
+
+
 def _finite(value: FeatureValue) -> FeatureValue:
     """No model scores an infinite number, and a body can hold one: ``Infinity``, ``1e400`` or a 400-digit integer."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            finite = math.isfinite(value)
-        except OverflowError:
-            finite = False
-        if not finite:
-            raise ValueError("not a finite number")
+    if _unscorable(value):
+        raise ValueError(_NOT_FINITE)
     return value
+
+
+def _unscorable(value: FeatureValue) -> bool:
+    """Whether ``value`` is a number no model scores; ``x - x`` is NaN exactly for an infinity or a NaN."""
+    if type(value) is float:
+        return value - value != 0.0
+    if type(value) is int:
+        return not -_LARGEST <= value <= _LARGEST
+    return False
 
 
 #: A feature's value in a request: what an event may carry, and a number only when it is finite.
@@ -70,7 +80,19 @@ RequestValue = Annotated[FeatureValue, AfterValidator(_finite)]
 
 class PredictRequest(BaseModel):
     #: How many is bounded for every request by ``max_batch`` (driftloop.http), before this model is built.
-    instances: list[dict[str, RequestValue]] = Field(min_length=1)
+    instances: list[Features] = Field(min_length=1)
+
+    def check_finite(self) -> None:
+        """Refuse the numbers no model scores, as ``RequestValue`` does: in one pass over the rows after
+        parsing, since a validator per value cost as much as the parse itself."""
+        errors = [
+            {"type": "value_error", "loc": ("body", "instances", index, name), "msg": f"Value error, {_NOT_FINITE}"}
+            for index, row in enumerate(self.instances)
+            for name, value in row.items()
+            if _unscorable(value)
+        ]
+        if errors:
+            raise RequestValidationError(errors)
 
 
 class PredictResponse(BaseModel):
@@ -200,10 +222,13 @@ async def _predict(
     )
 
 
-@router.post("/v1/models/{name}/predict", dependencies=[READ])
+_PREDICT_BODY = JsonBody(PredictRequest)
+
+
+@router.post("/v1/models/{name}/predict", dependencies=[READ], openapi_extra=_PREDICT_BODY.openapi)
 async def predict(
     name: str,
-    body: PredictRequest,
+    body: Annotated[PredictRequest, Depends(_PREDICT_BODY)],
     table: TableDep,
     serving: ServingDep,
     rollouts: RolloutsDep,
@@ -220,6 +245,7 @@ async def predict(
 
     With ``prediction_acks=wait`` a 503 means the broker did not take them.
     """
+    body.check_finite()
     return await _predict(table, name, serving, rollouts, body.instances, entity_id)
 
 
