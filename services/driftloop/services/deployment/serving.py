@@ -14,6 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from driftloop.bus import Bus, Outgoing
@@ -45,27 +46,31 @@ class _Publication:
 class PredictionLog:
     """Publishes REST predictions to ``predictions`` from one sender task, up to ``chunk`` records at a time.
 
-    A chunk's records are handed to the producer as whole batches
-    (``Bus.publish_batch``), encoded by the caller (``Bus.encode_many``) and their acknowledgements gathered per chunk,
-    without a coroutine or a future per record: a backlog of thousands of
-    concurrent sends (eight connections of 100-row requests) spent the loop
-    waking itself, about ten times the cost per record of sending in chunks.
+    A chunk's records are encoded by the caller (``Bus.encode_many``) and
+    handed to the producer as whole batches (``Bus.publish_batch``), with one
+    callback per chunk to settle them: no coroutine or future per record. A
+    backlog of thousands of concurrent sends (eight connections of 100-row
+    requests) spent the loop waking itself, about ten times the cost per
+    record of sending in chunks. The sender does not wait for a chunk's
+    acknowledgement before it hands over the next: waiting for the broker
+    a chunk at a time bounded the whole endpoint by the broker's round trip.
 
     With ``async`` acks ``record`` returns once the predictions are queued; a
     failure is logged and counted in ``driftloop_prediction_publish_failures_total``.
     With ``wait`` it returns once the broker has them, and raises
-    ``PublishFailed`` otherwise. The queue holds at most ``max_queued``
-    records: past that, ``record`` waits for room, so a broker that falls
-    behind slows responses instead of growing memory. ``stop`` sends what is
-    queued before it returns.
+    ``PublishFailed`` otherwise. At most ``max_queued`` records are queued or
+    unacknowledged: past that, ``record`` waits for room, so a broker that
+    falls behind slows responses instead of growing memory. ``stop`` sends
+    what is queued before it returns.
     """
 
-    def __init__(self, bus: Bus, acks: Literal["wait", "async"], chunk: int = 256, max_queued: int = 20_000) -> None:
+    def __init__(self, bus: Bus, acks: Literal["wait", "async"], chunk: int = 1024, max_queued: int = 20_000) -> None:
         self.bus = bus
         self.acks = acks
         self.chunk = chunk
         self.max_queued = max_queued
         self._queue: deque[_Publication] = deque()
+        #: Records recorded and not yet settled (acknowledged or failed).
         self._queued = 0
         self._work = asyncio.Event()
         self._room = asyncio.Event()
@@ -102,7 +107,6 @@ class PredictionLog:
     async def _run(self) -> None:
         while True:
             if not self._queue:
-                self._idle.set()
                 self._work.clear()
                 await self._work.wait()
                 continue
@@ -112,22 +116,39 @@ class PredictionLog:
                 size += len(self._queue[0].records)
                 batch.append(self._queue.popleft())
             records = [r for publication in batch for r in publication.records]
-            results: list[object]
             try:
                 futures = await self.bus.publish_batch(_TOPIC, records)
             except Exception as exc:
-                results = [exc] * len(records)
-            else:
-                outcomes = dict(zip(futures, await asyncio.gather(*futures, return_exceptions=True), strict=True))
-                results = [outcomes[future] for future in futures]
-            self._queued -= len(records)
-            QUEUED.set(self._queued)
-            self._room.set()
-            start = 0
-            for publication in batch:
-                end = start + len(publication.records)
-                self._settle(publication, [r for r in results[start:end] if isinstance(r, BaseException)])
-                start = end
+                self._settle_chunk(batch, [exc] * len(records))
+                continue
+            distinct = list(dict.fromkeys(futures))
+            acknowledged = asyncio.gather(*distinct, return_exceptions=True)
+            acknowledged.add_done_callback(partial(self._acknowledged, batch, futures, distinct))
+
+    def _acknowledged(
+        self,
+        batch: list[_Publication],
+        futures: list[asyncio.Future[object]],
+        distinct: list[asyncio.Future[object]],
+        gathered: asyncio.Future[list[object]],
+    ) -> None:
+        if gathered.cancelled():
+            self._settle_chunk(batch, [asyncio.CancelledError()] * len(futures))
+            return
+        outcomes = dict(zip(distinct, gathered.result(), strict=True))
+        self._settle_chunk(batch, [outcomes[future] for future in futures])
+
+    def _settle_chunk(self, batch: list[_Publication], results: list[object]) -> None:
+        self._queued -= len(results)
+        QUEUED.set(self._queued)
+        self._room.set()
+        if not self._queued:
+            self._idle.set()
+        start = 0
+        for publication in batch:
+            end = start + len(publication.records)
+            self._settle(publication, [r for r in results[start:end] if isinstance(r, BaseException)])
+            start = end
 
     def _settle(self, publication: _Publication, failures: list[BaseException]) -> None:
         done = publication.acknowledged
