@@ -255,8 +255,8 @@ class Bus:
         it is byte for byte what the contract model gives, at about a third of
         the cost of building and dumping a model per record. The changes are
         not validated again: they must hold values of the fields' own types,
-        as the code that computed them guarantees; a field the contract lacks
-        is refused.
+        as the code that computed them guarantees, and all name the same
+        fields; a field the contract lacks (checked on the first) is refused.
         """
         base = template.model_dump()
         if unknown := {name for change in changes[:1] for name in change} - base.keys():
