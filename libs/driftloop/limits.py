@@ -59,16 +59,9 @@ def json_shape(body: bytes, max_depth: int) -> JsonShape:
     >>> json_shape(b'"\\\\" [[[ \\\\"', 32)
     JsonShape(depth=0, longest_array=0)
     """
-    kept = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOISE)
-    chars = np.frombuffer(kept, dtype=np.uint8)
-    quotes = chars == _QUOTE
-    outside = (np.cumsum(quotes, dtype=np.int64) & 1) == 0
-    structure = chars[outside & ~quotes]
+    structure, opens, depth = _structure(body)
     if not len(structure):
         return JsonShape(0, 0)
-    opens = (structure == _OPEN_ARRAY) | (structure == _OPEN_OBJECT)
-    closes = (structure == _CLOSE_ARRAY) | (structure == _CLOSE_OBJECT)
-    depth = np.cumsum(opens.astype(np.int64) - closes)
     deepest = max(int(depth.max()), 0)
     if deepest > max_depth:
         return JsonShape(deepest, 0)
@@ -85,9 +78,36 @@ def json_shape(body: bytes, max_depth: int) -> JsonShape:
     return JsonShape(deepest, longest)
 
 
+def json_depth(body: bytes) -> int:
+    """The nesting depth ``json_shape`` measures, without measuring arrays.
+
+    >>> json_depth(b'{"rows": [[1, 2], [3, 4, 5]], "note": "[[[,,"}')
+    3
+    """
+    _, _, depth = _structure(body)
+    return max(int(depth.max()), 0) if len(depth) else 0
+
+
+def _structure(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The brackets and commas outside strings, which of them open a container, and the depth after each."""
+    kept = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOISE)
+    chars = np.frombuffer(kept, dtype=np.uint8)
+    quotes = chars == _QUOTE
+    outside = (np.cumsum(quotes, dtype=np.int64) & 1) == 0
+    structure = chars[outside & ~quotes]
+    opens = (structure == _OPEN_ARRAY) | (structure == _OPEN_OBJECT)
+    closes = (structure == _CLOSE_ARRAY) | (structure == _CLOSE_OBJECT)
+    return structure, opens, np.cumsum(opens.astype(np.int64) - closes)
+
+
 def check_json(body: bytes, *, max_depth: int, max_items: int) -> None:
-    """Raise ``TooDeep`` or ``TooLong`` naming the limit when ``body`` breaks one."""
-    shape = json_shape(body, max_depth)
+    """Raise ``TooDeep`` or ``TooLong`` naming the limit when ``body`` breaks one.
+
+    An array holds at most one item more than the body has commas, so a
+    body with fewer commas than ``max_items`` has its depth measured only.
+    """
+    few_commas = body.count(b",") < max_items
+    shape = JsonShape(json_depth(body), 0) if few_commas else json_shape(body, max_depth)
     if shape.depth > max_depth:
         raise TooDeep(f"JSON nested more than {max_depth} levels deep")
     if shape.longest_array > max_items:

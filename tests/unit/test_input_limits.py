@@ -15,6 +15,7 @@ from driftloop.limits import (
     TooDeep,
     TooLong,
     check_json,
+    json_depth,
     json_shape,
     oversized_record,
     record_head,
@@ -46,6 +47,24 @@ json_values = st.recursive(
 def test_the_scan_agrees_with_the_parsed_value(value: Any) -> None:
     for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
         assert json_shape(text.encode(), 1000) == _shape(value)
+
+
+@given(json_values, st.integers(min_value=1, max_value=8), st.integers(min_value=1, max_value=8))
+def test_the_check_refuses_exactly_what_the_full_scan_would(value: Any, max_depth: int, max_items: int) -> None:
+    """Counting commas first (fewer than ``max_items``: only the depth is measured) changes no verdict."""
+    body = json.dumps(value).encode()
+    shape = json_shape(body, max_depth)
+    assert json_depth(body) == _shape(value).depth
+    verdict: type[Exception] | None = None
+    if shape.depth > max_depth:
+        verdict = TooDeep
+    elif shape.longest_array > max_items:
+        verdict = TooLong
+    if verdict is None:
+        check_json(body, max_depth=max_depth, max_items=max_items)
+    else:
+        with pytest.raises(verdict):
+            check_json(body, max_depth=max_depth, max_items=max_items)
 
 
 @given(st.text(alphabet='[]{},"\\ab', max_size=12))
