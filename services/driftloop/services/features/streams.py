@@ -7,10 +7,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from driftloop.artifacts import ArtifactStore
 from driftloop.bus import Bus, ConsumerLoop, PoisonMessage, Record
 from driftloop.config import DriftloopConfig
-from driftloop.contracts import EventValidated, FeatureVector, LabelEvent, utcnow
+from driftloop.contracts import EventValidated, FeatureVector, LabelEvent, topic_for, utcnow
 from driftloop.offline import OfflineStore, view_feature_types
 from driftloop.services.features.domain import EntityState
 from driftloop.services.features.settings import FeaturesSettings
@@ -62,12 +64,17 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
     offline = {v.name: OfflineStore(store, v.name, view_feature_types(config, v.name)) for v in config.feature_views}
 
     async def compute(records: list[Record]) -> Rejected:
-        """Fold a batch into the entities' state: each entity's state is read and written once per batch."""
+        """Fold a batch into the entities' state: each entity's state is read and written once per batch.
+
+        The vectors of a view differ only in a few fields, so they are encoded from one validated
+        template (``Bus.encode_many``) and leave with the batch's acknowledgement.
+        """
         batch, rejected = parsed(records, EventValidated)
         now = utcnow()
         states: dict[str, EntityState] = {}
         latest: dict[str, dict[str, Any]] = {}
-        fresh: dict[str, dict[str, FeatureVector]] = {}
+        observed: set[str] = set()
+        changes: dict[str, list[dict[str, Any]]] = {view.name: [] for view in config.feature_views}
         for _, validated in batch:
             entity = validated.entity_id
             if entity not in states:
@@ -77,24 +84,34 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
             state = states[entity]
             if not state.observe(validated.event_id, validated.features):
                 continue
-            views = fresh.setdefault(entity, {})
+            observed.add(entity)
             for view in config.feature_views:
                 # Every value comes from a validated event or the entity's state: nothing to validate again.
-                vector = FeatureVector.model_construct(
-                    event_id=validated.event_id,
-                    occurred_at=now,
-                    correlation_id=validated.correlation_id,
-                    causation_id=validated.event_id,
-                    entity_id=entity,
-                    event_time=validated.event_time,
-                    feature_view=view.name,
-                    features=state.vector(view, config.passthrough(view), validated.features),
-                    label=validated.label,
+                changes[view.name].append(
+                    {
+                        "event_id": validated.event_id,
+                        "correlation_id": validated.correlation_id,
+                        "causation_id": validated.event_id,
+                        "entity_id": entity,
+                        "event_time": validated.event_time,
+                        "features": state.vector(view, config.passthrough(view), validated.features),
+                        "label": validated.label,
+                    }
                 )
-                await bus.publish(vector, entity, wait=False)
-                views[view.name] = vector
-        for entity, views in fresh.items():
-            latest[entity].update({name: vector.model_dump(mode="json") for name, vector in views.items()})
+        for view_name, view_changes in changes.items():
+            if not view_changes:
+                continue
+            template = FeatureVector(**view_changes[0], occurred_at=now, feature_view=view_name)
+            encoded = bus.encode_many(template, view_changes, [change["entity_id"] for change in view_changes])
+            bus.defer(topic_for(FeatureVector), encoded)
+            # An entity's newest vector is the last one encoded for it; only that one is read back.
+            newest = {
+                change["entity_id"]: value for change, (_, value, _, _) in zip(view_changes, encoded, strict=True)
+            }
+            for entity, value in newest.items():
+                assert value is not None, "encode_many gives every record a value"
+                latest[entity][view_name] = orjson.loads(value)
+        for entity in observed:
             entities[entity] = {"state": states[entity].to_dict(), "views": latest[entity]}
         return rejected
 
