@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -329,15 +330,27 @@ class LocalKafka(BrokerProcess):
         # Ports may differ from the last start; the cluster's storage and identity stay.
         config.write_text(self._properties())
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
-                self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                self._java(lib, "kafka.tools.StorageTool", "format", "-t", kraft_cluster_id(), "-c", str(config)),
                 capture_output=True,
                 text=True,
             )
             if formatted.returncode != 0:
                 raise BrokerError(f"formatting KRaft storage failed: {formatted.stdout}{formatted.stderr}")
         return self._java(lib, "kafka.Kafka", str(config))
+
+
+def kraft_cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A KRaft cluster id as Kafka's own ``random-uuid`` makes one.
+
+    The id is a URL-safe base64 UUID; one in 64 begins with ``-``, which the
+    storage tool's argument parser reads as an option, so such draws are
+    redrawn, as Kafka's ``Uuid.randomUuid`` does.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(draw().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def local_broker(settings: DriftloopSettings, log_path: Path | None = None) -> EmbeddedBroker | LocalKafka:
