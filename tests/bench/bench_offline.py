@@ -31,7 +31,7 @@ TYPES: dict[str, FeatureType] = {
     "entity_mean_loan": "float",
 }
 #: The size of one writer batch (the features service's ``offline_batch``).
-BATCH = 500
+BATCH = 5000
 
 
 def fill(offline: OfflineStore, days: int, per_day: int, end: datetime) -> None:
