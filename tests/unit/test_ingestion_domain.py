@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from driftloop.config import load_config
 from driftloop.contracts import utcnow
-from driftloop.services.ingestion.domain import judged_at, split_body, validate_event
+from driftloop.services.ingestion.domain import SchemaCheck, judged_at, split_body, validate_event
 from driftloop.validation import Invalid, validate_label
 from tests.support import APPLICATION
 
 SCHEMA = load_config(Path(__file__).resolve().parents[2] / "driftloop.yaml").dataset
+CHECK = SchemaCheck(SCHEMA)
 NOW = utcnow()
 
 
@@ -31,7 +32,7 @@ def event(**overrides: object) -> dict[str, object]:
 
 def fields(payload: object) -> list[str]:
     with pytest.raises(Invalid) as info:
-        validate_event(payload, SCHEMA, NOW)
+        validate_event(payload, CHECK, NOW)
     return [e.field for e in info.value.errors]
 
 
@@ -56,19 +57,19 @@ def test_freshness_is_judged_when_the_event_arrived_never_later_than_now(
 def test_an_event_read_a_month_after_it_arrived_fresh_is_still_valid() -> None:
     """A replay, or a consumer back from a long outage: the verdict is the one the event had on arrival."""
     late = event(event_time=(MONTH_AGO - timedelta(hours=1)).isoformat())
-    assert validate_event(late, SCHEMA, judged_at(MONTH_AGO, NOW)).event_id == "e"
+    assert validate_event(late, CHECK, judged_at(MONTH_AGO, NOW)).event_id == "e"
     with pytest.raises(Invalid, match="older than the freshness limit"):
-        validate_event(late, SCHEMA, judged_at(None, NOW))
+        validate_event(late, CHECK, judged_at(None, NOW))
 
 
 def test_an_event_too_old_when_it_arrived_stays_invalid_on_replay() -> None:
     stale = event(event_time=(MONTH_AGO - timedelta(days=2)).isoformat())
     with pytest.raises(Invalid, match="older than the freshness limit"):
-        validate_event(stale, SCHEMA, judged_at(MONTH_AGO, NOW))
+        validate_event(stale, CHECK, judged_at(MONTH_AGO, NOW))
 
 
 def test_a_valid_event_passes_and_keeps_its_id() -> None:
-    assert validate_event(event(), SCHEMA, NOW).event_id == "e"
+    assert validate_event(event(), CHECK, NOW).event_id == "e"
 
 
 @pytest.mark.parametrize(
@@ -100,13 +101,13 @@ def test_every_problem_of_one_event_is_reported_at_once() -> None:
 
 
 def test_an_int_is_a_valid_float_but_a_float_is_not_an_int() -> None:
-    validate_event(event(features={**APPLICATION, "salary": 50_000}), SCHEMA, NOW)
+    validate_event(event(features={**APPLICATION, "salary": 50_000}), CHECK, NOW)
     assert fields(event(features={**APPLICATION, "age": 40.5})) == ["features.age"]
 
 
 def test_naive_event_times_are_taken_as_utc() -> None:
     naive = NOW.replace(tzinfo=None).isoformat()
-    assert validate_event(event(event_time=naive), SCHEMA, NOW).event_time.tzinfo is not None
+    assert validate_event(event(event_time=naive), CHECK, NOW).event_time.tzinfo is not None
 
 
 def test_labels_are_checked_against_the_label_spec() -> None:
@@ -127,6 +128,6 @@ def test_bodies_may_be_an_object_an_array_or_ndjson() -> None:
 @given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers() | st.floats(allow_nan=False) | st.text()))
 def test_validation_never_raises_anything_but_invalid(features: dict[str, object]) -> None:
     try:
-        validate_event(event(features=features), SCHEMA, NOW)
+        validate_event(event(features=features), CHECK, NOW)
     except Invalid as exc:
         assert exc.errors, "an Invalid without reasons"

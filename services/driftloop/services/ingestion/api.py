@@ -11,7 +11,7 @@ from driftloop.auth import Role
 from driftloop.contracts import DataEvent, LabelEvent, ProducerContract, utcnow
 from driftloop.http import require
 from driftloop.runtime import Runtime
-from driftloop.services.ingestion.domain import TooMany, split_body, validate_event
+from driftloop.services.ingestion.domain import SchemaCheck, TooMany, split_body, validate_event
 from driftloop.services.ingestion.settings import IngestionSettings
 from driftloop.validation import Invalid, validate_label
 
@@ -24,6 +24,14 @@ def get_runtime(request: Request) -> Runtime[IngestionSettings]:
 
 
 RuntimeDep = Annotated[Runtime[IngestionSettings], Depends(get_runtime)]
+
+
+def get_schema_check(request: Request) -> SchemaCheck:
+    check: SchemaCheck = request.app.state.schema_check
+    return check
+
+
+SchemaCheckDep = Annotated[SchemaCheck, Depends(get_schema_check)]
 
 
 class Accepted(BaseModel):
@@ -71,14 +79,14 @@ async def _items(request: Request, limit: int) -> list[Any]:
     dependencies=[require(Role.producer)],
     openapi_extra=_body(DataEvent),
 )
-async def post_events(request: Request, runtime: RuntimeDep) -> Accepted:
+async def post_events(request: Request, runtime: RuntimeDep, check: SchemaCheckDep) -> Accepted:
     """Accept one event, a JSON array or NDJSON; all-or-nothing, so a 422 means nothing was sent."""
     arrived = utcnow()
     items = await _items(request, runtime.settings.max_batch)
     events, errors = [], []
     for index, item in enumerate(items):
         try:
-            events.append(validate_event(item, runtime.config.dataset, arrived))
+            events.append(validate_event(item, check, arrived))
         except Invalid as exc:
             errors += _detail(index if len(items) > 1 else None, exc)
     if errors:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from driftloop.config import DatasetSchema
 from driftloop.contracts import DataEvent, EventValidated, FieldError
-from driftloop.validation import Invalid, check_value, pydantic_errors
+from driftloop.validation import Invalid, ValueRule, pydantic_errors
 
 
 def parse_json(raw: bytes | str) -> Any:
@@ -43,40 +43,58 @@ def judged_at(arrived: datetime | None, now: datetime) -> datetime:
     return now if arrived is None else min(arrived, now)
 
 
-def check_schema(event: DataEvent, schema: DatasetSchema, now: datetime) -> list[FieldError]:
-    """Every way ``event`` breaks ``schema``; freshness is judged as of ``now`` (see ``judged_at``)."""
-    errors: list[FieldError] = []
-    for name, spec in schema.features.items():
-        value = event.features.get(name)
-        if value is None:
-            if spec.required:
-                errors.append(FieldError(field=f"features.{name}", message="required feature is missing"))
-            continue
-        if problem := check_value(value, spec):
-            errors.append(FieldError(field=f"features.{name}", message=problem))
-    if not schema.allow_unknown_features:
-        errors += [
-            FieldError(field=f"features.{name}", message="not a feature of the dataset schema")
-            for name in event.features
-            if name not in schema.features
+class SchemaCheck:
+    """A dataset schema compiled once for the events it judges: every rule built before the first event.
+
+    Ingestion judges every event against every feature, so each feature's
+    rule (``ValueRule``) and its error field name are made here, once, not
+    per value.
+    """
+
+    def __init__(self, schema: DatasetSchema) -> None:
+        self.schema = schema
+        self.features = [
+            (name, f"features.{name}", spec.required, ValueRule.of(spec)) for name, spec in schema.features.items()
         ]
-    if event.label is not None and (problem := check_value(event.label, schema.label)):
-        errors.append(FieldError(field="label", message=problem))
-    event_time = event.event_time if event.event_time.tzinfo else event.event_time.replace(tzinfo=UTC)
-    if now - event_time > schema.max_event_age:
-        errors.append(FieldError(field="event_time", message=f"older than the freshness limit {schema.max_event_age}"))
-    if event_time - now > schema.max_clock_skew:
-        errors.append(FieldError(field="event_time", message=f"more than {schema.max_clock_skew} in the future"))
-    return errors
+        self.label = ValueRule.of(schema.label)
+
+    def errors(self, event: DataEvent, now: datetime) -> list[FieldError]:
+        """Every way ``event`` breaks the schema; freshness is judged as of ``now`` (see ``judged_at``)."""
+        schema = self.schema
+        features = event.features
+        errors: list[FieldError] = []
+        for name, field, required, rule in self.features:
+            value = features.get(name)
+            if value is None:
+                if required:
+                    errors.append(FieldError(field=field, message="required feature is missing"))
+            elif problem := rule.problem(value):
+                errors.append(FieldError(field=field, message=problem))
+        if not schema.allow_unknown_features and not features.keys() <= schema.features.keys():
+            errors += [
+                FieldError(field=f"features.{name}", message="not a feature of the dataset schema")
+                for name in features
+                if name not in schema.features
+            ]
+        if event.label is not None and (problem := self.label.problem(event.label)):
+            errors.append(FieldError(field="label", message=problem))
+        event_time = event.event_time if event.event_time.tzinfo else event.event_time.replace(tzinfo=UTC)
+        if now - event_time > schema.max_event_age:
+            errors.append(
+                FieldError(field="event_time", message=f"older than the freshness limit {schema.max_event_age}")
+            )
+        if event_time - now > schema.max_clock_skew:
+            errors.append(FieldError(field="event_time", message=f"more than {schema.max_clock_skew} in the future"))
+        return errors
 
 
-def validate_event(payload: Any, schema: DatasetSchema, now: datetime) -> DataEvent:
+def validate_event(payload: Any, check: SchemaCheck, now: datetime) -> DataEvent:
     """A ``DataEvent`` that satisfies contract and schema, or ``Invalid`` with every reason."""
     try:
         event = DataEvent.model_validate(payload)
     except ValidationError as exc:
         raise Invalid(pydantic_errors(exc)) from exc
-    if errors := check_schema(event, schema, now):
+    if errors := check.errors(event, now):
         raise Invalid(errors)
     if event.event_time.tzinfo is None:
         event = event.model_copy(update={"event_time": event.event_time.replace(tzinfo=UTC)})

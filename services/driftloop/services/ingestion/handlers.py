@@ -5,9 +5,8 @@ from __future__ import annotations
 import orjson
 
 from driftloop.bus import Bus, PoisonMessage, Record
-from driftloop.config import DatasetSchema
 from driftloop.contracts import utcnow
-from driftloop.services.ingestion.domain import judged_at, parse_json, validate_event, validated
+from driftloop.services.ingestion.domain import SchemaCheck, judged_at, parse_json, validate_event, validated
 from driftloop.validation import Invalid
 
 
@@ -30,16 +29,16 @@ class RawEventHandler:
     commits, so the batch costs one broker round trip, not one per event.
     """
 
-    def __init__(self, bus: Bus, schema: DatasetSchema) -> None:
+    def __init__(self, bus: Bus, check: SchemaCheck) -> None:
         self.bus = bus
-        self.schema = schema
+        self.check = check
 
     async def __call__(self, records: list[Record]) -> list[tuple[Record, PoisonMessage]]:
         now = utcnow()
         rejected = []
         for record in records:
             try:
-                event = validate_event(parse_json(record.value), self.schema, judged_at(record.timestamp, now))
+                event = validate_event(parse_json(record.value), self.check, judged_at(record.timestamp, now))
             except Invalid as exc:
                 rejected.append((record, PoisonMessage(str(exc), exc.errors)))
                 continue

@@ -10,6 +10,7 @@ from driftloop.config import DriftloopConfig
 from driftloop.http import service_app
 from driftloop.runtime import open_runtime
 from driftloop.services.ingestion.api import router
+from driftloop.services.ingestion.domain import SchemaCheck
 from driftloop.services.ingestion.handlers import RawEventHandler, producer_event_id
 from driftloop.services.ingestion.settings import IngestionSettings
 
@@ -23,13 +24,14 @@ def create_app(settings: IngestionSettings | None = None, config: DriftloopConfi
         nonlocal consumer
         async with open_runtime(settings, config) as runtime:
             app.state.runtime = runtime
+            app.state.schema_check = SchemaCheck(runtime.config.dataset)
             consumer = ConsumerLoop(
                 settings,
                 runtime.bus,
                 service="ingestion",
                 topics=["events.raw"],
                 group="ingestion",
-                batch_handler=RawEventHandler(runtime.bus, runtime.config.dataset),
+                batch_handler=RawEventHandler(runtime.bus, app.state.schema_check),
                 dedupe_key=producer_event_id,
             )
             await consumer.start()
