@@ -9,6 +9,7 @@ from datetime import timedelta
 from aiokafka import AIOKafkaProducer
 
 from driftloop.bus import Bus
+from driftloop.bus.producer import cloudevent_headers
 from driftloop.contracts import DeadLetter, EventValidated, LabelEvent, utcnow
 from driftloop.services.ingestion.main import create_app
 from driftloop.services.ingestion.settings import IngestionSettings
@@ -51,6 +52,18 @@ async def test_four_bad_records_on_events_raw_give_four_deadletters_and_the_vali
         letters = await read_topic(settings, "events.deadletter", 4)
     assert [EventValidated.model_validate_json(r.value).event_id for r in validated] == ["good-1", "good-2", "good-3"]
     assert all(r.key == "applicant-1" for r in validated)
+    # Each record is the contract model's own JSON and CloudEvents headers, as a consumer of the topic reads it.
+    for record in validated:
+        event = EventValidated.model_validate_json(record.value)
+        assert (event.correlation_id, event.entity_id, event.features, event.label) == (
+            event.event_id,
+            "applicant-1",
+            APPLICATION,
+            1,
+        )
+        assert record.value == event.model_dump_json().encode()
+        expected = cloudevent_headers(event, "driftloop/ingestion", "applicant-1")
+        assert record.headers == {name: value.decode() for name, value in expected}
     reasons = {DeadLetter.model_validate_json(r.value).offset: DeadLetter.model_validate_json(r.value) for r in letters}
     assert sorted(reasons) == [1, 2, 3, 5]
     assert "malformed JSON" in reasons[1].reason and reasons[1].payload.startswith('{"event_id": "bad-json"')

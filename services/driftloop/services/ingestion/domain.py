@@ -14,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from driftloop.config import DatasetSchema
-from driftloop.contracts import DataEvent, EventValidated, FieldError
+from driftloop.contracts import DataEvent, FieldError
 from driftloop.validation import Invalid, ValueRule, pydantic_errors
 
 
@@ -101,23 +101,23 @@ def validate_event(payload: Any, check: SchemaCheck, now: datetime) -> DataEvent
     return event
 
 
-def validated(event: DataEvent, now: datetime) -> EventValidated:
-    """The event as the rest of the system sees it, validated at ``now``; its ``event_id`` stays the producer's.
+def validated(event: DataEvent) -> dict[str, Any]:
+    """The fields of the event as the rest of the system sees it (``EventValidated``), all but the instant
+    it was validated at; its ``event_id`` stays the producer's.
 
-    Built without validating again: every value comes from a validated
-    ``DataEvent``, and a second validation of each event cost ingestion more
-    than its own checks. Every field is given, because pydantic inspects a
-    default factory's signature at each ``model_construct``.
+    A batch's records are encoded from these (``Bus.encode_many``) without
+    validating each again: every value comes from a validated ``DataEvent``,
+    and a second validation of each event cost ingestion more than its own
+    checks.
     """
-    return EventValidated.model_construct(
-        event_id=event.event_id,
-        occurred_at=now,
-        correlation_id=event.event_id,
-        entity_id=event.entity_id,
-        event_time=event.event_time,
-        features=event.features,
-        label=event.label,
-    )
+    return {
+        "event_id": event.event_id,
+        "correlation_id": event.event_id,
+        "entity_id": event.entity_id,
+        "event_time": event.event_time,
+        "features": event.features,
+        "label": event.label,
+    }
 
 
 class TooMany(Exception):

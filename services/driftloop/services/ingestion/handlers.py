@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from driftloop.bus import Bus, PoisonMessage, Record
-from driftloop.contracts import utcnow
+from driftloop.contracts import EventValidated, topic_for, utcnow
 from driftloop.services.ingestion.domain import SchemaCheck, judged_at, parse_json, validate_event, validated
 from driftloop.validation import Invalid
 
@@ -23,7 +23,7 @@ def producer_event_id(record: Record) -> str | None:
 
 
 class RawEventHandler:
-    """Validates a batch of producer events and sends the good ones on without waiting for each.
+    """Validates a batch of producer events and sends the good ones on as one batch.
 
     The consumer loop awaits every acknowledgement of the batch before it
     commits, so the batch costs one broker round trip, not one per event.
@@ -36,11 +36,16 @@ class RawEventHandler:
     async def __call__(self, records: list[Record]) -> list[tuple[Record, PoisonMessage]]:
         now = utcnow()
         rejected = []
+        changes = []
         for record in records:
             try:
                 event = validate_event(parse_json(record.value), self.check, judged_at(record.timestamp, now))
             except Invalid as exc:
                 rejected.append((record, PoisonMessage(str(exc), exc.errors)))
                 continue
-            await self.bus.publish(validated(event, now), key=event.entity_id, wait=False)
+            changes.append(validated(event))
+        if changes:
+            template = EventValidated(**changes[0], occurred_at=now)
+            keys = [change["entity_id"] for change in changes]
+            self.bus.defer(topic_for(EventValidated), self.bus.encode_many(template, changes, keys))
         return rejected
