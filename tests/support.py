@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -80,8 +80,15 @@ async def committed_offsets(settings: DriftloopSettings, group: str, topic: str)
     return {partition: offset for partition, offset in offsets.items() if offset is not None}
 
 
-async def read_topic(settings: DriftloopSettings, topic: str, expected: int, timeout: float = 30.0) -> list[Record]:
-    """Every record of ``topic`` from its start, once ``expected`` have arrived (or the timeout passed)."""
+async def read_topic(
+    settings: DriftloopSettings,
+    topic: str,
+    expected: int,
+    timeout: float = 30.0,
+    weight: Callable[[Record], int] = lambda record: 1,
+) -> list[Record]:
+    """Every record of ``topic`` from its start, once ``expected`` have arrived (or the timeout passed); a record
+    counts ``weight(record)`` towards ``expected`` (what it carries, for records that carry several)."""
     tps = await topic_partitions(settings.bootstrap, [settings.topic(topic)])
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -89,10 +96,11 @@ async def read_topic(settings: DriftloopSettings, topic: str, expected: int, tim
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[Record] = []
+        arrived = 0
         deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
+        while arrived < expected and time.monotonic() < deadline:
             for messages in (await consumer.getmany(timeout_ms=200)).values():
-                records += [
+                batch = [
                     Record(
                         topic=topic,
                         partition=m.partition,
@@ -103,6 +111,8 @@ async def read_topic(settings: DriftloopSettings, topic: str, expected: int, tim
                     )
                     for m in messages
                 ]
+                records += batch
+                arrived += sum(map(weight, batch))
         await asyncio.sleep(0)
         return records
     finally:

@@ -29,13 +29,14 @@ from driftloop.broker import KAFKA_VERSION, EmbeddedBroker, LocalKafka, free_por
 from driftloop.bus.metadata import topic_partitions
 from driftloop.cli.governance import local_admin_token
 from driftloop.cli.stack import SERVICES, Stack
+from driftloop.services.monitoring.join import outcome_dicts
+from driftloop.services.monitoring.routing import OUTCOMES_TOPIC
 from driftloop.settings import DriftloopSettings
 from tests.bench.bench_loop import applications, event_bytes
 from tests.fixtures.s3 import S3Process
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "loan-approval"
-OUTCOMES = "driftloop-monitoring-outcomes"
 #: Every producer event's entity is one of these (``bench_loop.event_bytes``).
 ENTITIES = 1000
 
@@ -372,7 +373,7 @@ class Outcomes:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _read(self) -> None:
-        tps = await topic_partitions(self.settings.bootstrap, [self.settings.topic(OUTCOMES)])
+        tps = await topic_partitions(self.settings.bootstrap, [self.settings.topic(OUTCOMES_TOPIC)])
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
@@ -381,12 +382,11 @@ class Outcomes:
             while True:
                 for messages in (await consumer.getmany(timeout_ms=500, max_records=20_000)).values():
                     for message in messages:
-                        outcome = orjson.loads(message.value)
-                        if "k" in outcome:
-                            continue  # a champion move or re-arm riding the same topic
-                        self.records += 1
-                        key = (outcome["e"], outcome["v"])
-                        self.sources.setdefault(key, set()).add((outcome["p"], outcome["o"], outcome["i"]))
+                        # Champion moves and re-arms ride the same topic and carry no outcome.
+                        for outcome in outcome_dicts(message.value):
+                            self.records += 1
+                            key = (outcome["e"], outcome["v"])
+                            self.sources.setdefault(key, set()).add((outcome["p"], outcome["o"], outcome["i"]))
         finally:
             await consumer.stop()
 

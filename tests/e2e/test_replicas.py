@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from driftloop.broker import free_port
 from driftloop.cli.demo import DemoOptions, run_demo
 from driftloop.cli.stack import SERVICES, Stack, child_name
 from driftloop.contracts import EventValidated, ModelPromoted, RolloutCompleted, TrainingRunCompleted, parse_internal
+from driftloop.services.monitoring.join import outcome_dicts
+from driftloop.services.monitoring.routing import OUTCOMES_TOPIC
 from driftloop.settings import DriftloopSettings
 from tests.fixtures.kafka import Broker
 from tests.support import read_topic
@@ -100,8 +101,10 @@ async def test_two_replicas_of_every_service_close_the_loop_with_exact_counts(st
     promotions = [e for e in registry if isinstance(e, ModelPromoted)]
     # Each promotion also rides the outcomes topic, as the track's note of the new champion.
     expected = sum(counted.values()) + len(promotions)
-    records = await read_topic(settings, "driftloop-monitoring-outcomes", expected, timeout=60)
-    outcomes = [o for o in (orjson.loads(r.value) for r in records) if "k" not in o]
+    records = await read_topic(
+        settings, OUTCOMES_TOPIC, expected, timeout=60, weight=lambda r: len(outcome_dicts(r.value)) or 1
+    )
+    outcomes = [o for r in records for o in outcome_dicts(r.value)]
     sources: dict[tuple[str, int], set[tuple[int, int, int]]] = {}
     for o in outcomes:
         sources.setdefault((o["e"], o["v"]), set()).add((o["p"], o["o"], o["i"]))

@@ -40,6 +40,7 @@ from driftloop.contracts import DeadLetter, EventValidated, utcnow
 from driftloop.limits import RECORD_HEAD_BYTES
 from driftloop.services.ingestion.main import create_app as ingestion_app
 from driftloop.services.ingestion.settings import IngestionSettings
+from driftloop.services.monitoring.join import LabelRecord, join_records
 from driftloop.services.monitoring.main import create_app as monitoring_app
 from driftloop.services.monitoring.routing import JOIN_TOPIC
 from driftloop.services.monitoring.settings import MonitoringSettings
@@ -307,9 +308,9 @@ class Harness:
                         event = EventValidated.model_validate_json(m.value or b"")
                         self.outputs.validated.setdefault(event.event_id, []).append(event)
                     elif topic == JOIN_TOPIC:
-                        joined = json.loads(m.value or b"")
-                        if joined["k"] == "l":
-                            self.outputs.joined.setdefault(joined["e"], []).append(joined)
+                        for joined in join_records(m.value or b""):
+                            if isinstance(joined, LabelRecord):
+                                self.outputs.joined.setdefault(joined.event_id, []).append(joined.to_dict())
                     else:
                         letter = DeadLetter.model_validate_json(m.value or b"")
                         where = (letter.source_topic, letter.partition, letter.offset)

@@ -294,6 +294,10 @@ class Bus:
         MESSAGES_PRODUCED.labels(self.service, topic).inc()
         return future
 
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` (as the catalog names it) has, from the producer's metadata."""
+        return await self._partitions(self.settings.topic(topic))
+
     async def _partitions(self, topic: str) -> int:
         assert self._producer is not None, "Bus.start() first"
         known = self._producer.client.cluster.partitions_for_topic(topic)

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from driftloop.contracts.events import LabelValue
 
@@ -68,6 +71,37 @@ def record_from_dict(data: dict[str, Any]) -> JoinRecord:
     return LabelRecord(data["e"], data["l"], float(data["t"]))
 
 
+#: Join records (or outcomes) per record of monitoring's internal topics: a batch's travel together, a few
+#: hundred at a time, so a record stays far below any broker's size limit (about 100 bytes each).
+PER_MESSAGE = 500
+
+
+def chunked(items: Sequence[dict[str, Any]]) -> list[bytes]:
+    """Items as JSON arrays of at most ``PER_MESSAGE``: the values of the records that carry them."""
+    return [orjson.dumps(items[start : start + PER_MESSAGE]) for start in range(0, len(items), PER_MESSAGE)]
+
+
+def encode_join_records(records: Sequence[JoinRecord]) -> list[bytes]:
+    """Join records bound for one partition, in order, as the values of the fewest records.
+
+    >>> [orjson.loads(v) for v in encode_join_records([LabelRecord("e1", 1, 5.0)])]
+    [[{'k': 'l', 'e': 'e1', 'l': 1, 't': 5.0}]]
+    """
+    return chunked([record.to_dict() for record in records])
+
+
+def join_records(value: bytes) -> list[JoinRecord]:
+    """The join records one record of the join topic carries: an array of them, or one (as earlier versions
+    sent them). Raises ``ValueError`` (or ``KeyError``, ``TypeError``) for anything else; then none is used.
+
+    >>> label = b'{"k": "l", "e": "e1", "l": 1, "t": 5.0}'
+    >>> join_records(b"[" + label + b"]") == join_records(label) == [LabelRecord("e1", 1, 5.0)]
+    True
+    """
+    data = orjson.loads(value)
+    return [record_from_dict(item) for item in data] if isinstance(data, list) else [record_from_dict(data)]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A prediction met its label. ``source`` names it by the join record that completed it: partition,
@@ -97,6 +131,19 @@ class Outcome:
         return cls(
             data["m"], int(data["v"]), bool(data["c"]), float(data["t"]), data["e"], (data["p"], data["o"], data["i"])
         )
+
+
+def outcome_dicts(value: bytes) -> list[dict[str, Any]]:
+    """The outcomes one record of the outcomes topic carries, as JSON objects: an array of them, or one as
+    earlier versions sent them; none for the control records riding the same topic (they have a ``k``).
+
+    >>> outcome_dicts(b'[{"m": "m", "e": "e1"}, {"m": "m", "e": "e2"}]'), outcome_dicts(b'{"k": "champion"}')
+    ([{'m': 'm', 'e': 'e1'}, {'m': 'm', 'e': 'e2'}], [])
+    """
+    data = orjson.loads(value)
+    if isinstance(data, list):
+        return data
+    return [] if "k" in data else [data]
 
 
 @dataclass

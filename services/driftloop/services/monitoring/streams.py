@@ -74,8 +74,9 @@ from driftloop.services.monitoring.join import (
     Outcome,
     PredictionRecord,
     SettledMarks,
+    chunked,
     join,
-    record_from_dict,
+    join_records,
 )
 from driftloop.services.monitoring.metrics import (
     DRIFTS,
@@ -193,23 +194,34 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
         rejected: Rejected = []
         for message in records:
             try:
-                record = record_from_dict(orjson.loads(message.value))
+                joined = join_records(message.value)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 rejected.append((message, PoisonMessage(f"not a join record: {exc!r}")))
                 continue
-            key = record.event_id
-            entry = entries.get(key)
-            if entry is None and (stored := pending.get(key)) is not None:
-                entry = JoinEntry.from_dict(stored)
-            entry, found = join(entry, record, partition)
-            entries[key], offsets[key] = entry, message.offset
-            completed += [replace(o, source=(partition, message.offset, i)) for i, o in enumerate(found)]
-            at = record.event_time if isinstance(record, PredictionRecord) else record.label_time
-            latest = at if latest is None else max(at, latest)
+            # An outcome is named by the record that completed it and its place among that record's outcomes.
+            place = 0
+            for record in joined:
+                key = record.event_id
+                entry = entries.get(key)
+                if entry is None and (stored := pending.get(key)) is not None:
+                    entry = JoinEntry.from_dict(stored)
+                entry, found = join(entry, record, partition)
+                entries[key], offsets[key] = entry, message.offset
+                for outcome in found:
+                    completed.append(replace(outcome, source=(partition, message.offset, place)))
+                    place += 1
+                at = record.event_time if isinstance(record, PredictionRecord) else record.label_time
+                latest = at if latest is None else max(at, latest)
         # The loop has the outcomes acknowledged before the entries that say "scored" are sent: a crash in
         # between repeats the outcomes, which the tracker recognises by their source; the other order could
-        # lose them.
-        bus.defer(OUTCOMES_TOPIC, [(o.model.encode(), orjson.dumps(o.to_dict()), [], None) for o in completed])
+        # lose them. A model's outcomes of the batch travel together, in order.
+        by_model: dict[str, list[dict[str, Any]]] = {}
+        for outcome in completed:
+            by_model.setdefault(outcome.model, []).append(outcome.to_dict())
+        bus.defer(
+            OUTCOMES_TOPIC,
+            [(model.encode(), value, [], None) for model, mine in by_model.items() for value in chunked(mine)],
+        )
         expiry = expiries.setdefault(partition, JoinExpiry(horizon))
         settled_marks = marks.setdefault(partition, SettledMarks(settings.settled_kept))
         for key, entry in entries.items():
@@ -358,6 +370,9 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
         for record in records:
             try:
                 data = orjson.loads(record.value)
+                if isinstance(data, list):
+                    waiting += [Outcome.from_dict(item) for item in data]
+                    continue
                 if data.get("k") not in ("rearm", "champion", "stage", "abort"):
                     waiting.append(Outcome.from_dict(data))
                     continue
