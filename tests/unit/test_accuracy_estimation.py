@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.isotonic import IsotonicRegression
 
 from driftloop.config import AccuracyEstimation
@@ -111,3 +113,18 @@ def test_the_interval_is_wider_where_the_holdout_was_thin() -> None:
     assert calibration.variance(thin) > calibration.variance(thick) > 0
     assert Calibration.identity().variance(thin) == 0.0
     assert sum(calibration.block_rows) == 1000
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.95, 0.99, 0.999])
+def test_the_interval_is_the_normal_quantile_scipy_stats_gives_to_the_bit(level: float) -> None:
+    rng = np.random.default_rng(3)
+    probabilities, correct = served(rng, WINDOW)
+    calibration = Calibration.fit(probabilities, correct)
+    estimate = estimate_accuracy(probabilities, calibration, level)
+    values = calibration.apply(probabilities)
+    variance = float(np.sum(values * (1 - values))) / values.size**2 + calibration.variance(probabilities)
+    spread = float(stats.norm.ppf((1 + level) / 2)) * math.sqrt(variance)
+    assert (estimate.lower, estimate.upper) == (
+        max(0.0, estimate.accuracy - spread),
+        min(1.0, estimate.accuracy + spread),
+    )

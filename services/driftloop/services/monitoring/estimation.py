@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from driftloop.config import AccuracyEstimation
 from driftloop.reference import Calibration
@@ -71,7 +71,8 @@ def estimate_accuracy(
         raise ValueError("no probabilities to estimate from")
     mean = float(correct.mean())
     variance = float(np.sum(correct * (1 - correct))) / n**2 + calibration.variance(probabilities)
-    spread = float(stats.norm.ppf((1 + level) / 2)) * math.sqrt(variance)
+    # The normal quantile as scipy.stats.norm.ppf evaluates it, without the argument checks that took half the estimate.
+    spread = float(special.ndtri((1 + level) / 2)) * math.sqrt(variance)
     return AccuracyEstimate(accuracy=mean, lower=max(0.0, mean - spread), upper=min(1.0, mean + spread), rows=n)
 
 
