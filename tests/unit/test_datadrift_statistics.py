@@ -9,14 +9,22 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 
 from driftloop.services.monitoring.datadrift import (
+    ReferenceSteps,
     benjamini_hochberg,
     chi2_pvalues,
     chi2_statistic,
     jensen_shannon,
-    ks_and_wasserstein,
     ks_pvalues,
     psi,
+    wasserstein,
 )
+
+
+def ks_and_wasserstein(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """A window's KS statistic and Wasserstein distance as a check finds them (KS from its values' positions)."""
+    steps = ReferenceSteps.of(reference_sorted)
+    return steps.ks(steps.positions(current)), wasserstein(reference_sorted, np.sort(current))
+
 
 SAMPLES = [
     ("same normal", lambda r: r.normal(0, 1, 2000), lambda r: r.normal(0, 1, 1000)),
