@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from driftloop.artifacts import ArtifactStore, LocalArtifactStore
 from driftloop.config import DriftloopConfig
-from driftloop.contracts import FeatureVector, LabelEvent, utcnow
+from driftloop.contracts import utcnow
 from driftloop.contracts.events import Features, LabelValue
 
 FeatureType = Literal["float", "int", "str", "bool"]
@@ -198,25 +198,32 @@ class OfflineStore:
             uris.append(self.store.put(key, _parquet(table)))
         return uris
 
-    def append_vectors(self, vectors: Sequence[FeatureVector], partition: int, first_offset: int) -> list[str]:
+    def append_vectors(self, vectors: Sequence[Mapping[str, Any]], partition: int, first_offset: int) -> list[str]:
+        """``vectors`` hold a ``FeatureVector``'s fields each, as read from the topic (``ContractReader``)."""
         rows = [
             {
-                "event_id": v.event_id,
-                "entity_id": v.entity_id,
-                "event_time": _utc(v.event_time),
-                "written_at": _utc(v.occurred_at),
-                "features": v.features,
-                "label": v.label,
+                "event_id": v["event_id"],
+                "entity_id": v["entity_id"],
+                "event_time": _utc(v["event_time"]),
+                "written_at": _utc(v["occurred_at"]),
+                "features": v["features"],
+                "label": v["label"],
             }
             for v in vectors
         ]
         return self._write("vectors", rows, partition, first_offset)
 
-    def append_labels(self, labels: Sequence[LabelEvent], partition: int, first_offset: int) -> list[str]:
-        """A label without its own time is known from when it is written."""
+    def append_labels(self, labels: Sequence[Mapping[str, Any]], partition: int, first_offset: int) -> list[str]:
+        """``labels`` hold a ``LabelEvent``'s fields each; a label without its own time is known from when it is
+        written."""
         now = utcnow()
         rows = [
-            {"event_id": lab.event_id, "label": lab.label, "label_time": _utc(lab.label_time or now), "written_at": now}
+            {
+                "event_id": lab["event_id"],
+                "label": lab["label"],
+                "label_time": _utc(lab["label_time"] or now),
+                "written_at": now,
+            }
             for lab in labels
         ]
         return self._write("labels", rows, partition, first_offset)

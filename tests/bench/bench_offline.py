@@ -59,8 +59,8 @@ def fill(offline: OfflineStore, days: int, per_day: int, end: datetime) -> None:
             )
             if late:
                 labels.append(LabelEvent(event_id=f"e{i}", label=i % 2, label_time=event_time + timedelta(minutes=5)))
-        offline.append_vectors(vectors, partition=0, first_offset=offset)
-        offline.append_labels(labels, partition=0, first_offset=offset)
+        offline.append_vectors([v.model_dump() for v in vectors], partition=0, first_offset=offset)
+        offline.append_labels([label.model_dump() for label in labels], partition=0, first_offset=offset)
         offset += len(vectors)
 
 

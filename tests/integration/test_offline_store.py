@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -37,7 +38,8 @@ models:
 """
 
 
-def vector(i: int, event_time: datetime, written: datetime | None = None, label: int | None = None) -> FeatureVector:
+def vector(i: int, event_time: datetime, written: datetime | None = None, label: int | None = None) -> dict[str, Any]:
+    """A vector's fields as the features service reads them from its topic."""
     return FeatureVector(
         event_id=f"e{i}",
         entity_id=f"c{i % 3}",
@@ -46,7 +48,11 @@ def vector(i: int, event_time: datetime, written: datetime | None = None, label:
         features={"amount": i + 0.5, "age": 20 + i, "city": f"town {i}", "member": i % 2 == 0},
         label=label,
         occurred_at=written or event_time + timedelta(seconds=1),
-    )
+    ).model_dump()
+
+
+def label(**fields: Any) -> dict[str, Any]:
+    return LabelEvent(**fields).model_dump()
 
 
 def test_training_sets_are_point_in_time_correct_and_deduplicated(store: ArtifactStore) -> None:
@@ -61,15 +67,15 @@ def test_training_sets_are_point_in_time_correct_and_deduplicated(store: Artifac
             features={"x": float(i)},
             label=None if i % 2 else i % 3,
             occurred_at=now - timedelta(minutes=9 - i),
-        )
+        ).model_dump()
         for i in range(6)
     ]
     offline.append_vectors(vectors[:4], partition=0, first_offset=0)
     offline.append_vectors(vectors[2:], partition=0, first_offset=2)  # a replayed, overlapping batch
     offline.append_labels(
         [
-            LabelEvent(event_id="e1", label=1, label_time=now - timedelta(minutes=3)),
-            LabelEvent(event_id="e3", label=0, label_time=now + timedelta(minutes=5)),
+            label(event_id="e1", label=1, label_time=now - timedelta(minutes=3)),
+            label(event_id="e3", label=0, label_time=now + timedelta(minutes=5)),
         ],
         0,
         0,
@@ -97,8 +103,8 @@ def test_a_label_or_a_vector_not_yet_known_at_as_of_is_left_out(store: ArtifactS
     )
     offline.append_labels(
         [
-            LabelEvent(event_id="e1", label=1, label_time=NOW - timedelta(minutes=30)),
-            LabelEvent(event_id="e2", label=0, label_time=NOW + timedelta(seconds=1)),  # known after as_of
+            label(event_id="e1", label=1, label_time=NOW - timedelta(minutes=30)),
+            label(event_id="e2", label=0, label_time=NOW + timedelta(seconds=1)),  # known after as_of
         ],
         partition=0,
         first_offset=7,
@@ -116,8 +122,8 @@ def test_a_label_or_a_vector_not_yet_known_at_as_of_is_left_out(store: ArtifactS
 def test_the_latest_label_known_at_as_of_wins(store: ArtifactStore) -> None:
     offline = OfflineStore(store, "v", TYPES)
     offline.append_vectors([vector(1, NOW - timedelta(hours=1))], partition=0, first_offset=0)
-    offline.append_labels([LabelEvent(event_id="e1", label=0, label_time=NOW - timedelta(minutes=20))], 0, 0)
-    offline.append_labels([LabelEvent(event_id="e1", label=1, label_time=NOW - timedelta(minutes=10))], 0, 1)
+    offline.append_labels([label(event_id="e1", label=0, label_time=NOW - timedelta(minutes=20))], 0, 0)
+    offline.append_labels([label(event_id="e1", label=1, label_time=NOW - timedelta(minutes=10))], 0, 1)
     assert [r.label for r in offline.training_set(as_of=NOW - timedelta(minutes=15))] == [0]
     assert [r.label for r in offline.training_set(as_of=NOW)] == [1], "the correction replaces the first label"
 
@@ -127,7 +133,7 @@ def test_files_are_dated_hive_style_and_a_replayed_batch_overwrites_its_own_file
     batch = [vector(1, NOW - timedelta(days=1)), vector(2, NOW), vector(3, NOW)]
     offline.append_vectors(batch, partition=3, first_offset=120)
     offline.append_vectors(batch, partition=3, first_offset=120)  # the same batch after a crash
-    offline.append_labels([LabelEvent(event_id="e2", label=1, label_time=NOW)], partition=2, first_offset=9)
+    offline.append_labels([label(event_id="e2", label=1, label_time=NOW)], partition=2, first_offset=9)
 
     assert list(store.list("offline/v/")) == [
         "offline/v/labels/date=2026-03-10/part-0002-000000000009.parquet",
@@ -164,7 +170,7 @@ def test_a_training_set_opens_only_the_partitions_of_its_window(store: ArtifactS
     """Corrupt files sit outside the window: a run that opened them would fail."""
     offline = OfflineStore(store, "v", TYPES)
     offline.append_vectors([vector(1, NOW - timedelta(hours=3), label=1)], partition=0, first_offset=0)
-    offline.append_labels([LabelEvent(event_id="e1", label=0, label_time=NOW - timedelta(hours=1))], 0, 0)
+    offline.append_labels([label(event_id="e1", label=0, label_time=NOW - timedelta(hours=1))], 0, 0)
     for key in (
         "offline/v/vectors/date=2026-03-08/part-0000-000000000000.parquet",  # before since
         "offline/v/vectors/date=2026-03-11/part-0000-000000000000.parquet",  # after as_of
@@ -190,8 +196,8 @@ def test_labels_of_mixed_types_land_as_text_instead_of_stopping_the_writer(store
     offline.append_vectors([vector(1, NOW - timedelta(hours=1)), vector(2, NOW - timedelta(hours=1))], 0, 0)
     offline.append_labels(
         [
-            LabelEvent(event_id="e1", label=1, label_time=NOW - timedelta(minutes=1)),
-            LabelEvent(event_id="e2", label="yes", label_time=NOW - timedelta(minutes=1)),
+            label(event_id="e1", label=1, label_time=NOW - timedelta(minutes=1)),
+            label(event_id="e2", label="yes", label_time=NOW - timedelta(minutes=1)),
         ],
         0,
         0,
@@ -262,7 +268,7 @@ def test_the_migration_rewrites_the_json_lines_layout_and_can_run_again(
 
 def test_a_feature_named_like_a_column_of_the_store_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     store = open_store(DriftloopSettings(artifact_uri=f"file://{tmp_path}"))
-    clashing = vector(1, NOW).model_copy(update={"features": {"label": 1.0, "amount": 2.0}})
+    clashing = {**vector(1, NOW), "features": {"label": 1.0, "amount": 2.0}}
     with pytest.raises(ValueError, match=r"\['label'\] clash"):
         OfflineStore(store, "v").append_vectors([clashing], partition=0, first_offset=0)
     assert list(store.list("offline/")) == []

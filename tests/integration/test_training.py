@@ -52,7 +52,9 @@ def _fill_offline_store(settings: DriftloopSettings, n: int) -> None:
         )
         for i, (x, y) in enumerate(synth.Agrawal(seed=3).take(n))
     ]
-    OfflineStore(open_store(settings), "applications").append_vectors(vectors, partition=0, first_offset=0)
+    OfflineStore(open_store(settings), "applications").append_vectors(
+        [v.model_dump() for v in vectors], partition=0, first_offset=0
+    )
 
 
 def _drift() -> DriftDetected:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 from pydantic import ValidationError
 
 from driftloop.aliases import Target
 from driftloop.artifacts import ArtifactStore, read_verified
 from driftloop.bus import Bus, PoisonMessage, Record
+from driftloop.bus.reader import ContractReader
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import (
     Envelope,
@@ -275,21 +277,18 @@ class Predictor:
         self.bus = bus
         self.table = table
         self.rollouts = rollouts
+        self.vectors = ContractReader(FeatureVector)
 
     async def __call__(self, records: list[Record]) -> list[tuple[Record, PoisonMessage]]:
-        vectors, rejected = [], []
-        for record in records:
-            try:
-                vectors.append(record.parse(FeatureVector))
-            except PoisonMessage as exc:
-                rejected.append((record, exc))
+        read, rejected = self.vectors.read_all(records)
+        vectors = [vector for _, vector in read]
         for model, view in self.views.items():
-            batch = [v for v in vectors if v.feature_view == view]
+            batch = [v for v in vectors if v["feature_view"] == view]
             if not batch:
                 continue
-            groups: dict[tuple[int, str, bool], tuple[Side, list[FeatureVector]]] = {}
+            groups: dict[tuple[int, str, bool], tuple[Side, list[dict[str, Any]]]] = {}
             for vector in batch:
-                for side in self.table.sides(model, vector.entity_id):
+                for side in self.table.sides(model, vector["entity_id"]):
                     key = (id(side.served), side.role, side.serves)
                     groups.setdefault(key, (side, []))[1].append(vector)
             if not groups:
@@ -300,9 +299,10 @@ class Predictor:
             PREDICTIONS.labels(model, "stream", "ok").inc(len(batch))
         return rejected
 
-    async def score(self, model: str, side: Side, batch: list[FeatureVector]) -> None:
+    async def score(self, model: str, side: Side, batch: list[dict[str, Any]]) -> None:
+        """Score ``batch`` (a ``FeatureVector``'s fields each, as read from the topic) with one side's model."""
         started = time.perf_counter()
-        labels, probabilities = await asyncio.to_thread(side.served.artifact.predict, [v.features for v in batch])
+        labels, probabilities = await asyncio.to_thread(side.served.artifact.predict, [v["features"] for v in batch])
         if side.role == "challenger":
             await self.rollouts.check_latency(model, side.served.version, time.perf_counter() - started)
         event_ids = new_event_ids(len(batch))
@@ -311,11 +311,11 @@ class Predictor:
         template = Prediction(
             event_id=event_ids[0],
             occurred_at=utcnow(),
-            correlation_id=first.correlation_id,
-            causation_id=first.event_id,
-            source_event_id=first.event_id,
-            entity_id=first.entity_id,
-            event_time=first.event_time,
+            correlation_id=first["correlation_id"],
+            causation_id=first["event_id"],
+            source_event_id=first["event_id"],
+            entity_id=first["entity_id"],
+            event_time=first["event_time"],
             model_name=model,
             model_version=side.served.version,
             role=side.role,
@@ -323,20 +323,20 @@ class Predictor:
             channel="stream",
             prediction=labels[0],
             probability=probabilities[0],
-            label=first.label,
+            label=first["label"],
         )
         changes = [
             {
                 "event_id": event_id,
-                "correlation_id": vector.correlation_id,
-                "causation_id": vector.event_id,
-                "source_event_id": vector.event_id,
-                "entity_id": vector.entity_id,
-                "event_time": vector.event_time,
+                "correlation_id": vector["correlation_id"],
+                "causation_id": vector["event_id"],
+                "source_event_id": vector["event_id"],
+                "entity_id": vector["entity_id"],
+                "event_time": vector["event_time"],
                 "prediction": label,
                 "probability": probability,
-                "label": vector.label,
+                "label": vector["label"],
             }
             for vector, event_id, label, probability in zip(batch, event_ids, labels, probabilities, strict=True)
         ]
-        self.bus.defer(_TOPIC, self.bus.encode_many(template, changes, [v.event_id for v in batch]))
+        self.bus.defer(_TOPIC, self.bus.encode_many(template, changes, [v["event_id"] for v in batch]))

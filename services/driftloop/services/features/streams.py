@@ -11,6 +11,7 @@ import orjson
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.bus import Bus, ConsumerLoop, PoisonMessage, Record
+from driftloop.bus.reader import ContractReader
 from driftloop.config import DriftloopConfig
 from driftloop.contracts import EventValidated, FeatureVector, LabelEvent, topic_for, utcnow
 from driftloop.offline import OfflineStore, view_feature_types
@@ -47,21 +48,12 @@ class FeatureStreams:
         return {name: loop.health() for name, loop in self.loops.items()}
 
 
-def parsed(records: list[Record], model: type[Any]) -> tuple[list[tuple[Record, Any]], Rejected]:
-    good, bad = [], []
-    for record in records:
-        try:
-            good.append((record, record.parse(model)))
-        except PoisonMessage as exc:
-            bad.append((record, exc))
-    return good, bad
-
-
 def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: ArtifactStore) -> FeatureStreams:
     # One entry per entity holds both its state and its latest vectors: one changelog record per entity and batch.
     entities = Table("entities")
     tables = Tables(settings, "features", entities)
     offline = {v.name: OfflineStore(store, v.name, view_feature_types(config, v.name)) for v in config.feature_views}
+    events, vectors, labels = ContractReader(EventValidated), ContractReader(FeatureVector), ContractReader(LabelEvent)
 
     async def compute(records: list[Record]) -> Rejected:
         """Fold a batch into the entities' state: each entity's state is read and written once per batch.
@@ -69,33 +61,34 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
         The vectors of a view differ only in a few fields, so they are encoded from one validated
         template (``Bus.encode_many``) and leave with the batch's acknowledgement.
         """
-        batch, rejected = parsed(records, EventValidated)
+        batch, rejected = events.read_all(records)
         now = utcnow()
         states: dict[str, EntityState] = {}
         latest: dict[str, dict[str, Any]] = {}
         observed: set[str] = set()
         changes: dict[str, list[dict[str, Any]]] = {view.name: [] for view in config.feature_views}
         for _, validated in batch:
-            entity = validated.entity_id
+            entity = validated["entity_id"]
             if entity not in states:
                 stored = entities.get(entity) or {}
                 states[entity] = EntityState.from_dict(stored.get("state"))
                 latest[entity] = dict(stored.get("views") or {})
             state = states[entity]
-            if not state.observe(validated.event_id, validated.features):
+            event_id, features = validated["event_id"], validated["features"]
+            if not state.observe(event_id, features):
                 continue
             observed.add(entity)
             for view in config.feature_views:
                 # Every value comes from a validated event or the entity's state: nothing to validate again.
                 changes[view.name].append(
                     {
-                        "event_id": validated.event_id,
-                        "correlation_id": validated.correlation_id,
-                        "causation_id": validated.event_id,
+                        "event_id": event_id,
+                        "correlation_id": validated["correlation_id"],
+                        "causation_id": event_id,
                         "entity_id": entity,
-                        "event_time": validated.event_time,
-                        "features": state.vector(view, config.passthrough(view), validated.features),
-                        "label": validated.label,
+                        "event_time": validated["event_time"],
+                        "features": state.vector(view, config.passthrough(view), features),
+                        "label": validated["label"],
                     }
                 )
         for view_name, view_changes in changes.items():
@@ -117,24 +110,24 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
 
     async def append_vectors(records: list[Record]) -> Rejected:
         """Append the vectors to their views' datasets; a retry writes the same files again, not new rows."""
-        batch, rejected = parsed(records, FeatureVector)
-        vectors: dict[str, list[FeatureVector]] = {}
+        batch, rejected = vectors.read_all(records)
+        views: dict[str, list[dict[str, Any]]] = {}
         for _, vector in batch:
-            vectors.setdefault(vector.feature_view, []).append(vector)
+            views.setdefault(vector["feature_view"], []).append(vector)
         first = records[0]
-        for view, rows in vectors.items():
+        for view, rows in views.items():
             if view in offline:
                 # Parquet encoding and the object store's round trip stay off the event loop.
                 await asyncio.to_thread(offline[view].append_vectors, rows, first.partition, first.offset)
         return rejected
 
     async def append_labels(records: list[Record]) -> Rejected:
-        batch, rejected = parsed(records, LabelEvent)
-        labels = [label for _, label in batch]
+        batch, rejected = labels.read_all(records)
+        rows = [label for _, label in batch]
         first = records[0]
-        if labels:
+        if rows:
             for store_ in offline.values():
-                await asyncio.to_thread(store_.append_labels, labels, first.partition, first.offset)
+                await asyncio.to_thread(store_.append_labels, rows, first.partition, first.offset)
         return rejected
 
     def stage(name: str, topic: str, handler: Handler, size: int, linger: float, state: Tables | None) -> ConsumerLoop:
