@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from driftloop.artifacts import ArtifactStore, LocalArtifactStore
@@ -96,42 +97,62 @@ def _column(values: Sequence[Any], declared: pa.DataType | None) -> pa.Array:
         return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
 
 
-def _vector_table(rows: Sequence[Mapping[str, Any]], feature_types: Mapping[str, FeatureType]) -> pa.Table:
+def _vector_table(
+    vectors: Sequence[Mapping[str, Any]], times: pa.Array, feature_types: Mapping[str, FeatureType]
+) -> pa.Table:
     """One column per feature rather than a map or a JSON blob.
 
     Engines then filter, aggregate and prune on features as on any column
     (``SELECT avg(salary) …``), Parquet stores and compresses each by its type,
     and a training set reads back the exact Python values it was given. Names
-    come from the view's declared types, plus any the rows hold beyond them
+    come from the view's declared types, plus any the vectors hold beyond them
     (typed by their values); files written before a feature was added simply
-    lack its column, which readers merge by name.
+    lack its column, which readers merge by name. ``times`` is the vectors'
+    ``event_time`` column, already built to find their dates.
     """
-    names = list(feature_types) + sorted({n for r in rows for n in r["features"]} - set(feature_types))
+    features = [v["features"] for v in vectors]
+    names = list(feature_types) + sorted(set().union(*features) - feature_types.keys())
     clash = RESERVED.intersection(names)
     if clash:
         raise ValueError(f"features {sorted(clash)} clash with columns of the offline store; rename them")
     columns: dict[str, pa.Array] = {
-        "event_id": pa.array([r["event_id"] for r in rows], type=pa.string()),
-        "entity_id": pa.array([r["entity_id"] for r in rows], type=pa.string()),
-        "event_time": pa.array([r["event_time"] for r in rows], type=_TIMESTAMP),
-        "written_at": pa.array([r["written_at"] for r in rows], type=_TIMESTAMP),
-        "label": _column([r["label"] for r in rows], None),
+        "event_id": pa.array([v["event_id"] for v in vectors], type=pa.string()),
+        "entity_id": pa.array([v["entity_id"] for v in vectors], type=pa.string()),
+        "event_time": times,
+        "written_at": pa.array([v["occurred_at"] for v in vectors], type=_TIMESTAMP),
+        "label": _column([v["label"] for v in vectors], None),
     }
     for name in names:
         declared = feature_types.get(name)
-        columns[name] = _column([r["features"].get(name) for r in rows], _ARROW_TYPES[declared] if declared else None)
+        columns[name] = _column([f.get(name) for f in features], _ARROW_TYPES[declared] if declared else None)
     return pa.table(columns)
 
 
-def _label_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+def _label_table(labels: Sequence[Mapping[str, Any]], times: pa.Array) -> pa.Table:
     return pa.table(
         {
-            "event_id": pa.array([r["event_id"] for r in rows], type=pa.string()),
-            "label": _column([r["label"] for r in rows], None),
-            "label_time": pa.array([r["label_time"] for r in rows], type=_TIMESTAMP),
-            "written_at": pa.array([r["written_at"] for r in rows], type=_TIMESTAMP),
+            "event_id": pa.array([r["event_id"] for r in labels], type=pa.string()),
+            "label": _column([r["label"] for r in labels], None),
+            "label_time": times,
+            "written_at": pa.array([r["written_at"] for r in labels], type=_TIMESTAMP),
         }
     )
+
+
+def _by_day(times: pa.Array) -> list[tuple[date, list[int] | None]]:
+    """The UTC dates of ``times``, in order, each with the positions it holds (None: all of them).
+
+    A batch nearly always falls on one date, which one pass in Arrow finds; a
+    batch across midnight is split row by row.
+    """
+    days = pc.cast(times, pa.date32())
+    distinct = pc.unique(days).to_pylist()
+    if len(distinct) == 1:
+        return [(distinct[0], None)]
+    positions: dict[date, list[int]] = {}
+    for index, day in enumerate(days.to_pylist()):
+        positions.setdefault(day, []).append(index)
+    return sorted(positions.items())
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -186,32 +207,30 @@ class OfflineStore:
         return f"offline/{self.view}/{kind}/"
 
     def _write(self, kind: str, rows: Sequence[Mapping[str, Any]], partition: int, offset: int) -> list[str]:
-        """One file per date the batch touches, each named by the batch's first Kafka position."""
-        by_date: dict[date, list[Mapping[str, Any]]] = {}
+        """One file per date the batch touches, each named by the batch's first Kafka position.
+
+        ``rows`` hold a ``FeatureVector``'s fields each (vectors), or a label's
+        ``event_id``, ``label``, ``label_time`` and ``written_at`` (labels).
+        Times become UTC in Arrow's conversion, as ``_utc`` makes them: an
+        aware one is converted, a naive one is taken as UTC.
+        """
         time_column = "event_time" if kind == "vectors" else "label_time"
-        for row in rows:
-            by_date.setdefault(row[time_column].date(), []).append(row)
+        times = pa.array([row[time_column] for row in rows], type=_TIMESTAMP)
         uris = []
-        for day, chunk in sorted(by_date.items()):
-            table = _vector_table(chunk, self.feature_types) if kind == "vectors" else _label_table(chunk)
+        for day, positions in _by_day(times):
+            chunk = rows if positions is None else [rows[i] for i in positions]
+            chunk_times = times if positions is None else times.take(positions)
+            if kind == "vectors":
+                table = _vector_table(chunk, chunk_times, self.feature_types)
+            else:
+                table = _label_table(chunk, chunk_times)
             key = f"{self._prefix(kind)}date={day.isoformat()}/part-{partition:04d}-{offset:012d}.parquet"
             uris.append(self.store.put(key, _parquet(table)))
         return uris
 
     def append_vectors(self, vectors: Sequence[Mapping[str, Any]], partition: int, first_offset: int) -> list[str]:
         """``vectors`` hold a ``FeatureVector``'s fields each, as read from the topic (``ContractReader``)."""
-        rows = [
-            {
-                "event_id": v["event_id"],
-                "entity_id": v["entity_id"],
-                "event_time": _utc(v["event_time"]),
-                "written_at": _utc(v["occurred_at"]),
-                "features": v["features"],
-                "label": v["label"],
-            }
-            for v in vectors
-        ]
-        return self._write("vectors", rows, partition, first_offset)
+        return self._write("vectors", vectors, partition, first_offset)
 
     def append_labels(self, labels: Sequence[Mapping[str, Any]], partition: int, first_offset: int) -> list[str]:
         """``labels`` hold a ``LabelEvent``'s fields each; a label without its own time is known from when it is
@@ -221,7 +240,7 @@ class OfflineStore:
             {
                 "event_id": lab["event_id"],
                 "label": lab["label"],
-                "label_time": _utc(lab["label_time"] or now),
+                "label_time": lab["label_time"] or now,
                 "written_at": now,
             }
             for lab in labels
@@ -332,11 +351,11 @@ def _legacy_row(kind: str, record: dict[str, Any]) -> dict[str, Any]:
     if kind == "vectors":
         return {
             **record,
-            "event_time": _utc(datetime.fromisoformat(record["event_time"])),
-            "written_at": _utc(datetime.fromisoformat(record["written_at"])),
+            "event_time": datetime.fromisoformat(record["event_time"]),
+            "occurred_at": datetime.fromisoformat(record["written_at"]),
         }
     # Old label segments kept no write time; a label was written when it became known.
-    known = _utc(datetime.fromisoformat(record["label_time"]))
+    known = datetime.fromisoformat(record["label_time"])
     return {"event_id": record["event_id"], "label": record["label"], "label_time": known, "written_at": known}
 
 

@@ -4,7 +4,7 @@ training sets, dedupe of replayed batches, window pruning and the migration from
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +272,36 @@ def test_a_feature_named_like_a_column_of_the_store_is_refused_before_anything_i
     with pytest.raises(ValueError, match=r"\['label'\] clash"):
         OfflineStore(store, "v").append_vectors([clashing], partition=0, first_offset=0)
     assert list(store.list("offline/")) == []
+
+
+def test_a_batch_across_midnight_lands_per_utc_date_with_each_file_typed_by_its_own_rows(store: ArtifactStore) -> None:
+    """Times in any offset (or none: UTC) become UTC; each date's file has only the columns and types of its rows."""
+    east, west = timezone(timedelta(hours=9)), timezone(timedelta(hours=-5))
+    times = [
+        datetime(2026, 3, 10, 8, 30, tzinfo=east),  # 23:30 the day before, in UTC
+        datetime(2026, 3, 9, 23, 45),  # naive: taken as UTC
+        datetime(2026, 3, 9, 19, 15, tzinfo=west),  # 00:15 in UTC
+        datetime(2026, 3, 10, 1, 0, tzinfo=UTC),
+    ]
+    batch = [vector(i, at, written=NOW, label=i % 2) for i, at in enumerate(times)]
+    batch[0]["features"] = {**batch[0]["features"], "note": "late"}  # a feature the view does not declare
+    batch[3]["features"] = {**batch[3]["features"], "age": "old"}  # breaks the declared int: the column is text
+    OfflineStore(store, "v", TYPES).append_vectors(batch, partition=1, first_offset=5)
+
+    keys = list(store.list("offline/v/vectors/"))
+    assert keys == [
+        "offline/v/vectors/date=2026-03-09/part-0001-000000000005.parquet",
+        "offline/v/vectors/date=2026-03-10/part-0001-000000000005.parquet",
+    ]
+    before, after = (pq.read_table(pa.BufferReader(store.get(key))) for key in keys)
+    assert before.column("event_id").to_pylist() == ["e0", "e1"]
+    assert after.column("event_id").to_pylist() == ["e2", "e3"]
+    assert before.column("event_time").to_pylist() == [
+        datetime(2026, 3, 9, 23, 30, tzinfo=UTC),
+        datetime(2026, 3, 9, 23, 45, tzinfo=UTC),
+    ]
+    assert after.column("event_time").to_pylist()[0] == datetime(2026, 3, 10, 0, 15, tzinfo=UTC)
+    assert set(after.column("written_at").to_pylist()) == {NOW}
+    assert before.column("note").to_pylist() == ["late", None] and "note" not in after.column_names
+    assert before.schema.field("age").type == pa.int64() and after.column("age").to_pylist() == ["22", '"old"']
+    assert after.column("label").to_pylist() == [0, 1]
