@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -62,8 +63,9 @@ class EntityAggregate(_Strict):
     feature: str | None = Field(default=None, description="Numeric feature to average; None = event count.")
     agg: Literal["mean", "count"]
 
-    @property
+    @cached_property
     def output_name(self) -> str:
+        """Kept once made: the features service names every event's aggregates with it."""
         return f"entity_{self.agg}" if self.feature is None else f"entity_{self.agg}_{self.feature}"
 
 

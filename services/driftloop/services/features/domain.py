@@ -22,6 +22,8 @@ from driftloop.contracts.events import Features
 
 #: Event ids remembered per entity to skip redeliveries; a re-sent event is rarely older than this.
 RECENT_IDS = 64
+#: A tuple, not ``int | float``: the union would be built again for every value folded.
+_NUMBERS = (int, float)
 
 
 @dataclass
@@ -33,14 +35,16 @@ class EntityState:
 
     def observe(self, event_id: str, features: Features) -> bool:
         """Fold one event into the running aggregates; False when it was already counted."""
-        if event_id in self.recent:
+        recent = self.recent
+        if event_id in recent:
             return False
-        self.recent = [*self.recent[-(RECENT_IDS - 1) :], event_id]
+        self.recent = [*recent[-(RECENT_IDS - 1) :], event_id]
         self.count += 1
+        sums, seen = self.sums, self.seen
         for name, value in features.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self.sums[name] = self.sums.get(name, 0.0) + float(value)
-                self.seen[name] = self.seen.get(name, 0) + 1
+            if isinstance(value, _NUMBERS) and not isinstance(value, bool):
+                sums[name] = sums.get(name, 0.0) + float(value)
+                seen[name] = seen.get(name, 0) + 1
         return True
 
     def vector(self, view: FeatureView, passthrough: list[str], features: Features) -> Features:

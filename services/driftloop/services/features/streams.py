@@ -54,6 +54,8 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
     tables = Tables(settings, "features", entities)
     offline = {v.name: OfflineStore(store, v.name, view_feature_types(config, v.name)) for v in config.feature_views}
     events, vectors, labels = ContractReader(EventValidated), ContractReader(FeatureVector), ContractReader(LabelEvent)
+    #: Each view with the features it passes through, listed once rather than for every event.
+    views = [(view, config.passthrough(view)) for view in config.feature_views]
 
     async def compute(records: list[Record]) -> Rejected:
         """Fold a batch into the entities' state: each entity's state is read and written once per batch.
@@ -78,7 +80,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
             if not state.observe(event_id, features):
                 continue
             observed.add(entity)
-            for view in config.feature_views:
+            for view, passthrough in views:
                 # Every value comes from a validated event or the entity's state: nothing to validate again.
                 changes[view.name].append(
                     {
@@ -87,7 +89,7 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
                         "causation_id": event_id,
                         "entity_id": entity,
                         "event_time": validated["event_time"],
-                        "features": state.vector(view, config.passthrough(view), features),
+                        "features": state.vector(view, passthrough, features),
                         "label": validated["label"],
                     }
                 )
@@ -111,11 +113,11 @@ def build(settings: FeaturesSettings, config: DriftloopConfig, bus: Bus, store: 
     async def append_vectors(records: list[Record]) -> Rejected:
         """Append the vectors to their views' datasets; a retry writes the same files again, not new rows."""
         batch, rejected = vectors.read_all(records)
-        views: dict[str, list[dict[str, Any]]] = {}
+        by_view: dict[str, list[dict[str, Any]]] = {}
         for _, vector in batch:
-            views.setdefault(vector["feature_view"], []).append(vector)
+            by_view.setdefault(vector["feature_view"], []).append(vector)
         first = records[0]
-        for view, rows in views.items():
+        for view, rows in by_view.items():
             if view in offline:
                 # Parquet encoding and the object store's round trip stay off the event loop.
                 await asyncio.to_thread(offline[view].append_vectors, rows, first.partition, first.offset)
