@@ -1,7 +1,7 @@
 """Reading a contract's records as plain dicts: strict validation first, the model's own only for what it refuses.
 
 A stage that reads every record of a busy topic (features' vectors and the
-offline store, deployment's scoring) spent a tenth to a sixth of its time in
+offline store, deployment's scoring) spent about an eighth of its time in
 ``Record.parse``: pydantic's lax JSON validation of the whole model, unions
 tried member by member, and a model instance built only to be read field by
 field. A ``ContractReader`` validates the same fields, with the same
