@@ -114,16 +114,18 @@ class Outcome:
     event_id: str
     source: tuple[int, int, int] = (0, -1, 0)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, source: tuple[int, int, int] | None = None) -> dict[str, Any]:
+        """As JSON, named by ``source`` when given (the record that completed it), else by its own."""
+        partition, offset, place = source or self.source
         return {
             "m": self.model,
             "v": self.version,
             "c": self.correct,
             "t": self.event_time,
             "e": self.event_id,
-            "p": self.source[0],
-            "o": self.source[1],
-            "i": self.source[2],
+            "p": partition,
+            "o": offset,
+            "i": place,
         }
 
     @classmethod

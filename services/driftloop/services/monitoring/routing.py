@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
 from driftloop.bus import Bus, PoisonMessage, Record
 from driftloop.bus.partitioner import partitions_for
+from driftloop.bus.reader import ContractReader
 from driftloop.config import DriftloopConfig, LabelSpec
 from driftloop.contracts import Prediction
 from driftloop.services.monitoring.datadrift import PREDICTION, PROBABILITY
@@ -50,15 +52,15 @@ def epoch(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
-def prediction_record(prediction: Prediction) -> PredictionRecord:
-    """A prediction, either side's, as a join record."""
+def prediction_record(prediction: dict[str, Any]) -> PredictionRecord:
+    """A prediction, either side's, as a join record; ``prediction`` holds the contract's fields."""
     return PredictionRecord(
-        event_id=prediction.source_event_id,
-        model=prediction.model_name,
-        version=prediction.model_version,
-        prediction=prediction.prediction,
-        label=prediction.label,
-        event_time=epoch(prediction.event_time or prediction.occurred_at),
+        event_id=prediction["source_event_id"],
+        model=prediction["model_name"],
+        version=prediction["model_version"],
+        prediction=prediction["prediction"],
+        label=prediction["label"],
+        event_time=epoch(prediction["event_time"] or prediction["occurred_at"]),
     )
 
 
@@ -81,6 +83,7 @@ class Router:
         self.bus = bus
         self.spec = config.dataset.label
         self.rows_per_record = rows_per_record
+        self.predictions = ContractReader(Prediction)
         #: Per feature view, the models that read it and the features each reads.
         self.views: dict[str, list[tuple[str, list[str]]]] = {}
         for model in config.models:
@@ -125,12 +128,12 @@ class Router:
         challenger's only joins its labels, for the rollout's verdict."""
         if record.topic != "predictions":
             return label_record(record.value, record.timestamp, self.spec)
-        prediction = record.parse(Prediction)
-        if prediction.role != "champion":
+        prediction = self.predictions.read(record)
+        if prediction["role"] != "champion":
             return prediction_record(prediction)
-        values = {PREDICTION: prediction.prediction, PROBABILITY: prediction.probability}
-        rows.setdefault((PREDICTIONS, prediction.model_name, record.partition), []).append(
-            (record.offset, prediction.model_version, values)
+        values = {PREDICTION: prediction["prediction"], PROBABILITY: prediction["probability"]}
+        rows.setdefault((PREDICTIONS, prediction["model_name"], record.partition), []).append(
+            (record.offset, prediction["model_version"], values)
         )
         return prediction_record(prediction)
 

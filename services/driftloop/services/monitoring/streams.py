@@ -189,7 +189,8 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
         partition = records[0].partition
         entries: dict[str, JoinEntry] = {}
         offsets: dict[str, int] = {}
-        completed: list[Outcome] = []
+        #: Each model's outcomes of the batch, as JSON, in the order they were completed.
+        completed: dict[str, list[dict[str, Any]]] = {}
         latest: float | None = None
         rejected: Rejected = []
         for message in records:
@@ -208,19 +209,16 @@ def build(settings: MonitoringSettings, config: DriftloopConfig, bus: Bus, refer
                 entry, found = join(entry, record, partition)
                 entries[key], offsets[key] = entry, message.offset
                 for outcome in found:
-                    completed.append(replace(outcome, source=(partition, message.offset, place)))
+                    completed.setdefault(outcome.model, []).append(outcome.to_dict((partition, message.offset, place)))
                     place += 1
                 at = record.event_time if isinstance(record, PredictionRecord) else record.label_time
                 latest = at if latest is None else max(at, latest)
         # The loop has the outcomes acknowledged before the entries that say "scored" are sent: a crash in
         # between repeats the outcomes, which the tracker recognises by their source; the other order could
         # lose them. A model's outcomes of the batch travel together, in order.
-        by_model: dict[str, list[dict[str, Any]]] = {}
-        for outcome in completed:
-            by_model.setdefault(outcome.model, []).append(outcome.to_dict())
         bus.defer(
             OUTCOMES_TOPIC,
-            [(model.encode(), value, [], None) for model, mine in by_model.items() for value in chunked(mine)],
+            [(model.encode(), value, [], None) for model, mine in completed.items() for value in chunked(mine)],
         )
         expiry = expiries.setdefault(partition, JoinExpiry(horizon))
         settled_marks = marks.setdefault(partition, SettledMarks(settings.settled_kept))
