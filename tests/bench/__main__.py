@@ -96,6 +96,12 @@ def report(result: dict[str, Any]) -> None:
             "",
             "",
         )
+        table.add_row(
+            f"loop at {run['offered_rate']:,.0f}/s: peak lag, first / second half of the window (level = keeps up)",
+            f"{run['lag_peak_first_half']:,} / {run['lag_peak_second_half']:,}",
+            "",
+            "",
+        )
     one, two = result["replicas"]
     table.add_row(
         f"loop at {two['offered_rate']:,.0f}/s offered: outcomes/s with 2 replicas per service",

@@ -209,7 +209,11 @@ class LoopResult:
     drained_seconds: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    #: Events sent without an outcome yet, once a second; and its peak in each half of the offered window: a
+    #: loop that keeps up has a lag that stays level (its latency's worth), one that does not a growing one.
     lag_samples: list[int] = field(default_factory=list)
+    lag_peak_first_half: int = 0
+    lag_peak_second_half: int = 0
 
 
 def start_stack(bootstrap: str, home: Path, replicas: int = 1, config: Path = REPO / "driftloop.yaml") -> Stack:
@@ -316,6 +320,9 @@ async def offered_load(stack: Stack, rate: float, seconds: float, drain: float =
             result.events_sent = due
         await asyncio.gather(*acknowledged)
         elapsed = time.monotonic() - began
+        half = len(result.lag_samples) // 2
+        result.lag_peak_first_half = max(result.lag_samples[:half], default=0)
+        result.lag_peak_second_half = max(result.lag_samples[half:], default=0)
         result.sustained_rate = result.outcomes / elapsed
         result.lag_at_end = result.events_sent - result.outcomes
         drained = time.monotonic()
