@@ -203,6 +203,9 @@ class LoopResult:
     repeated: int = 0
     #: Outcomes per second while the load was offered, and the lag (events without outcome) when it ended.
     sustained_rate: float = 0.0
+    #: Outcomes per second from a quarter into the offered window to its end: the rate the loop keeps once its
+    #: pipeline is full, without the first second or so in which no outcome can have come yet.
+    steady_rate: float = 0.0
     #: All the events offered over the time until the last of their outcomes (None when they did not all come).
     effective_rate: float | None = None
     lag_at_end: int = 0
@@ -297,8 +300,11 @@ async def offered_load(stack: Stack, rate: float, seconds: float, drain: float =
     rows = list(applications(int(rate * seconds), seed=5))
     acknowledged: dict[asyncio.Future[object], None] = {}
     began = time.monotonic()
+    steady: tuple[float, int] | None = None
     try:
         while result.events_sent < len(rows):
+            if steady is None and time.monotonic() - began >= seconds / 4:
+                steady = (time.monotonic(), result.outcomes)
             due = min(len(rows), int((time.monotonic() - began) * rate) + 1)
             if due < min(len(rows), result.events_sent + rate * 0.05):
                 await asyncio.sleep(0.05)
@@ -324,6 +330,8 @@ async def offered_load(stack: Stack, rate: float, seconds: float, drain: float =
         result.lag_peak_first_half = max(result.lag_samples[:half], default=0)
         result.lag_peak_second_half = max(result.lag_samples[half:], default=0)
         result.sustained_rate = result.outcomes / elapsed
+        if steady is not None:
+            result.steady_rate = (result.outcomes - steady[1]) / (time.monotonic() - steady[0])
         result.lag_at_end = result.events_sent - result.outcomes
         drained = time.monotonic()
         while result.outcomes < result.events_sent and time.monotonic() - drained < drain:
