@@ -3,7 +3,8 @@
 Windows are plain lists of values (as the detector stores them); each check
 converts every window, sorts and merges it with its reference, bins and
 counts it, and asks scipy for every KS p-value. It is kept apart from
-``driftloop.services.monitoring.datadrift`` so that the detector, however
+``driftloop.services.monitoring.datadrift`` (of which it shares only the
+value-by-value rules of what a column can use, ``number`` and ``level``) so that the detector, however
 it computes a check, can be held to it (the unit tests: the same statistics,
 p-values, PSI, verdicts and findings) and measured against it
 (``tests.bench.bench_pipeline``).
@@ -11,7 +12,6 @@ p-values, PSI, verdicts and findings) and measured against it
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +28,8 @@ from driftloop.services.monitoring.datadrift import (
     FeatureDrift,
     NumericProfile,
     ReferenceProfile,
+    _level,
+    _number,
     benjamini_hochberg,
     chi2_pvalues,
     chi2_statistic,
@@ -36,22 +38,9 @@ from driftloop.services.monitoring.datadrift import (
     psi,
 )
 
-
-def number(value: FeatureValue) -> float | None:
-    """A finite number, or None for what a numeric column cannot use (absent, NaN, a stray string)."""
-    if value is None or isinstance(value, str | bool):
-        return None
-    result = float(value)
-    return result if math.isfinite(result) else None
-
-
-def level(value: FeatureValue) -> str | None:
-    """The category a value counts in: numbers by value (1 and 1.0 are one level), anything else as text."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    return repr(float(value)) if math.isfinite(value) else None
+#: The rules of what a numeric or a categorical column makes of one value, as the detector applies them one
+#: value at a time; its batch conversions are held to them.
+number, level = _number, _level
 
 
 def ks_and_wasserstein(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float]:
