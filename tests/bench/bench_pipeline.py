@@ -163,19 +163,20 @@ def bench_data_drift(n: int = 60_000, repeats: int = 3) -> None:
     )
 
 
-def on_broker(broker: EmbeddedBroker) -> dict[str, Any]:
-    """Settings of a service measured on ``broker``: topics and a home of its own, so runs never meet."""
+def on_broker(broker: EmbeddedBroker, work: Path) -> dict[str, Any]:
+    """Settings of a service measured on ``broker``: topics and a home (under ``work``) of its own, so runs
+    never meet."""
     return {
         "kafka_bootstrap": broker.bootstrap,
         "topic_prefix": f"bench{uuid.uuid4().hex[:6]}.",
-        "home": Path(tempfile.gettempdir()) / f"driftloop-bench-{uuid.uuid4().hex[:6]}",
+        "home": work / uuid.uuid4().hex[:6],
         "config": REPO / "driftloop.yaml",
         "log_level": "WARNING",
     }
 
 
-async def bench_ingestion(broker: EmbeddedBroker, n: int = 5_000) -> None:
-    settings = IngestionSettings(**on_broker(broker))
+async def bench_ingestion(broker: EmbeddedBroker, work: Path, n: int = 5_000) -> None:
+    settings = IngestionSettings(**on_broker(broker, work))
     await ensure_topics(settings)
     bus = Bus(settings, "bench")
     await bus.start()
@@ -210,11 +211,11 @@ async def cpu_per_record(records: list[Record], handle: Callable[[list[Record]],
     return (time.process_time() - started) / len(records) * 1e6
 
 
-async def bench_stages(broker: EmbeddedBroker, repeats: int = 20) -> None:
+async def bench_stages(broker: EmbeddedBroker, work: Path, repeats: int = 20) -> None:
     """CPU per record of the features service's stages, each batch handler called in process on batches as the
     service sees them at 5,000 events/s (1,000 validated events over 1,000 entities; 5,000 vectors; 5,000
     labels), collected as the services collect (``tune_gc``); and of reading a vector as deployment reads it."""
-    settings = FeaturesSettings(**on_broker(broker))
+    settings = FeaturesSettings(**on_broker(broker, work))
     await ensure_topics(settings)
     bus = Bus(settings, "features")
     await bus.start()
@@ -300,9 +301,9 @@ def main() -> None:
     bench_validation()
     bench_prediction()
     bench_data_drift()
-    with EmbeddedBroker(free_port()) as broker:
-        asyncio.run(bench_ingestion(broker))
-        asyncio.run(bench_stages(broker))
+    with tempfile.TemporaryDirectory(prefix="driftloop-bench-") as tmp, EmbeddedBroker(free_port()) as broker:
+        asyncio.run(bench_ingestion(broker, Path(tmp)))
+        asyncio.run(bench_stages(broker, Path(tmp)))
 
 
 if __name__ == "__main__":
