@@ -7,7 +7,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from driftloop.bus.partitioner import partition_for
 from driftloop.services.monitoring.join import (
+    PER_MESSAGE,
     JoinEntry,
     JoinRecord,
     LabelRecord,
@@ -15,6 +17,8 @@ from driftloop.services.monitoring.join import (
     PredictionRecord,
     SettledMarks,
     join,
+    join_messages,
+    join_records,
     record_from_dict,
 )
 
@@ -167,3 +171,13 @@ def test_marks_rebuilt_after_a_recovery_keep_their_settling_order() -> None:
     entries.append(("w", JoinEntry(at=0.0, partition=0, has_label=False, waiting={"m:1": [1, 0.0]})))
     marks = SettledMarks.rebuilt(1, entries)
     assert marks.overflow() == ["a", "b"] and len(marks) == 1
+
+
+def test_join_messages_keep_each_event_on_its_keyed_partition_in_order() -> None:
+    records: list[JoinRecord] = [LabelRecord(f"e{i}", i % 2, float(i)) for i in range(3 * PER_MESSAGE)]
+    messages = join_messages(records, 6)
+    read = {partition: [r for p, v in messages if p == partition for r in join_records(v)] for partition in range(6)}
+    assert all(len(join_records(value)) <= PER_MESSAGE for _, value in messages)
+    assert len(messages) < len(records) // 10
+    for partition, found in read.items():
+        assert found == [r for r in records if partition_for(r.event_id.encode(), 6) == partition]

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from driftloop.bus.partitioner import partitions_for
 from driftloop.contracts.events import LabelValue
 
 
@@ -81,13 +82,21 @@ def chunked(items: Sequence[dict[str, Any]]) -> list[bytes]:
     return [orjson.dumps(items[start : start + PER_MESSAGE]) for start in range(0, len(items), PER_MESSAGE)]
 
 
-def encode_join_records(records: Sequence[JoinRecord]) -> list[bytes]:
-    """Join records bound for one partition, in order, as the values of the fewest records.
+def join_messages(records: Sequence[JoinRecord], partitions: int) -> list[tuple[int, bytes]]:
+    """Join records as the fewest records of the join topic: each partition's, in order, as JSON arrays.
 
-    >>> [orjson.loads(v) for v in encode_join_records([LabelRecord("e1", 1, 5.0)])]
-    [[{'k': 'l', 'e': 'e1', 'l': 1, 't': 5.0}]]
+    A record goes to the partition a record keyed by its event id would go
+    to (Kafka's default partitioner), so an event's records meet there
+    whichever form, one or many to a record, each was sent in.
+
+    >>> [(p, orjson.loads(v)) for p, v in join_messages([LabelRecord("e1", 1, 5.0)], 1)]
+    [(0, [{'k': 'l', 'e': 'e1', 'l': 1, 't': 5.0}])]
     """
-    return chunked([record.to_dict() for record in records])
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    chosen = partitions_for([record.event_id.encode() for record in records], partitions)
+    for record, partition in zip(records, chosen, strict=True):
+        by_partition.setdefault(partition, []).append(record.to_dict())
+    return [(partition, value) for partition, items in by_partition.items() for value in chunked(items)]
 
 
 def join_records(value: bytes) -> list[JoinRecord]:

@@ -4,7 +4,7 @@ data drift reads re-keyed by model.
 A producer may key its labels any way it likes; after this hop an event's
 records share one partition of the join topic, in one order that a replay
 repeats. A batch's join records bound for one partition travel together, as
-one record holding a JSON array (``join.encode_join_records``): every Kafka
+one record holding a JSON array (``join.join_messages``): every Kafka
 record costs the producer, the broker and the join's consumer several
 microseconds whatever it carries, and two per event were a tenth of
 monitoring's CPU. Labels read from Kafka are checked against the dataset's label spec
@@ -28,13 +28,12 @@ from typing import Any
 import orjson
 
 from driftloop.bus import Bus, PoisonMessage, Record
-from driftloop.bus.partitioner import partitions_for
 from driftloop.bus.reader import ContractReader
 from driftloop.config import DriftloopConfig, LabelSpec
 from driftloop.contracts import Prediction
 from driftloop.services.monitoring.datadrift import PREDICTION, PROBABILITY
 from driftloop.services.monitoring.datawatch import FEATURES, PREDICTIONS, Row, RowBatch, Source
-from driftloop.services.monitoring.join import JoinRecord, LabelRecord, PredictionRecord, encode_join_records
+from driftloop.services.monitoring.join import JoinRecord, LabelRecord, PredictionRecord, join_messages
 from driftloop.validation import Invalid, validate_label
 
 #: The types a feature value may have in a row (JSON's scalars); None is a missing value.
@@ -102,21 +101,8 @@ class Router:
             except PoisonMessage as exc:
                 bad.append((record, exc))
         if joined:
-            # The partition a record keyed by its event id would go to, so old and new records of an event meet.
             count = await self.bus.partition_count(JOIN_TOPIC)
-            by_partition: dict[int, list[JoinRecord]] = {}
-            for item, partition in zip(
-                joined, partitions_for([j.event_id.encode() for j in joined], count), strict=True
-            ):
-                by_partition.setdefault(partition, []).append(item)
-            self.bus.defer(
-                JOIN_TOPIC,
-                [
-                    (None, value, [], partition)
-                    for partition, items in by_partition.items()
-                    for value in encode_join_records(items)
-                ],
-            )
+            self.bus.defer(JOIN_TOPIC, [(None, value, [], p) for p, value in join_messages(joined, count)])
         for (source, model, partition), found in rows.items():
             for start in range(0, len(found), self.rows_per_record):
                 batch = RowBatch(model, source, partition, found[start : start + self.rows_per_record])
